@@ -1,0 +1,28 @@
+# cellseg: multi-class cell instance segmentation with Mask R-CNN, from images and per-class
+# instance masks to trained fold models, scores and a COCO-RLE submission.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/maps.smk"
+include: "workflow/rules/tiles.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/tune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/submission.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

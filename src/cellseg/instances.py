@@ -1,0 +1,184 @@
+"""Predicted instances of one image, with soft masks stored compactly.
+
+A dense `(N, H, W)` float mask stack of a 2000 px image with 300 cells takes GBs; keeping each
+mask's probabilities only inside its own integer window, quantised to uint8, takes a few MB and
+still lets later stages (ensemble, threshold tuning, submission) re-threshold masks without
+running the network again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PROB_SCALE = 255.0
+
+
+@dataclass
+class InstanceSet:
+    """Instances of one image.
+
+    image_size: (H, W) of the image.
+    boxes: (N, 4) float32 xyxy in pixels.
+    scores: (N,) float32 detection scores.
+    classes: (N,) int64 category ids, 1-based.
+    windows: (N, 4) int32 integer windows x0, y0, x1, y1 (exclusive ends), inside the image,
+        where each mask's probabilities live; outside its window a mask is 0.
+    probs: N uint8 arrays of shape (y1 - y0, x1 - x0): mask probability × 255, rounded.
+    """
+
+    image_size: tuple[int, int]
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    windows: np.ndarray
+    probs: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int]) -> InstanceSet:
+        return cls(
+            image_size=(int(image_size[0]), int(image_size[1])),
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros(0, np.float32),
+            classes=np.zeros(0, np.int64),
+            windows=np.zeros((0, 4), np.int32),
+            probs=[],
+        )
+
+    @classmethod
+    def from_dense(
+        cls,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        classes: np.ndarray,
+        masks: np.ndarray,
+    ) -> InstanceSet:
+        """Build from dense masks `(N, H, W)` of probabilities in [0, 1] (float) or bool.
+
+        Each window is the bounding rectangle of the mask's non-zero (after quantisation)
+        pixels; an all-zero mask keeps a 1×1 window at its box's top-left corner.
+        """
+        masks = np.asarray(masks)
+        n, height, width = masks.shape
+        quantised = _quantise(masks)
+        windows = np.zeros((n, 4), np.int32)
+        probs = []
+        for i in range(n):
+            rows = np.flatnonzero(quantised[i].any(axis=1))
+            cols = np.flatnonzero(quantised[i].any(axis=0))
+            if len(rows):
+                x0, y0, x1, y1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+            else:
+                x0 = int(np.clip(np.floor(boxes[i][0]), 0, width - 1))
+                y0 = int(np.clip(np.floor(boxes[i][1]), 0, height - 1))
+                x1, y1 = x0 + 1, y0 + 1
+            windows[i] = (x0, y0, x1, y1)
+            probs.append(np.ascontiguousarray(quantised[i, y0:y1, x0:x1]))
+        return cls(
+            image_size=(height, width),
+            boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+            scores=np.asarray(scores, np.float32).reshape(-1),
+            classes=np.asarray(classes, np.int64).reshape(-1),
+            windows=windows,
+            probs=probs,
+        )
+
+    def paste(self, i: int) -> np.ndarray:
+        """Mask `i` as a dense (H, W) float32 probability image."""
+        out = np.zeros(self.image_size, np.float32)
+        x0, y0, x1, y1 = self.windows[i]
+        out[y0:y1, x0:x1] = self.probs[i] / PROB_SCALE
+        return out
+
+    def binary_mask(self, i: int, threshold: float) -> np.ndarray:
+        """Mask `i` as a dense (H, W) bool image: probability >= threshold."""
+        out = np.zeros(self.image_size, bool)
+        x0, y0, x1, y1 = self.windows[i]
+        out[y0:y1, x0:x1] = self.probs[i] >= _quantised_threshold(threshold)
+        return out
+
+    def binary_masks(self, threshold: float) -> np.ndarray:
+        """All masks as a dense (N, H, W) bool stack; mind the memory on large images."""
+        out = np.zeros((len(self), *self.image_size), bool)
+        level = _quantised_threshold(threshold)
+        for i, (x0, y0, x1, y1) in enumerate(self.windows):
+            out[i, y0:y1, x0:x1] = self.probs[i] >= level
+        return out
+
+    def select(self, index) -> InstanceSet:
+        """A subset by boolean mask or integer index array, in that order."""
+        index = np.arange(len(self))[index]
+        return InstanceSet(
+            image_size=self.image_size,
+            boxes=self.boxes[index],
+            scores=self.scores[index],
+            classes=self.classes[index],
+            windows=self.windows[index],
+            probs=[self.probs[i] for i in index],
+        )
+
+    @classmethod
+    def concatenate(cls, parts: list[InstanceSet]) -> InstanceSet:
+        """Instances of several sets of the same image, one after the other."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        sizes = {p.image_size for p in parts}
+        if len(sizes) != 1:
+            raise ValueError(f"instance sets of different image sizes: {sorted(sizes)}")
+        return cls(
+            image_size=parts[0].image_size,
+            boxes=np.concatenate([p.boxes for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            classes=np.concatenate([p.classes for p in parts]),
+            windows=np.concatenate([p.windows for p in parts]),
+            probs=[m for p in parts for m in p.probs],
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write as a compressed .npz (probabilities flattened into one array)."""
+        flat = np.concatenate([m.ravel() for m in self.probs]) if self.probs else np.zeros(0, np.uint8)
+        np.savez_compressed(
+            path,
+            image_size=np.asarray(self.image_size, np.int64),
+            boxes=self.boxes,
+            scores=self.scores,
+            classes=self.classes,
+            windows=self.windows,
+            probs=flat,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> InstanceSet:
+        with np.load(path) as data:
+            windows = data["windows"].astype(np.int32)
+            flat = data["probs"]
+            areas = (windows[:, 3] - windows[:, 1]) * (windows[:, 2] - windows[:, 0])
+            ends = np.cumsum(areas)
+            probs = [
+                flat[end - area : end].reshape(w[3] - w[1], w[2] - w[0])
+                for w, area, end in zip(windows, areas, ends)
+            ]
+            return cls(
+                image_size=tuple(int(v) for v in data["image_size"]),
+                boxes=data["boxes"].astype(np.float32),
+                scores=data["scores"].astype(np.float32),
+                classes=data["classes"].astype(np.int64),
+                windows=windows,
+                probs=probs,
+            )
+
+
+def _quantise(masks: np.ndarray) -> np.ndarray:
+    if masks.dtype == bool:
+        return masks.astype(np.uint8) * np.uint8(PROB_SCALE)
+    return np.rint(np.clip(masks, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+
+
+def _quantised_threshold(threshold: float) -> int:
+    """The smallest stored uint8 level whose probability is >= threshold."""
+    return max(1, int(np.ceil(threshold * PROB_SCALE - 1e-6)))

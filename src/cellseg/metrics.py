@@ -1,0 +1,363 @@
+"""Scores of predicted instances against label images: COCO mask AP, the Sartorius metric, F1.
+
+Dense cell images hold more cells than COCO's default 100 detections, so AP is computed with a
+raised `max_dets` and also read off at 100, the value leaderboards typically report. All AP
+values are read from the accumulated precision array rather than pycocotools' `stats`, whose
+first entry is always taken at 100 detections whatever `maxDets` says.
+
+Two COCO back ends give identical numbers (tested): `faster` (faster-coco-eval, C++ matching,
+the default because it is several times quicker) and `pycocotools` (the reference).
+
+Matching for the Sartorius metric and F1 uses an IoU matrix from sparse pixel-membership
+matrices: row i of `A` marks the pixels of instance i, so `A @ B.T` counts the pixels of every
+overlapping pair at once (a bincount of label pairs that also allows overlapping masks, which
+predictions and instances of different classes have).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from faster_coco_eval import COCO as FasterCOCO
+from faster_coco_eval import COCOeval_faster
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from scipy import ndimage, sparse
+from scipy.optimize import linear_sum_assignment
+
+from cellseg.instances import InstanceSet, _quantised_threshold
+
+COCO_DEFAULT_MAX_DETS = 100
+EVALUATORS = ("faster", "pycocotools")
+DEFAULT_EVALUATOR = "faster"
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+# pycocotools' area ranges (all, small, medium, large) in pixels, bounds inclusive.
+AREA_RANGES = [(0, 1e10), (0, 32**2), (32**2, 96**2), (96**2, 1e10)]
+METRICS = ("AP", "AP50", "sartorius", "F1")
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Ground truth of a list of images, converted once for repeated scoring.
+
+    coco: COCO dataset dict (image ids 1..n in order).
+    pixels: per image a sparse (n_gt, H*W) membership matrix.
+    classes: per image (n_gt,) int64 1-based category ids.
+    """
+
+    coco: dict
+    pixels: list[sparse.csr_matrix]
+    classes: list[np.ndarray]
+    class_names: list[str]
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """COCO RLE (counts as str) of one (H, W) bool mask."""
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def prepare_ground_truth(labels_list: list[np.ndarray], class_names: list[str]) -> GroundTruth:
+    """Convert label stacks (per image (C, H, W) int, 0 = background) for scoring."""
+    pixels, classes = [], []
+    for labels in labels_list:
+        matrix, instance_classes = _label_pixels(labels)
+        pixels.append(matrix)
+        classes.append(instance_classes)
+    return GroundTruth(ground_truth_to_coco(labels_list, class_names), pixels, classes, list(class_names))
+
+
+def ground_truth_to_coco(labels_list: list[np.ndarray], class_names: list[str]) -> dict:
+    """A COCO dataset dict from label stacks; image ids are 1..len(labels_list) in order.
+
+    labels_list: per image a (C, H, W) int label stack, 0 = background.
+    """
+    images, annotations = [], []
+    for image_id, labels in enumerate(labels_list, start=1):
+        height, width = labels.shape[1:]
+        images.append({"id": image_id, "height": int(height), "width": int(width)})
+        for class_index, plane in enumerate(labels):
+            for instance, window in enumerate(ndimage.find_objects(plane), start=1):
+                if window is None:
+                    continue
+                mask = np.zeros((height, width), bool)
+                mask[window] = plane[window] == instance
+                rle = encode_mask(mask)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": class_index + 1,
+                        "segmentation": rle,
+                        "area": float(mask_utils.area(rle)),
+                        "bbox": mask_utils.toBbox(rle).tolist(),
+                        "iscrowd": 0,
+                    }
+                )
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def predictions_to_coco(preds: list[InstanceSet], mask_threshold: float) -> list[dict]:
+    """COCO result dicts; image ids are 1..len(preds) in order."""
+    results = []
+    for image_id, instances in enumerate(preds, start=1):
+        for i in range(len(instances)):
+            rle = encode_mask(instances.binary_mask(i, mask_threshold))
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(instances.classes[i]),
+                    "segmentation": rle,
+                    "score": float(instances.scores[i]),
+                }
+            )
+    return results
+
+
+def run_cocoeval(gt: dict, results: list[dict], max_dets: int, evaluator: str = DEFAULT_EVALUATOR):
+    """Evaluate, accumulate and summarise COCO mask results; returns the evaluator object.
+
+    maxDets are [1, 100, max_dets]; `results` is not modified. `results` must not be empty.
+    """
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"unknown COCO evaluator {evaluator!r}; choose one of {EVALUATORS}")
+    results = [dict(r) for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        if evaluator == "faster":
+            coco_gt = FasterCOCO(gt, print_function=_silent)
+            coco_eval = COCOeval_faster(coco_gt, coco_gt.loadRes(results), "segm", print_function=_silent)
+        else:
+            coco_gt = COCO()
+            coco_gt.dataset = gt
+            coco_gt.createIndex()
+            coco_eval = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="segm")
+        coco_eval.params.maxDets = [1, COCO_DEFAULT_MAX_DETS, max_dets]
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval
+
+
+def coco_precision(
+    gt: GroundTruth,
+    preds: list[InstanceSet],
+    mask_threshold: float = 0.5,
+    max_dets: int = 1000,
+    evaluator: str = DEFAULT_EVALUATOR,
+) -> np.ndarray:
+    """COCO's accumulated precision, (iou 10, recall 101, class, area 4, maxDets 3) float.
+
+    -1 marks a class or area range without ground truth, as in pycocotools.
+    """
+    results = predictions_to_coco(preds, mask_threshold)
+    if results:
+        return run_cocoeval(gt.coco, results, max_dets, evaluator).eval["precision"]
+    # pycocotools cannot load an empty result list: precision is 0 wherever there is ground truth.
+    areas = np.array([a["area"] for a in gt.coco["annotations"]])
+    categories = np.array([a["category_id"] for a in gt.coco["annotations"]])
+    precision = -np.ones((len(IOU_THRESHOLDS), 101, len(gt.class_names), len(AREA_RANGES), 3))
+    for k in range(len(gt.class_names)):
+        for a, (low, high) in enumerate(AREA_RANGES):
+            if np.any((categories == k + 1) & (areas >= low) & (areas <= high)):
+                precision[:, :, k, a, :] = 0.0
+    return precision
+
+
+def metrics_from_precision(precision: np.ndarray, class_names: list[str]) -> dict:
+    """AP, AP50, AP75, AP_small/medium/large at max_dets, AP and AP50 at 100, per-class AP at
+    max_dets (`AP_<name>`) and at 100 (`AP@100_<name>`); NaN where there is no ground truth.
+    """
+    metrics = {
+        "AP": _mean_valid(precision[:, :, :, 0, 2]),
+        "AP50": _mean_valid(precision[0, :, :, 0, 2]),
+        "AP75": _mean_valid(precision[5, :, :, 0, 2]),
+        "AP_small": _mean_valid(precision[:, :, :, 1, 2]),
+        "AP_medium": _mean_valid(precision[:, :, :, 2, 2]),
+        "AP_large": _mean_valid(precision[:, :, :, 3, 2]),
+        "AP@100": _mean_valid(precision[:, :, :, 0, 1]),
+        "AP50@100": _mean_valid(precision[0, :, :, 0, 1]),
+    }
+    for k, name in enumerate(class_names):
+        metrics[f"AP_{name}"] = _mean_valid(precision[:, :, k, 0, 2])
+        metrics[f"AP@100_{name}"] = _mean_valid(precision[:, :, k, 0, 1])
+    return metrics
+
+
+def pr_curve(precision: np.ndarray) -> pd.DataFrame:
+    """Precision against recall (0..1 in 101 steps) at IoU 0.5 and averaged over 0.5:0.95,
+    averaged over the classes with ground truth (all areas, max_dets)."""
+    curve = precision[:, :, :, 0, 2]  # (iou, recall, class)
+    valid = (curve > -1).all(axis=(0, 1))
+    curve = curve[:, :, valid]
+    mean_50 = curve[0].mean(axis=1) if valid.any() else np.full(101, np.nan)
+    mean_all = curve.mean(axis=(0, 2)) if valid.any() else np.full(101, np.nan)
+    return pd.DataFrame(
+        {"recall": np.linspace(0, 1, 101), "precision_iou50": mean_50, "precision_iou50_95": mean_all}
+    )
+
+
+def coco_mask_metrics(
+    labels_list: list[np.ndarray],
+    preds: list[InstanceSet],
+    class_names: list[str],
+    mask_threshold: float = 0.5,
+    max_dets: int = 1000,
+    evaluator: str = DEFAULT_EVALUATOR,
+) -> dict:
+    """COCO mask metrics of `preds` (one InstanceSet per label stack); see
+    `metrics_from_precision` for the keys."""
+    gt = prepare_ground_truth(labels_list, class_names)
+    return metrics_from_precision(coco_precision(gt, preds, mask_threshold, max_dets, evaluator), class_names)
+
+
+def instance_pixels(instances: InstanceSet, mask_threshold: float) -> sparse.csr_matrix:
+    """Sparse (N, H*W) membership matrix of the binarised masks (probability >= threshold)."""
+    width = instances.image_size[1]
+    level = _quantised_threshold(mask_threshold)
+    columns = []
+    for (x0, y0, _, _), probs in zip(instances.windows, instances.probs):
+        ys, xs = np.nonzero(probs >= level)
+        columns.append((ys + y0) * width + xs + x0)
+    counts = np.array([len(c) for c in columns], np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indices = np.concatenate(columns) if columns else np.zeros(0, np.int64)
+    shape = (len(instances), instances.image_size[0] * width)
+    return sparse.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=shape)
+
+
+def iou_matrix(a: sparse.csr_matrix, b: sparse.csr_matrix) -> np.ndarray:
+    """Dense (n_a, n_b) mask IoU of two membership matrices over the same pixels."""
+    intersection = (a @ b.T).toarray()
+    area_a = np.asarray(a.sum(axis=1)).reshape(-1, 1)
+    area_b = np.asarray(b.sum(axis=1)).reshape(1, -1)
+    union = area_a + area_b - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def sartorius_per_image(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> np.ndarray:
+    """Per image, the mean over IoU thresholds 0.5:0.05:0.95 of TP / (TP + FP + FN).
+
+    Class-agnostic, as in the Kaggle Sartorius competition (one cell type per image there):
+    all ground-truth instances of all classes against all predicted instances, whatever their
+    class or score (apply score thresholds first). A match needs IoU > t and is one-to-one.
+    An image with neither ground truth nor predictions scores 1.
+    """
+    scores = np.empty(len(preds))
+    for i, (truth, instances) in enumerate(zip(gt.pixels, preds)):
+        iou = iou_matrix(truth, instance_pixels(instances, mask_threshold))
+        n_true, n_pred = iou.shape
+        per_threshold = []
+        for t in IOU_THRESHOLDS:
+            tp = _match_count(iou > t)
+            total = n_true + n_pred - tp
+            per_threshold.append(tp / total if total else 1.0)
+        scores[i] = np.mean(per_threshold)
+    return scores
+
+
+def sartorius_metric(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> float:
+    """Mean over images of `sartorius_per_image`."""
+    return float(np.mean(sartorius_per_image(gt, preds, mask_threshold)))
+
+
+def f1_per_class(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> dict:
+    """F1 at IoU >= 0.5 per class (`F1_<name>`, TP/FP/FN summed over images) and their mean
+    over the classes present in ground truth or predictions (`F1`); NaN where neither is."""
+    n_classes = len(gt.class_names)
+    tp, n_true, n_pred = np.zeros(n_classes), np.zeros(n_classes), np.zeros(n_classes)
+    for truth, truth_classes, instances in zip(gt.pixels, gt.classes, preds):
+        iou = iou_matrix(truth, instance_pixels(instances, mask_threshold))
+        for k in range(n_classes):
+            rows, cols = truth_classes == k + 1, instances.classes == k + 1
+            tp[k] += _match_count(iou[np.ix_(rows, cols)] >= 0.5)
+            n_true[k] += rows.sum()
+            n_pred[k] += cols.sum()
+    denominator = n_true + n_pred
+    f1 = np.divide(2 * tp, denominator, out=np.full(n_classes, np.nan), where=denominator > 0)
+    metrics = {f"F1_{name}": float(v) for name, v in zip(gt.class_names, f1)}
+    metrics["F1"] = float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan")
+    return metrics
+
+
+def metric_value(
+    gt: GroundTruth,
+    preds: list[InstanceSet],
+    metric: str = "AP",
+    mask_threshold: float = 0.5,
+    max_dets: int = 1000,
+    evaluator: str = DEFAULT_EVALUATOR,
+) -> float:
+    """One scalar score, for threshold tuning: `AP`, `AP50` (COCO at max_dets), `sartorius` or
+    `F1` (mean over classes)."""
+    if metric in ("AP", "AP50"):
+        precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
+        return metrics_from_precision(precision, gt.class_names)[metric]
+    if metric == "sartorius":
+        return sartorius_metric(gt, preds, mask_threshold)
+    if metric == "F1":
+        return f1_per_class(gt, preds, mask_threshold)["F1"]
+    raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+
+
+def evaluate_predictions(
+    labels_list: list[np.ndarray],
+    preds: list[InstanceSet],
+    class_names: list[str],
+    mask_threshold: float = 0.5,
+    max_dets: int = 1000,
+    evaluator: str = DEFAULT_EVALUATOR,
+) -> tuple[dict, pd.DataFrame]:
+    """All metrics in one dict (COCO keys, `sartorius`, `F1`, `F1_<name>`) and the PR curve."""
+    gt = prepare_ground_truth(labels_list, class_names)
+    precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
+    metrics = metrics_from_precision(precision, class_names)
+    metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold)
+    metrics.update(f1_per_class(gt, preds, mask_threshold))
+    return metrics, pr_curve(precision)
+
+
+def _label_pixels(labels: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """Membership matrix and 1-based classes of all instances of a (C, H, W) label stack."""
+    rows, columns, classes = [], [], []
+    offset = 0
+    for class_index, plane in enumerate(labels):
+        flat = plane.ravel()
+        pixels = np.flatnonzero(flat)
+        ids, inverse = np.unique(flat[pixels], return_inverse=True)
+        rows.append(offset + inverse)
+        columns.append(pixels)
+        classes.append(np.full(len(ids), class_index + 1, np.int64))
+        offset += len(ids)
+    rows, columns = np.concatenate(rows), np.concatenate(columns)
+    matrix = sparse.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, columns)), shape=(offset, labels[0].size)
+    )
+    return matrix, np.concatenate(classes)
+
+
+def _match_count(candidates: np.ndarray) -> int:
+    """Size of a maximum one-to-one matching in a bool (n_true, n_pred) candidate matrix."""
+    rows = np.flatnonzero(candidates.any(axis=1))
+    cols = np.flatnonzero(candidates.any(axis=0))
+    if not len(rows):
+        return 0
+    sub = candidates[np.ix_(rows, cols)]
+    r, c = linear_sum_assignment(sub, maximize=True)
+    return int(sub[r, c].sum())
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean over entries pycocotools filled in (-1 marks 'no ground truth'), NaN if none."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else float("nan")
+
+
+def _silent(*args, **kwargs) -> None:
+    """Swallows faster-coco-eval's progress messages."""

@@ -1,0 +1,140 @@
+# Config validation, the dataset's image list, input functions and the final targets.
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from cellseg.codehash import code_digest
+from cellseg.dataset import index_dataset
+from cellseg.demo import demo_ids
+from cellseg.errors import ConfigError, DataError
+from cellseg.train_config import resolve_train_config
+
+PACKAGE_DIR = Path(workflow.basedir) / "src" / "cellseg"
+SCRIPTS_DIR = Path(workflow.basedir) / "workflow" / "scripts"
+ENVS = "../../envs"
+DEMO_DIR = "results/demo"
+
+validate(config, "../schemas/config.schema.yaml")
+
+CLASSES = list(config["classes"])
+DEMO = config["data"]["source"] == "demo"
+if DEMO and CLASSES != [f"class{k}" for k in range(1, len(CLASSES) + 1)][:4]:
+    raise WorkflowError(
+        "ConfigError: classes: the demo dataset draws up to 4 classes named class1..class4; "
+        f"got {CLASSES}"
+    )
+
+
+def _user_error(error):
+    """One clear line for bad input found while building the DAG, before any job runs."""
+    return WorkflowError(f"{type(error).__name__}: {error}")
+
+
+def resolve_source():
+    """The `source` dict the library reads data through (see cellseg.dataset)."""
+    data = config["data"]
+    if DEMO:
+        return {
+            "format": "reference",
+            "path": DEMO_DIR,
+            "classes": CLASSES,
+            "test_gt": f"{DEMO_DIR}/test_gt",
+        }
+    source = {key: value for key, value in data.items() if key != "source"}
+    return {"format": data["source"], "classes": CLASSES, **source}
+
+
+SOURCE = resolve_source()
+
+try:
+    TRAIN_CFG = resolve_train_config(config["train"])
+    if DEMO:
+        TRAIN_IDS, TEST_NAMES = demo_ids(config["demo"]["n_train"], config["demo"]["n_test"])
+    else:
+        DATASET = index_dataset(SOURCE)
+        TRAIN_IDS = DATASET.train_ids
+        TEST_NAMES = [Path(t.file_name).stem for t in DATASET.test_images]
+except (DataError, ConfigError) as error:
+    raise _user_error(error)
+
+FOLDS = list(range(config["split"]["folds"]))
+if len(TRAIN_IDS) < 2:
+    raise _user_error(DataError(f"{SOURCE.get('path')}: need at least 2 training images"))
+
+
+wildcard_constraints:
+    image="[^/]+",
+    fold=r"\d+",
+    subset="val|test",
+
+
+def script_digest(script):
+    """Digest of the cellseg modules `script` imports, so a library change re-runs its rule."""
+    return code_digest(SCRIPTS_DIR / script, PACKAGE_DIR)
+
+
+def job_resources(kind):
+    """Resources of a job kind from config: read by local runs and the SLURM executor alike."""
+    res = config["resources"].get(kind, config["resources"]["default"])
+    return {key: value for key, value in res.items()}
+
+
+def sample_files(wildcards):
+    """Files one training image is read from."""
+    if DEMO:
+        return [DEMO_DIR]
+    if SOURCE["format"] == "reference":
+        folder = Path(SOURCE["path"]) / "train" / wildcards.image
+        return sorted(str(path) for path in folder.glob("*.tif"))
+    return [SOURCE["train_json"], SOURCE["image_dir"]]
+
+
+def all_sample_files(wildcards=None):
+    """Files every training image is read from (for rules that see the whole training set)."""
+    if DEMO:
+        return [DEMO_DIR]
+    files = set()
+    for image in TRAIN_IDS:
+        files.update(sample_files(type("W", (), {"image": image})))
+    return sorted(files)
+
+
+def test_files(wildcards=None):
+    """Test images and their id map."""
+    if DEMO:
+        return [DEMO_DIR]
+    if SOURCE["format"] == "reference":
+        return [str(t.path) for t in DATASET.test_images] + [
+            str(Path(SOURCE["path"]) / "test_image_name_to_ids.json")
+        ]
+    if SOURCE.get("test_json"):
+        return [SOURCE["test_json"], SOURCE["test_image_dir"] or SOURCE["image_dir"]]
+    return []
+
+
+def subset_files(wildcards):
+    return test_files() if wildcards.subset == "test" else all_sample_files()
+
+
+def tiles_of(images):
+    return expand("results/tiles/{image}.npz", image=images) + expand(
+        "results/tiles/{image}.tsv", image=images
+    )
+
+
+def has_test_set():
+    return bool(TEST_NAMES)
+
+
+def get_final_output():
+    targets = [
+        "results/evaluate/scores.tsv",
+        "results/report/per_class_ap.png",
+    ]
+    if has_test_set():
+        targets += ["results/submission/submission.zip"]
+    return targets

@@ -1,0 +1,24 @@
+# The synthetic demo dataset, written in the reference layout with the real files' quirks.
+
+
+rule demo_dataset:
+    output:
+        directory(DEMO_DIR),
+    params:
+        seed=config["demo"]["seed"],
+        n_train=config["demo"]["n_train"],
+        n_test=config["demo"]["n_test"],
+        min_size=config["demo"]["min_size"],
+        max_size=config["demo"]["max_size"],
+        classes=CLASSES,
+        code=script_digest("demo_dataset.py"),
+    log:
+        "logs/demo/demo_dataset.log",
+    benchmark:
+        "results/benchmarks/demo/demo_dataset.tsv"
+    conda:
+        f"{ENVS}/data.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/demo_dataset.py"

@@ -1,0 +1,34 @@
+# Scores of each fold alone, the ensemble, and the ensemble after tuning, on the validation set.
+
+
+rule evaluate_predictions:
+    input:
+        folds=expand("results/predict/fold{fold}/val", fold=FOLDS),
+        ensemble="results/ensemble/val",
+        thresholds="results/tune/thresholds.json",
+        split="results/split/split.tsv",
+        samples=all_sample_files,
+    output:
+        scores=report(
+            "results/evaluate/scores.tsv",
+            caption="../report/scores.rst",
+            category="Evaluation",
+        ),
+        per_image="results/evaluate/per_image.tsv",
+    params:
+        source=SOURCE,
+        classes=CLASSES,
+        folds=FOLDS,
+        max_dets=config["evaluate"]["max_dets"],
+        evaluator=config["evaluate"]["evaluator"],
+        code=script_digest("evaluate_predictions.py"),
+    log:
+        "logs/evaluate/evaluate_predictions.log",
+    benchmark:
+        "results/benchmarks/evaluate/evaluate_predictions.tsv"
+    conda:
+        f"{ENVS}/eval.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/evaluate_predictions.py"

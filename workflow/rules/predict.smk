@@ -1,0 +1,30 @@
+# Inference of each fold's model on the validation and test images (tiled, with TTA).
+
+
+rule predict_fold:
+    input:
+        weights="results/train/fold{fold}/model_best.pt",
+        split="results/split/split.tsv",
+        images=subset_files,
+    output:
+        directory("results/predict/fold{fold}/{subset}"),
+    params:
+        train=TRAIN_CFG,
+        source=SOURCE,
+        classes=CLASSES,
+        tile_size=config["predict"]["tile_size"],
+        overlap=config["predict"]["overlap"],
+        tta=config["predict"]["tta"],
+        batch_size=config["predict"]["batch_size"],
+        code=script_digest("predict_fold.py"),
+    log:
+        "logs/predict/fold{fold}_{subset}.log",
+    benchmark:
+        "results/benchmarks/predict/fold{fold}_{subset}.tsv"
+    threads: config["resources"]["predict"]["cpus_per_task"]
+    resources:
+        **job_resources("predict"),
+    conda:
+        f"{ENVS}/torch.yaml"
+    script:
+        "../scripts/predict_fold.py"

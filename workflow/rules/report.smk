@@ -1,0 +1,47 @@
+# Figures for `snakemake --report`: per-class AP, PR curve, best and worst validation images.
+
+
+rule plot_report:
+    input:
+        scores="results/evaluate/scores.tsv",
+        per_image="results/evaluate/per_image.tsv",
+        ensemble="results/ensemble/val",
+        thresholds="results/tune/thresholds.json",
+        split="results/split/split.tsv",
+        samples=all_sample_files,
+    output:
+        per_class=report(
+            "results/report/per_class_ap.png",
+            caption="../report/per_class_ap.rst",
+            category="Evaluation",
+        ),
+        pr_curve=report(
+            "results/report/pr_curve.png",
+            caption="../report/pr_curve.rst",
+            category="Evaluation",
+        ),
+        best=report(
+            "results/report/best_image.png",
+            caption="../report/overlay_best.rst",
+            category="Examples",
+        ),
+        worst=report(
+            "results/report/worst_image.png",
+            caption="../report/overlay_worst.rst",
+            category="Examples",
+        ),
+    params:
+        source=SOURCE,
+        classes=CLASSES,
+        max_dets=config["evaluate"]["max_dets"],
+        code=script_digest("plot_report.py"),
+    log:
+        "logs/report/plot_report.log",
+    benchmark:
+        "results/benchmarks/report/plot_report.tsv"
+    conda:
+        f"{ENVS}/eval.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/plot_report.py"

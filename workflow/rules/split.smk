@@ -1,0 +1,25 @@
+# Validation hold-out and K folds, stratified by each image's class content.
+
+
+rule split_dataset:
+    input:
+        all_sample_files,
+    output:
+        "results/split/split.tsv",
+    params:
+        source=SOURCE,
+        image_ids=TRAIN_IDS,
+        val_fraction=config["split"]["val_fraction"],
+        folds=config["split"]["folds"],
+        seed=config["split"]["seed"],
+        code=script_digest("split_dataset.py"),
+    log:
+        "logs/split/split_dataset.log",
+    benchmark:
+        "results/benchmarks/split/split_dataset.tsv"
+    conda:
+        f"{ENVS}/data.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/split_dataset.py"

@@ -1,0 +1,27 @@
+# Overlapping training tiles of image, masks and maps, with an index table per image.
+
+
+rule make_tiles:
+    input:
+        sample=sample_files,
+        maps="results/maps/{image}.npz",
+    output:
+        tiles="results/tiles/{image}.npz",
+        index="results/tiles/{image}.tsv",
+    params:
+        source=SOURCE,
+        size=config["tiles"]["size"],
+        overlap=config["tiles"]["overlap"],
+        skip_empty=config["tiles"]["skip_empty"],
+        min_instance_area=config["tiles"]["min_instance_area"],
+        code=script_digest("make_tiles.py"),
+    log:
+        "logs/tiles/{image}.log",
+    benchmark:
+        "results/benchmarks/tiles/{image}.tsv"
+    conda:
+        f"{ENVS}/data.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/make_tiles.py"

@@ -1,0 +1,54 @@
+# One Mask R-CNN per fold: each fold is its own job (its own GPU on a cluster).
+
+
+rule train_fold:
+    input:
+        split="results/split/split.tsv",
+        tiles=tiles_of(TRAIN_IDS),
+        samples=all_sample_files,
+    output:
+        best="results/train/fold{fold}/model_best.pt",
+        last="results/train/fold{fold}/model_last.pt",
+        history="results/train/fold{fold}/history.csv",
+        curve=report(
+            "results/train/fold{fold}/curve.png",
+            caption="../report/training_curve.rst",
+            category="Training",
+            subcategory="fold {fold}",
+        ),
+        summary="results/train/fold{fold}/train_summary.json",
+    params:
+        train=TRAIN_CFG,
+        source=SOURCE,
+        classes=CLASSES,
+        code=script_digest("train_fold.py"),
+    log:
+        "logs/train/fold{fold}.log",
+    threads: config["resources"]["train"]["cpus_per_task"]
+    resources:
+        **job_resources("train"),
+    conda:
+        f"{ENVS}/torch.yaml"
+    cache: "omit-software"
+    script:
+        "../scripts/train_fold.py"
+
+
+rule download_weights:
+    """Fetch pretrained weights once on the submitting host, for compute nodes without
+    internet: run `snakemake download_weights` and set train.weights_path to the file."""
+    output:
+        "resources/weights/{name}.pth",
+    params:
+        train=TRAIN_CFG,
+    log:
+        "logs/download_weights/{name}.log",
+    benchmark:
+        "results/benchmarks/download_weights/{name}.tsv"
+    conda:
+        f"{ENVS}/torch.yaml"
+    resources:
+        **job_resources("default"),
+    localrule: True
+    script:
+        "../scripts/download_weights.py"

@@ -1,0 +1,31 @@
+"""Overlapping training tiles of one image, with their index table."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+import numpy as np
+
+from cellseg.dataset import load_sample
+from cellseg.joblog import job_logging
+from cellseg.tiles import make_tiles, save_tiles
+
+with job_logging(snakemake.log[0]) as log:
+    p = snakemake.params
+    sample = load_sample(p.source, snakemake.wildcards.image)
+    with np.load(snakemake.input.maps) as maps:
+        tiles, index = make_tiles(
+            sample.image,
+            sample.labels,
+            maps["center"],
+            maps["boundary"],
+            p.size,
+            p.overlap,
+            p.skip_empty,
+            p.min_instance_area,
+            image_id=sample.image_id,
+            class_names=p.source["classes"],
+        )
+    save_tiles(snakemake.output.tiles, snakemake.output.index, tiles, index)
+    log.info("%d tiles from %s", len(tiles), sample.image_id)

@@ -1,0 +1,18 @@
+"""Read every training image once (validating it), count instances per class, split."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from cellseg.io import atomic_path
+from cellseg.joblog import job_logging
+from cellseg.split import instance_count_table, make_split
+
+with job_logging(snakemake.log[0]) as log:
+    p = snakemake.params
+    counts = instance_count_table(p.source, p.image_ids)
+    table = make_split(counts, p.val_fraction, p.folds, p.seed)
+    with atomic_path(snakemake.output[0]) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    log.info("split %d images:\n%s", len(table), table.groupby(["subset", "fold"]).size())
