@@ -99,13 +99,13 @@ class InstanceSet:
         """Mask `i` as a dense (H, W) bool image: probability >= threshold."""
         out = np.zeros(self.image_size, bool)
         x0, y0, x1, y1 = self.windows[i]
-        out[y0:y1, x0:x1] = self.probs[i] >= _quantised_threshold(threshold)
+        out[y0:y1, x0:x1] = self.probs[i] >= quantised_threshold(threshold)
         return out
 
     def binary_masks(self, threshold: float) -> np.ndarray:
         """All masks as a dense (N, H, W) bool stack; mind the memory on large images."""
         out = np.zeros((len(self), *self.image_size), bool)
-        level = _quantised_threshold(threshold)
+        level = quantised_threshold(threshold)
         for i, (x0, y0, x1, y1) in enumerate(self.windows):
             out[i, y0:y1, x0:x1] = self.probs[i] >= level
         return out
@@ -179,6 +179,27 @@ def _quantise(masks: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(masks, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
 
 
-def _quantised_threshold(threshold: float) -> int:
-    """The smallest stored uint8 level whose probability is >= threshold."""
-    return max(1, int(np.ceil(threshold * PROB_SCALE - 1e-6)))
+def quantised_threshold(threshold: float) -> int:
+    """The threshold quantised like the probabilities, so `p >= t` holds at stored precision;
+    at least 1, so that a mask never covers pixels it gave zero probability."""
+    return max(1, int(np.rint(threshold * PROB_SCALE)))
+
+
+def save_instance_sets(folder: str | Path, sets: dict[str, InstanceSet]) -> None:
+    """Write one `<name>.npz` per image into `folder` (created), the layout of the predict and
+    ensemble stages' output folders."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, instances in sets.items():
+        instances.save(folder / f"{name}.npz")
+
+
+def load_instance_sets(folder: str | Path, names: list[str] | None = None) -> dict[str, InstanceSet]:
+    """Read `<name>.npz` files of `folder`: the given names (each must exist) or all, sorted."""
+    folder = Path(folder)
+    if names is None:
+        names = sorted(path.stem for path in folder.glob("*.npz"))
+    missing = [name for name in names if not (folder / f"{name}.npz").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no predictions for {', '.join(missing)}")
+    return {name: InstanceSet.load(folder / f"{name}.npz") for name in names}

@@ -11,10 +11,11 @@ rule evaluate_predictions:
     output:
         scores=report(
             "results/evaluate/scores.tsv",
-            caption="../report/scores.rst",
+            caption="../report/metrics_table.rst",
             category="Evaluation",
         ),
         per_image="results/evaluate/per_image.tsv",
+        pr_curve="results/evaluate/pr_curve.tsv",
     params:
         source=SOURCE,
         classes=CLASSES,

@@ -5,6 +5,7 @@ rule plot_report:
     input:
         scores="results/evaluate/scores.tsv",
         per_image="results/evaluate/per_image.tsv",
+        pr_curve="results/evaluate/pr_curve.tsv",
         ensemble="results/ensemble/val",
         thresholds="results/tune/thresholds.json",
         split="results/split/split.tsv",
@@ -12,7 +13,7 @@ rule plot_report:
     output:
         per_class=report(
             "results/report/per_class_ap.png",
-            caption="../report/per_class_ap.rst",
+            caption="../report/class_ap.rst",
             category="Evaluation",
         ),
         pr_curve=report(
@@ -22,18 +23,17 @@ rule plot_report:
         ),
         best=report(
             "results/report/best_image.png",
-            caption="../report/overlay_best.rst",
+            caption="../report/overlay.rst",
             category="Examples",
         ),
         worst=report(
             "results/report/worst_image.png",
-            caption="../report/overlay_worst.rst",
+            caption="../report/overlay.rst",
             category="Examples",
         ),
     params:
         source=SOURCE,
         classes=CLASSES,
-        max_dets=config["evaluate"]["max_dets"],
         code=script_digest("plot_report.py"),
     log:
         "logs/report/plot_report.log",

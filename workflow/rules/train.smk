@@ -21,6 +21,7 @@ rule train_fold:
         train=TRAIN_CFG,
         source=SOURCE,
         classes=CLASSES,
+        tile_size=config["tiles"]["size"],
         code=script_digest("train_fold.py"),
     log:
         "logs/train/fold{fold}.log",
@@ -35,16 +36,16 @@ rule train_fold:
 
 
 rule download_weights:
-    """Fetch pretrained weights once on the submitting host, for compute nodes without
-    internet: run `snakemake download_weights` and set train.weights_path to the file."""
+    """Fetch the configured pretrained weights once on the submitting host, for compute nodes
+    without internet: run `snakemake download_weights`, then set train.weights_path to the file."""
     output:
-        "resources/weights/{name}.pth",
+        f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth",
     params:
         train=TRAIN_CFG,
     log:
-        "logs/download_weights/{name}.log",
+        "logs/download_weights/download_weights.log",
     benchmark:
-        "results/benchmarks/download_weights/{name}.tsv"
+        "results/benchmarks/download_weights/download_weights.tsv"
     conda:
         f"{ENVS}/torch.yaml"
     resources:

@@ -1,0 +1,161 @@
+"""Training and inference throughput of the Mask R-CNN on synthetic tiles, to size runs and presets.
+
+Each tile holds about 30 random ellipses (cells) of 4 classes. The model is built from a train
+preset with random initialisation and the tile size as `min_size` (no resize). Training steps
+(forward under autocast, backward, SGD step) and eval-mode batches are timed after warmup.
+Run from the repository root:
+
+    PYTHONPATH=src python benchmarks/train_throughput.py --backbone resnet18 --tile-size 128 --batch 4
+"""
+
+import argparse
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+from cellseg.maps import compute_maps
+from cellseg.model import build_model
+from cellseg.train_config import BACKBONES, resolve_train_config
+from cellseg.train_data import instances_from_labels
+
+N_CLASSES = 4
+CELLS_PER_TILE = 30
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def synthetic_tile(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, dict]:
+    """`(3, S, S)` float32 image in [0, 1] and its target (with centre / boundary maps)."""
+    rows, cols = np.mgrid[:size, :size]
+    labels = np.zeros((N_CLASSES, size, size), np.int32)
+    image = rng.normal(0.15, 0.03, (size, size, 3))
+    radius = max(3.0, size / 20)
+    for i in range(CELLS_PER_TILE):
+        cy, cx = rng.uniform(0, size, 2)
+        ry, rx = rng.uniform(0.6, 1.4, 2) * radius
+        inside = ((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 <= 1
+        plane = labels[rng.integers(N_CLASSES)]
+        plane[inside & (plane == 0)] = i + 1
+        image[inside] += rng.uniform(0.3, 0.7, 3)
+    target = instances_from_labels(labels)
+    maps = compute_maps(labels, sigma=2.0, width=1)
+    target["center"] = torch.from_numpy(maps["center"].astype(np.float32))
+    target["boundary"] = torch.from_numpy(maps["boundary"].astype(np.float32))
+    image = torch.from_numpy(np.clip(image, 0, 1).astype(np.float32)).permute(2, 0, 1)
+    return image, target
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak CUDA memory allocated by tensors, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+
+
+def train_step(model, optimizer, scaler, images, targets, device, dtype) -> None:
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        loss = sum(model(images, targets).values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def timed_rate(fn, n_steps: int, n_images: int, device: torch.device) -> float:
+    """Images per second of `n_steps` calls of `fn` (each on `n_images` images)."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(n_steps):
+        fn()
+    synchronize(device)
+    return n_steps * n_images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18")
+    parser.add_argument("--preset", choices=["demo", "gpu"], default="demo", help="sampling and size settings")
+    parser.add_argument("--tile-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--precision", choices=list(AMP_DTYPES), default="fp32")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warmup steps)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--aux-heads", action="store_true", help="add the centre / boundary heads")
+    parser.add_argument("--profile", action="store_true", help="print the top ops of 2 training steps")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    dtype = AMP_DTYPES[args.precision]
+    cfg = resolve_train_config({
+        "preset": args.preset, "backbone": args.backbone, "weights": "none", "aux_heads": args.aux_heads,
+        "min_size": args.tile_size, "max_size": args.tile_size, "multiscale_sizes": [],
+    })  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg, N_CLASSES).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16" and device.type == "cuda")
+    rng = np.random.default_rng(0)
+    batch = [synthetic_tile(rng, args.tile_size) for _ in range(args.batch)]
+    images = [image.to(device) for image, _ in batch]
+    targets = [{k: v.to(device) for k, v in target.items()} for _, target in batch]
+    n_instances = sum(len(t["labels"]) for t in targets) / args.batch
+
+    model.train()
+    step = lambda: train_step(model, optimizer, scaler, images, targets, device, dtype)  # noqa: E731
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_rate = timed_rate(step, args.steps, args.batch, device)
+    train_memory = peak_memory_mib(device)
+
+    model.eval()
+
+    @torch.no_grad()
+    def infer():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model(images)
+
+    infer()
+    infer_rate = timed_rate(infer, args.steps, args.batch, device)
+
+    print(f"device: {device_name(device)}; torch {torch.__version__}")
+    print(f"{args.preset} preset sampling, {n_instances:.0f} instances per tile, {args.steps} timed steps")
+    print("| backbone | tile | batch | precision | train img/s | infer img/s | peak memory MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| {args.backbone} | {args.tile_size} | {args.batch} | {args.precision} | {train_rate:.2f} "
+          f"| {infer_rate:.2f} | {train_memory:.0f} |")
+    if args.profile:
+        model.train()
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(2):
+                step()
+            synchronize(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=15))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""Listing, validating and loading a dataset in either input format, into one `Sample` form.
+
+Format 1 (`format: reference`), the reference layout::
+
+    DATA/train/<id>/image.tif            RGBA uint8 (any form `io.read_image` accepts)
+    DATA/train/<id>/<class name>.tif     instance ids of that class; absent = no instance
+    DATA/test_release/<name>.tif
+    DATA/test_image_name_to_ids.json     [{"file_name", "id", "height", "width"}, ...]
+
+Format 2 (`format: coco`, the LIVECell layout): a COCO instance JSON with polygon or RLE
+(compressed or not) segmentations plus an image folder; an optional test JSON (COCO with
+`images`, or a plain list like the id map) lists the test images.
+
+`index_dataset` runs while Snakemake builds its DAG: it lists files and reads no pixels, and
+every problem it can see without pixels raises one `DataError` naming the file or folder.
+`load_sample` and `load_test_image` read pixels and check what only pixels can show.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from cellseg.errors import DataError
+from cellseg.io import read_image, read_mask, relabel_consecutive
+
+ID_MAP = "test_image_name_to_ids.json"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training image and its labels.
+
+    `image` is `(H, W, 3) uint8` RGB; `labels` is `(C, H, W) int32`, `labels[c]` the instance
+    label image of class `c + 1` (0 = background, instances 1..n).
+    """
+
+    image_id: str
+    image: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class TestImage:
+    """A test image as the submission names it: `id` is the integer image id of the id map."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    file_name: str
+    id: int
+    height: int
+    width: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The file name without `.tif`: the image's name in file paths and `gt_dir`."""
+        return Path(self.file_name).stem
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """Training image ids (sorted) and test images (sorted by id) of one dataset."""
+
+    train_ids: list[str]
+    test_images: list[TestImage]
+
+
+def index_dataset(source: dict) -> DatasetIndex:
+    """List and validate the dataset that `source` (the resolved `data:` config) names."""
+    if _format(source) == "reference":
+        return _index_reference(source)
+    return _index_coco(source)
+
+
+def load_sample(source: dict, image_id: str) -> Sample:
+    """Read training image `image_id` and its labels, checking that every mask fits the image."""
+    if _format(source) == "reference":
+        return _load_reference_sample(source, image_id)
+    return _load_coco_sample(source, image_id)
+
+
+def _format(source: dict) -> str:
+    kind = source.get("format")
+    if kind not in ("reference", "coco"):
+        raise DataError(f"data.format is {kind!r}; expected 'reference' or 'coco'")
+    return kind
+
+
+def load_test_image(source: dict, test_image: TestImage) -> np.ndarray:
+    """Read a test image as `(H, W, 3) uint8`; `DataError` when its size differs from the listing.
+
+    `source` is taken for the same calling convention as `load_sample`; `test_image.path`
+    already says where the file is in either format.
+    """
+    image = read_image(test_image.path)
+    if image.shape[:2] != (test_image.height, test_image.width):
+        raise DataError(
+            f"{test_image.path}: image is {image.shape[0]}x{image.shape[1]} (HxW) but the test "
+            f"listing says {test_image.height}x{test_image.width}"
+        )
+    return image
+
+
+def load_ground_truth(gt_dir: str | os.PathLike, image_name: str, classes: list[str]) -> np.ndarray:
+    """Read held-out test labels `gt_dir/<image_name>/<class>.tif` as `(C, H, W) int32`.
+
+    `image_name` is the test file name with or without `.tif`. An absent class file is an
+    all-zero plane; at least one class file (or an `image.tif` beside them) must give the size.
+    """
+    folder = Path(gt_dir) / image_name.removesuffix(".tif")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: ground-truth folder not found")
+    planes = {
+        name: read_mask(folder / f"{name}.tif")
+        for name in classes
+        if (folder / f"{name}.tif").is_file()
+    }
+    if planes:
+        shape = next(iter(planes.values())).shape
+    elif (folder / "image.tif").is_file():
+        shape = read_image(folder / "image.tif").shape[:2]
+    else:
+        raise DataError(f"{folder}: no ground-truth file for any of the classes {classes}")
+    return _stack_planes(folder, planes, classes, shape)
+
+
+def _stack_planes(
+    folder: Path, planes: dict[str, np.ndarray], classes: list[str], shape
+) -> np.ndarray:
+    """Stack per-class label planes into `(C, H, W) int32`, zeros for absent classes."""
+    labels = np.zeros((len(classes), *shape), np.int32)
+    for c, name in enumerate(classes):
+        if name not in planes:
+            continue
+        if planes[name].shape != tuple(shape):
+            raise DataError(
+                f"{folder / f'{name}.tif'}: mask shape {planes[name].shape} differs from image "
+                f"shape {tuple(shape)}"
+            )
+        labels[c] = planes[name]
+    return labels
+
+
+# ---------------------------------------------------------------- format 1: reference layout
+
+
+def _index_reference(source: dict) -> DatasetIndex:
+    root = Path(source["path"])
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    if not any(root.iterdir()):
+        raise DataError(f"{root}: data folder is empty")
+    train = root / "train"
+    if not train.is_dir():
+        raise DataError(f"{train}: training folder not found (expected train/<id>/image.tif)")
+    ids = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not ids:
+        raise DataError(f"{train}: no image folders (expected train/<id>/image.tif)")
+    allowed = {"image.tif"} | {f"{name}.tif" for name in source["classes"]}
+    for image_id in ids:
+        folder = train / image_id
+        if not (folder / "image.tif").is_file():
+            raise DataError(f"{folder}: image.tif not found")
+        for path in sorted(folder.glob("*.tif")):
+            if path.name not in allowed:
+                raise DataError(
+                    f"{path}: unexpected file; an image folder holds image.tif and one file per "
+                    f"configured class ({', '.join(sorted(allowed - {'image.tif'}))})"
+                )
+    return DatasetIndex(ids, _index_reference_test(root))
+
+
+def _index_reference_test(root: Path) -> list[TestImage]:
+    id_map = root / ID_MAP
+    if not id_map.is_file():
+        raise DataError(f"{id_map}: test id map not found")
+    folder = root / "test_release"
+    images = _parse_test_listing(id_map, _read_json(id_map), folder)
+    listed = {t.file_name for t in images}
+    present = sorted(p.name for p in folder.glob("*.tif")) if folder.is_dir() else []
+    for name in present:
+        if name not in listed:
+            raise DataError(f"{folder / name}: test image is not listed in {id_map}")
+    return images
+
+
+def _load_reference_sample(source: dict, image_id: str) -> Sample:
+    folder = Path(source["path"]) / "train" / image_id
+    if not folder.is_dir():
+        raise DataError(f"{folder}: image folder not found")
+    image = read_image(folder / "image.tif")
+    classes = source["classes"]
+    planes = {
+        name: read_mask(folder / f"{name}.tif")
+        for name in classes
+        if (folder / f"{name}.tif").is_file()
+    }
+    return Sample(image_id, image, _stack_planes(folder, planes, classes, image.shape[:2]))
+
+
+# ---------------------------------------------------------------- shared: JSON and test listings
+
+
+def _read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read JSON ({err})") from err
+
+
+def _parse_test_listing(listing: Path, entries, image_dir: Path) -> list[TestImage]:
+    """Validate test entries `{file_name, id, height, width}`; each file must be in `image_dir`."""
+    if not isinstance(entries, list):
+        raise DataError(f"{listing}: expected a list of {{file_name, id, height, width}} entries")
+    images, seen_ids, seen_names = [], set(), set()
+    for entry in entries:
+        try:
+            file_name, image_id = str(entry["file_name"]), int(entry["id"])
+            height, width = int(entry["height"]), int(entry["width"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(
+                f"{listing}: entry {entry!r} lacks file_name, id, height or width"
+            ) from err
+        if image_id in seen_ids or file_name in seen_names:
+            raise DataError(
+                f"{listing}: duplicate test image id {image_id} or file name {file_name!r}"
+            )
+        seen_ids.add(image_id)
+        seen_names.add(file_name)
+        path = image_dir / file_name
+        if not path.is_file():
+            raise DataError(f"{path}: test image listed in {listing} not found")
+        images.append(TestImage(file_name, image_id, height, width, path))
+    return sorted(images, key=lambda t: t.id)
+
+
+# ---------------------------------------------------------------- format 2: COCO layout
+
+
+@dataclass(frozen=True)
+class _Coco:
+    """A parsed COCO training JSON: image records and annotations by image id string."""
+
+    images: dict[str, dict]
+    annotations: dict[str, list[dict]]
+    class_of_category: dict[int, int]
+
+
+def _index_coco(source: dict) -> DatasetIndex:
+    coco = _parse_coco(source)
+    image_dir = Path(source["image_dir"])
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: image folder not found")
+    for record in coco.images.values():
+        if not (image_dir / record["file_name"]).is_file():
+            missing = image_dir / record["file_name"]
+            raise DataError(f"{missing}: image listed in {source['train_json']} not found")
+    test_images = []
+    if source.get("test_json"):
+        listing = Path(source["test_json"])
+        if not listing.is_file():
+            raise DataError(f"{listing}: test JSON not found")
+        entries = _read_json(listing)
+        entries = entries.get("images") if isinstance(entries, dict) else entries
+        test_dir = Path(source.get("test_image_dir") or image_dir)
+        test_images = _parse_test_listing(listing, entries, test_dir)
+    return DatasetIndex(sorted(coco.images), test_images)
+
+
+def _parse_coco(source: dict) -> _Coco:
+    """Parse and validate the training JSON, once per process and file version."""
+    path = Path(source["train_json"])
+    if not path.is_file():
+        raise DataError(f"{path}: COCO JSON not found")
+    return _parse_coco_file(str(path), path.stat().st_mtime_ns, tuple(source["classes"]))
+
+
+@functools.lru_cache(maxsize=2)
+def _parse_coco_file(json_path: str, mtime_ns: int, classes: tuple[str, ...]) -> _Coco:
+    """Parse a COCO JSON (LIVECell's is large: cached); `mtime_ns` keys the cache only."""
+    path = Path(json_path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+        raise DataError(f"{path}: not a COCO instance file (needs images, annotations, categories)")
+    try:
+        return _index_coco_records(path, data, list(classes))
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"{path}: an image, annotation or category entry lacks or mistypes {err}"
+        ) from err
+
+
+def _index_coco_records(path: Path, data: dict, classes: list[str]) -> _Coco:
+    """Check ids and references of a parsed COCO file and group its annotations by image."""
+    class_of_category = _map_categories(path, data["categories"], classes)
+    images, name_of_id = {}, {}
+    for record in data["images"]:
+        name = Path(record["file_name"]).stem
+        if name in images or record["id"] in name_of_id:
+            raise DataError(
+                f"{path}: duplicate image id {record['id']} or file name {record['file_name']!r}"
+            )
+        images[name] = {
+            "file_name": record["file_name"],
+            "height": int(record["height"]),
+            "width": int(record["width"]),
+        }
+        name_of_id[record["id"]] = name
+    if not images:
+        raise DataError(f"{path}: lists no images")
+    annotations = {name: [] for name in images}
+    for ann in data["annotations"]:
+        if ann["image_id"] not in name_of_id:
+            raise DataError(
+                f"{path}: annotation {ann.get('id')} refers to unknown image id {ann['image_id']}"
+            )
+        if ann["category_id"] not in class_of_category:
+            raise DataError(
+                f"{path}: annotation {ann.get('id')} has unknown category id {ann['category_id']}"
+            )
+        annotations[name_of_id[ann["image_id"]]].append(ann)
+    return _Coco(images, annotations, class_of_category)
+
+
+def _map_categories(path: Path, categories: list[dict], classes: list[str]) -> dict[int, int]:
+    """Map COCO category ids to 0-based class indices.
+
+    By name when every category name is a configured class name; otherwise by ascending
+    category id when there are as many categories as classes; otherwise `DataError`.
+    """
+    names = [c["name"] for c in categories]
+    if all(name in classes for name in names):
+        return {c["id"]: classes.index(c["name"]) for c in categories}
+    if len(categories) == len(classes):
+        return {cid: index for index, cid in enumerate(sorted(c["id"] for c in categories))}
+    raise DataError(
+        f"{path}: categories {names} match neither the configured class names {classes} nor "
+        f"their number ({len(classes)})"
+    )
+
+
+def _to_rle(segmentation, height: int, width: int) -> dict:
+    """A polygon list, uncompressed RLE or compressed RLE as one compressed RLE."""
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def _load_coco_sample(source: dict, image_id: str) -> Sample:
+    """Read one COCO image; crowd annotations are skipped.
+
+    Within one class, a pixel claimed by two instances goes to the smaller instance (instances
+    are painted largest first), so that a small cell lying on a large one stays whole.
+    """
+    json_path = source["train_json"]
+    coco = _parse_coco(source)
+    if image_id not in coco.images:
+        raise DataError(f"{json_path}: no image named {image_id}")
+    record = coco.images[image_id]
+    image_path = Path(source["image_dir"]) / record["file_name"]
+    image = read_image(image_path)
+    height, width = image.shape[:2]
+    if (record["height"], record["width"]) != (height, width):
+        raise DataError(
+            f"{image_path}: image is {height}x{width} (HxW) but {json_path} says "
+            f"{record['height']}x{record['width']}"
+        )
+    rles = [[] for _ in source["classes"]]
+    for ann in coco.annotations[image_id]:
+        if not ann.get("iscrowd", 0):
+            rle = _to_rle(ann["segmentation"], height, width)
+            rles[coco.class_of_category[ann["category_id"]]].append(rle)
+    labels = np.zeros((len(rles), height, width), np.int32)
+    for c, class_rles in enumerate(rles):
+        if class_rles:
+            areas = mask_utils.area(class_rles).astype(np.int64)
+            largest_first = np.argsort(-areas, kind="stable")
+            for number in largest_first:  # decoded one at a time: images may hold 1000s of cells
+                labels[c][mask_utils.decode(class_rles[number]).astype(bool)] = number + 1
+        labels[c] = relabel_consecutive(labels[c])
+    return Sample(image_id, image, labels)

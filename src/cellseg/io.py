@@ -1,0 +1,187 @@
+"""Reading TIFF images and instance masks into the pipeline's arrays, and atomic writes.
+
+Every reader turns whatever a TIFF holds into one convention: images `(H, W, 3) uint8` RGB,
+masks `(H, W) int32` with 0 = background and instances numbered 1..n. Any file that cannot be
+read raises `DataError` naming the file, so that a bad input stops the run with a message
+instead of a traceback from deep inside a codec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from cellseg.errors import DataError
+
+# What tifffile and the imagecodecs codecs raise on a broken file (imagecodecs' errors derive
+# from RuntimeError; a truncated header shows up as struct.error, EOFError or IndexError).
+_READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, IndexError, KeyError, struct.error)
+
+_PERCENTILES = (0.1, 99.9)
+
+
+def _read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """Read the first image of a TIFF; `DataError` when it is missing, not a TIFF or truncated.
+
+    A truncated LZW file may decode to garbage instead of failing, so every strip or tile must
+    lie inside the file before anything is decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.pages:
+                raise DataError(f"{path}: TIFF file holds no image")
+            page = tif.pages.first
+            size = path.stat().st_size
+            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+                if offset + count > size:
+                    raise DataError(
+                        f"{path}: file is truncated (image data ends at byte {offset + count}, "
+                        f"file has {size} bytes)"
+                    )
+            return page.asarray()
+    except DataError:
+        raise
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: cannot read as TIFF ({type(err).__name__}: {err})") from err
+
+
+def _to_channels_last(path: Path, array: np.ndarray) -> np.ndarray:
+    """Return `(H, W, K)` with K in 1..4 from `(H, W)`, `(H, W, K)` or channel-first `(K, H, W)`."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3 and array.shape[-1] <= 4:
+        return array
+    if array.ndim == 3 and array.shape[0] <= 4:
+        return np.moveaxis(array, 0, -1)
+    raise DataError(
+        f"{path}: expected one 2-D image with 1-4 channels, got array of shape {array.shape}"
+    )
+
+
+def _stretch_to_uint8(path: Path, array: np.ndarray) -> np.ndarray:
+    """Map the 0.1-99.9 percentile range (over all channels) linearly onto 0-255, clipped."""
+    values = array.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: image contains NaN or infinite values")
+    low, high = np.percentile(values, _PERCENTILES)
+    if high <= low:
+        return np.zeros(array.shape, np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a TIFF image as `(H, W, 3) uint8` RGB.
+
+    Accepts RGBA (the reference files: uint8, LZW with a horizontal predictor, which needs
+    `imagecodecs`), RGB, grayscale (replicated to 3 channels), grey+alpha, and channel-first
+    `(3 or 4, H, W)` arrays; alpha is dropped. uint8 values are kept as they are; any other
+    dtype (16-bit, float, ...) is normalised by stretching the image's 0.1-99.9 percentile range,
+    computed over all colour channels together, linearly onto 0-255 and clipping. Raises
+    `DataError` naming the file when it is missing, not a TIFF, truncated or of another shape.
+    """
+    path = Path(path)
+    array = _to_channels_last(path, _read_tiff(path))
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise DataError(f"{path}: image is empty (shape {array.shape})")
+    colour = array[:, :, :3] if array.shape[-1] >= 3 else np.repeat(array[:, :, :1], 3, axis=2)
+    if colour.dtype != np.uint8:
+        colour = _stretch_to_uint8(path, colour)
+    return np.ascontiguousarray(colour)
+
+
+def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Renumber a label image's ids to 1..n in ascending order of the old ids; 0 stays 0.
+
+    `labels` is `(H, W)` of non-negative integral values (any dtype); returns `(H, W) int32`.
+    """
+    ids, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(labels.shape).astype(np.int32)
+    return inverse if ids[0] == 0 else inverse + 1
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read an instance mask TIFF as `(H, W) int32`: 0 = background, instances 1..n.
+
+    The reference masks are float64 arrays of instance ids that skip (the largest id exceeds the
+    number of instances); integer dtypes are accepted too. Ids are renumbered 1..n keeping their
+    order. Raises `DataError` naming the file for values that are negative, non-integral or not
+    finite, or for an array that is not one 2-D plane.
+    """
+    path = Path(path)
+    mask = _read_tiff(path)
+    if mask.ndim == 3 and 1 in (mask.shape[0], mask.shape[-1]):
+        mask = mask.reshape(mask.shape[:2] if mask.shape[-1] == 1 else mask.shape[1:])
+    if mask.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D mask of instance ids, got shape {mask.shape}")
+    if mask.dtype == np.bool_ or not np.issubdtype(mask.dtype, np.number):
+        raise DataError(f"{path}: mask has dtype {mask.dtype}, expected integer or float ids")
+    if np.issubdtype(mask.dtype, np.floating):
+        if not np.isfinite(mask).all():
+            raise DataError(f"{path}: mask contains NaN or infinite values")
+        if (mask != np.floor(mask)).any():
+            raise DataError(f"{path}: mask holds non-integral values; expected instance ids")
+        mask = mask.astype(np.int64)
+    if mask.size and mask.min() < 0:
+        raise DataError(f"{path}: mask holds negative values (min {mask.min()}); expected ids >= 0")
+    return relabel_consecutive(mask)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only when the block succeeds.
+
+    A failure (or an interrupted run) therefore never leaves a partial output that a later run
+    would take for finished. The temporary name keeps `path`'s suffix, so writers that add or
+    check extensions (`np.savez`, tifffile) behave. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write `arrays` to a compressed `.npz` at `path` atomically."""
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def write_tiff(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    compression: str | None = None,
+    predictor: bool = False,
+) -> None:
+    """Write one image to a TIFF atomically; `(H, W, 3 or 4)` arrays are written as RGB(A).
+
+    `compression` is a tifffile codec name ("lzw", "zlib", None); `predictor=True` adds the
+    horizontal-differencing predictor. tifffile writes no timestamp, so equal arrays give
+    byte-identical files.
+    """
+    rgb = array.ndim == 3 and array.shape[-1] in (3, 4)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            array,
+            photometric="rgb" if rgb else "minisblack",
+            extrasamples=("unassalpha",) if rgb and array.shape[-1] == 4 else None,
+            compression=compression,
+            predictor=predictor or None,
+        )

@@ -1,0 +1,329 @@
+"""Mask R-CNN for cells, built from the resolved `train:` config (`cellseg.train_config`).
+
+torchvision's parts (ResNet-FPN backbone, RPN, RoI heads, transform) assembled explicitly so
+that every anchor, sampling and size setting comes from config, plus three additions that
+torchvision lacks: a class-weighted box classifier loss, an optional Dice term on the mask
+loss, and optional centre / boundary heads on the finest FPN level.
+
+Train mode: `model(images, targets)` returns the loss dict. `images` are `(3, H, W)` float
+tensors in [0, 1]; each target holds `boxes` `(N, 4)` float32 xyxy, `labels` `(N,)` int64
+1..C (0 = background), `masks` `(N, H, W)` uint8, and with `aux_heads` also `center` and
+`boundary` `(H, W)` float32 at the input image's size. Eval mode: torchvision's list of dicts
+(`boxes`, `labels`, `scores`, `masks` `(N, 1, H, W)` probabilities), plus `center` and
+`boundary` `(H, W)` probabilities when the aux heads are on.
+"""
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import (
+    RoIHeads,
+    fastrcnn_loss,
+    maskrcnn_inference,
+    project_masks_on_boxes,
+)
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from cellseg.weights import load_pretrained
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FPN_CHANNELS = 256
+BOX_REPRESENTATION = 1024
+AUX_STRIDE = 4  # FPN level '0'
+
+
+def build_model(cfg: dict, num_classes: int, class_weights: torch.Tensor | None = None) -> "CellMaskRCNN":
+    """Mask R-CNN for `num_classes` foreground classes (background excluded), from resolved `cfg`.
+
+    `class_weights` `(num_classes + 1,)` float (index 0 = background) weights the box
+    classifier's cross-entropy; None = unweighted. Pretrained weights follow `cfg["weights"]` /
+    `cfg["weights_path"]`; `model.weights_description` says which were used.
+    """
+    if class_weights is not None and tuple(class_weights.shape) != (num_classes + 1,):
+        raise ValueError(f"class_weights must have shape ({num_classes + 1},), got {tuple(class_weights.shape)}")
+    v2 = cfg["backbone"] == "resnet50_v2"
+    pretrained = cfg["weights"] != "none"
+    backbone = _backbone(cfg["backbone"], cfg["trainable_backbone_layers"], frozen_bn=pretrained and not v2)
+    model = CellMaskRCNN(
+        backbone=backbone,
+        rpn=_rpn(cfg, v2),
+        roi_heads=_roi_heads(cfg, num_classes, v2, class_weights),
+        transform=_Transform(cfg["min_size"], cfg["max_size"], cfg["multiscale_sizes"]),
+        aux_head=AuxHead() if cfg["aux_heads"] else None,
+        center_loss_weight=cfg["center_loss_weight"],
+        boundary_loss_weight=cfg["boundary_loss_weight"],
+    )
+    model.weights_description = load_pretrained(model, cfg)
+    log.info("model %s, %d classes: %s", cfg["backbone"], num_classes, model.weights_description)
+    return model
+
+
+def _backbone(name: str, trainable_layers: int, frozen_bn: bool) -> nn.Module:
+    """ResNet-FPN with levels '0'-'3' (strides 4-32) and 'pool', randomly initialised."""
+    resnet_name = "resnet50" if name == "resnet50_v2" else name
+    norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    resnet = getattr(models, resnet_name)(weights=None, norm_layer=norm_layer)
+    fpn_norm = nn.BatchNorm2d if name == "resnet50_v2" else None
+    return _resnet_fpn_extractor(resnet, trainable_layers, norm_layer=fpn_norm)
+
+
+def _rpn(cfg: dict, v2: bool) -> RegionProposalNetwork:
+    anchors = AnchorGenerator(
+        sizes=tuple((size,) for size in cfg["anchor_sizes"]),
+        aspect_ratios=(tuple(cfg["aspect_ratios"]),) * len(cfg["anchor_sizes"]),
+    )
+    head = RPNHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], conv_depth=2 if v2 else 1)
+    return RegionProposalNetwork(
+        anchors,
+        head,
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=cfg["rpn_batch_size_per_image"],
+        positive_fraction=0.5,
+        pre_nms_top_n={"training": cfg["rpn_pre_nms_top_n_train"], "testing": cfg["rpn_pre_nms_top_n_test"]},
+        post_nms_top_n={"training": cfg["rpn_post_nms_top_n_train"], "testing": cfg["rpn_post_nms_top_n_test"]},
+        nms_thresh=0.7,
+    )
+
+
+def _roi_heads(cfg: dict, num_classes: int, v2: bool, class_weights: torch.Tensor | None) -> "CellRoIHeads":
+    levels = ["0", "1", "2", "3"]
+    if v2:
+        box_head = FastRCNNConvFCHead(
+            (FPN_CHANNELS, 7, 7), [256] * 4, [BOX_REPRESENTATION], norm_layer=nn.BatchNorm2d
+        )
+        mask_head = MaskRCNNHeads(FPN_CHANNELS, [256] * 4, 1, norm_layer=nn.BatchNorm2d)
+    else:
+        box_head = TwoMLPHead(FPN_CHANNELS * 7 * 7, BOX_REPRESENTATION)
+        mask_head = MaskRCNNHeads(FPN_CHANNELS, [256] * 4, 1)
+    return CellRoIHeads(
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(BOX_REPRESENTATION, num_classes + 1),
+        fg_iou_thresh=0.5,
+        bg_iou_thresh=0.5,
+        batch_size_per_image=cfg["box_batch_size_per_image"],
+        positive_fraction=0.25,
+        bbox_reg_weights=None,
+        score_thresh=cfg["box_score_thresh"],
+        nms_thresh=0.5,
+        detections_per_img=cfg["box_detections_per_img"],
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=cfg["mask_roi_size"], sampling_ratio=2),
+        mask_head=mask_head,
+        mask_predictor=MaskRCNNPredictor(256, 256, num_classes + 1),
+        class_weights=class_weights,
+        dice_loss_weight=cfg["dice_loss_weight"],
+    )
+
+
+class _Transform(GeneralizedRCNNTransform):
+    """torchvision's resize + normalise, training at a random min size per batch from `train_sizes`.
+
+    torchvision's own multi-scale draws per image and evaluates at the last size; here
+    evaluation always uses `min_size`.
+    """
+
+    def __init__(self, min_size: int, max_size: int, train_sizes: list[int]):
+        super().__init__(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.eval_min_size = (min_size,)
+        self.train_sizes = tuple(train_sizes)
+
+    def forward(self, images, targets=None):
+        self.min_size = self.eval_min_size
+        if self.training and self.train_sizes:
+            self.min_size = (self.train_sizes[int(torch.randint(len(self.train_sizes), ()))],)
+        return super().forward(images, targets)
+
+
+class CellRoIHeads(RoIHeads):
+    """torchvision's box and mask heads (no keypoints) with a class-weighted classifier loss and Dice.
+
+    Losses: `loss_classifier` (cross-entropy weighted by the non-persistent `class_weights`
+    buffer when given), `loss_box_reg`, `loss_mask` (torchvision's BCE) and, when
+    `dice_loss_weight` > 0, `loss_mask_dice` = weight × (1 − soft Dice) on the same targets.
+    """
+
+    def __init__(self, *, class_weights: torch.Tensor | None, dice_loss_weight: float, **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.dice_loss_weight = dice_loss_weight
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training:
+            return self._detect(features, proposals, image_shapes), {}
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        if self.class_weights is not None:
+            loss_classifier = F.cross_entropy(class_logits, torch.cat(labels), weight=self.class_weights)
+        positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
+        mask_proposals = [p[pos] for p, pos in zip(proposals, positive)]
+        mask_logits = self._mask_logits(features, mask_proposals, image_shapes)
+        loss_mask, dice = mask_losses(
+            mask_logits,
+            mask_proposals,
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            [m[pos] for m, pos in zip(matched_idxs, positive)],
+        )
+        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+        if self.dice_loss_weight > 0:
+            losses["loss_mask_dice"] = self.dice_loss_weight * dice
+        return [], losses
+
+    def _mask_logits(self, features, boxes, image_shapes) -> torch.Tensor:
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+
+    def _detect(self, features, proposals, image_shapes) -> list[dict]:
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        mask_probs = maskrcnn_inference(self._mask_logits(features, boxes, image_shapes), labels)
+        return [
+            {"boxes": b, "labels": lab, "scores": s, "masks": m}
+            for b, lab, s, m in zip(boxes, labels, scores, mask_probs)
+        ]
+
+
+def mask_losses(mask_logits, proposals, gt_masks, gt_labels, matched_idxs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(BCE, 1 − soft Dice) of each positive RoI's mask logits for its matched class.
+
+    Targets are torchvision's (`project_masks_on_boxes`: the matched GT mask cropped to the
+    proposal and resized to the logits' `M × M`), so the BCE equals torchvision's
+    `maskrcnn_loss`. Dice is per RoI, then averaged. Both are 0 (with a graph) without RoIs.
+    """
+    size = mask_logits.shape[-1]
+    labels = torch.cat([lab[idx] for lab, idx in zip(gt_labels, matched_idxs)])
+    targets = torch.cat([project_masks_on_boxes(m, p, i, size) for m, p, i in zip(gt_masks, proposals, matched_idxs)])
+    if targets.numel() == 0:
+        zero = mask_logits.sum() * 0
+        return zero, zero
+    logits = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels].float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    probs = logits.sigmoid().flatten(1)
+    targets = targets.flatten(1)
+    dice = (2 * (probs * targets).sum(1) + 1) / (probs.sum(1) + targets.sum(1) + 1)
+    return bce, 1 - dice.mean()
+
+
+class AuxHead(nn.Module):
+    """Centre heatmap and boundary map logits from FPN level '0' (stride 4): `(B, 2, h, w)`.
+
+    Channel 0 = centre (trained with MSE of its sigmoid against the heatmap), 1 = boundary
+    (BCE). The centre bias starts low (sigmoid ≈ 0.1), as most pixels are far from a centre.
+    """
+
+    def __init__(self, channels: int = FPN_CHANNELS, hidden: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 2, 1),
+        )
+        nn.init.constant_(self.body[-1].bias, -2.2)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.body(feature)
+
+
+def aux_map_targets(
+    targets: list[dict], image_sizes: list[tuple[int, int]], padded_shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each target's `center` and `boundary` `(H, W)` resized as the transform resized its image.
+
+    `image_sizes` are the resized, unpadded `(h, w)` (`ImageList.image_sizes`), `padded_shape`
+    the batch tensor's `(Hp, Wp)`. Bilinear, align_corners=False, as GeneralizedRCNNTransform
+    resizes images. Returns maps `(B, 2, Hp, Wp)` float32 (centre, boundary; 0 in the padding)
+    and `valid` `(B, 1, Hp, Wp)` bool (True inside each resized image).
+    """
+    device = targets[0]["center"].device
+    maps = torch.zeros((len(targets), 2, *padded_shape), dtype=torch.float32, device=device)
+    valid = torch.zeros((len(targets), 1, *padded_shape), dtype=torch.bool, device=device)
+    for i, (target, (height, width)) in enumerate(zip(targets, image_sizes)):
+        pair = torch.stack([target["center"], target["boundary"]]).float()[None]
+        maps[i, :, :height, :width] = F.interpolate(pair, size=(height, width), mode="bilinear", align_corners=False)[0]
+        valid[i, :, :height, :width] = True
+    return maps, valid
+
+
+class CellMaskRCNN(GeneralizedRCNN):
+    """GeneralizedRCNN (state-dict keys as torchvision's MaskRCNN) plus the optional `aux_head`."""
+
+    def __init__(self, backbone, rpn, roi_heads, transform, aux_head, center_loss_weight, boundary_loss_weight):
+        super().__init__(backbone, rpn, roi_heads, transform)
+        self.aux_head = aux_head
+        self.center_loss_weight = center_loss_weight
+        self.boundary_loss_weight = boundary_loss_weight
+        self.weights_description = "random initialisation"
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        if self.training:
+            _check_targets(targets, self.aux_head is not None)
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        image_list, resized_targets = self.transform(images, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, losses = self.rpn(image_list, features, resized_targets)
+        detections, roi_losses = self.roi_heads(features, proposals, image_list.image_sizes, resized_targets)
+        losses.update(roi_losses)
+        aux_logits = None
+        if self.aux_head is not None:
+            aux_logits = F.interpolate(
+                self.aux_head(features["0"]), size=image_list.tensors.shape[-2:], mode="bilinear", align_corners=False
+            )
+        if self.training:
+            if aux_logits is not None:
+                losses.update(self._aux_losses(aux_logits, targets, image_list))
+            return losses
+        detections = self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        if aux_logits is not None:
+            _attach_maps(detections, aux_logits.sigmoid(), image_list.image_sizes, original_sizes)
+        return detections
+
+    def _aux_losses(self, logits: torch.Tensor, targets: list[dict], image_list) -> dict:
+        maps, valid = aux_map_targets(targets, image_list.image_sizes, tuple(logits.shape[-2:]))
+        logits = logits.float()
+        n_valid = valid.sum().clamp(min=1)
+        center = (F.mse_loss(logits[:, :1].sigmoid(), maps[:, :1], reduction="none") * valid).sum() / n_valid
+        boundary = F.binary_cross_entropy_with_logits(logits[:, 1:], maps[:, 1:], reduction="none")
+        boundary = (boundary * valid).sum() / n_valid
+        return {
+            "loss_center": self.center_loss_weight * center,
+            "loss_boundary": self.boundary_loss_weight * boundary,
+        }
+
+
+def _check_targets(targets: list[dict] | None, need_maps: bool) -> None:
+    """Fail with a clear message on targets the losses cannot use (degenerate boxes give NaN)."""
+    if targets is None:
+        raise ValueError("training mode needs targets")
+    for i, target in enumerate(targets):
+        boxes = target["boxes"]
+        if len(boxes) and not bool(((boxes[:, 2:] > boxes[:, :2]).all())):
+            raise ValueError(f"target {i}: boxes must have x2 > x1 and y2 > y1 (xyxy)")
+        if need_maps and not {"center", "boundary"} <= target.keys():
+            raise ValueError(f"target {i}: aux_heads need 'center' and 'boundary' (H, W) float32 maps")
+
+
+def _attach_maps(detections: list[dict], probs: torch.Tensor, image_sizes, original_sizes) -> None:
+    """Add `center` and `boundary` `(H, W)` probabilities at each original image size."""
+    for detection, prob, (height, width), original in zip(detections, probs, image_sizes, original_sizes):
+        crop = prob[None, :, :height, :width]
+        prob = F.interpolate(crop, size=original, mode="bilinear", align_corners=False)[0]
+        detection["center"], detection["boundary"] = prob[0], prob[1]

@@ -1,0 +1,373 @@
+"""Training one fold's Mask R-CNN on tiles, with validation on the fold's held-out whole images.
+
+Reproducible and resumable: on CPU the same config and inputs give bit-identical weights, and a
+run killed at any point and started again ends with exactly the weights of an uninterrupted
+run. The input pipeline's randomness is a function of (seed, epoch, index) (`train_data`), the
+model's (RoI sampling, multi-scale draws) comes from torch's global RNG, whose state the
+checkpoint restores together with the model, optimizer, scheduler, AMP scaler, position in the
+epoch, running epoch sums, history and best weights. A checkpoint whose fingerprint (config +
+inputs) differs is not resumed: training starts over and the log says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cellseg.augment import build_augment
+from cellseg.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cellseg.dataset import Sample
+from cellseg.errors import ConfigError
+from cellseg.instances import InstanceSet
+from cellseg.io import atomic_path
+from cellseg.metrics import coco_mask_metrics
+from cellseg.model import build_model
+from cellseg.train_data import TileDataset, class_instance_counts, image_to_tensor, make_loader, start_epoch
+from cellseg.training_log import VAL_KEYS, Progress, plot_curve, write_history, write_summary
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PROGRESS_LINES = 50  # about this many progress lines per run
+
+
+class NonFiniteLossError(ConfigError):
+    """The training loss became NaN or infinite; the message lists every loss component."""
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Files one fold's training writes (see docs/design.md).
+
+    `checkpoint` is the resume state; it must not be a declared Snakemake output, or Snakemake
+    deletes it when a job fails and the rerun cannot resume.
+    """
+
+    best: Path
+    last: Path
+    history: Path
+    curve: Path
+    summary: Path
+    checkpoint: Path
+
+    @classmethod
+    def in_folder(cls, folder: str | os.PathLike) -> TrainOutputs:
+        folder = Path(folder)
+        return cls(
+            best=folder / "model_best.pt", last=folder / "model_last.pt", history=folder / "history.csv",
+            curve=folder / "curve.png", summary=folder / "train_summary.json", checkpoint=folder / "checkpoint.pt",
+        )
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """`auto`: CUDA when available, else CPU with a warning in the log; or a torch device name."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    log.warning("no CUDA device: training on CPU, which is slow; AMP and channels_last are off")
+    return torch.device("cpu")
+
+
+def class_weights(counts: list[int]) -> torch.Tensor:
+    """`(C + 1,)` classifier weights: background 1, class k ∝ 1 / its instance count, with mean 1
+    over the classes present; an absent class gets 1.
+    """
+    counts = np.asarray(counts, np.float64)
+    weights = np.ones(len(counts) + 1)
+    present = counts > 0
+    inverse = 1.0 / counts[present]
+    weights[1:][present] = inverse / inverse.mean()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier for optimizer step `step` (0-based): linear warmup, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """AdamW or SGD (with momentum) over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+
+
+@contextlib.contextmanager
+def _eval_scale(model: torch.nn.Module, scale: float | None, height: int, width: int):
+    """Resize a whole image by `scale` (the tiles' training scale) instead of to `min_size`.
+
+    Training resizes an S px tile to `min_size`; a whole image resized to `min_size` would show
+    cells at another magnification. None keeps the model's own sizes (whole-image tiles).
+    """
+    if scale is None:
+        yield
+        return
+    transform = model.transform
+    saved = transform.eval_min_size, transform.max_size
+    transform.eval_min_size = (max(1, round(min(height, width) * scale)),)
+    transform.max_size = max(1, math.ceil(max(height, width) * scale))
+    try:
+        yield
+    finally:
+        transform.eval_min_size, transform.max_size = saved
+
+
+@torch.no_grad()
+def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, scale: float | None, device) -> dict:
+    """COCO mask metrics of `model` on whole images `samples` (labels `(C, H, W)`, 0 = background)."""
+    model.eval()
+    preds = []
+    for sample in samples:
+        height, width = sample.image.shape[:2]
+        with _eval_scale(model, scale, height, width):
+            out = model([image_to_tensor(sample.image).to(device)])[0]
+        preds.append(
+            InstanceSet.from_dense(
+                out["boxes"].float().cpu().numpy(), out["scores"].float().cpu().numpy(),
+                out["labels"].cpu().numpy(), out["masks"][:, 0].float().cpu().numpy(),
+            )
+        )
+    model.train()
+    max_dets = max(100, cfg["box_detections_per_img"])
+    return coco_mask_metrics([s.labels for s in samples], preds, class_names, max_dets=max_dets)
+
+
+def run_fingerprint(tiles: pd.DataFrame, val_samples: list[Sample], cfg: dict, class_names, tile_size: int) -> str:
+    """Fingerprint of everything that decides the trained weights (not device or worker count)."""
+    config = {
+        "train": cfg, "classes": list(class_names), "tile_size": tile_size,
+        "tiles": tiles[["image_id", "tile"]].astype(str).values.tolist(),
+        "val": [s.image_id for s in val_samples],
+    }
+    arrays = [a for s in val_samples for a in (s.image, s.labels)]
+    return fingerprint(config, sorted(set(tiles["npz"])), arrays)
+
+
+def _save_state_dict(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+
+
+def _seed_everything(seed: int, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class _Training:
+    """One fold's training run: setup, resume, the loop, and the outputs."""
+
+    def __init__(self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size):
+        self.cfg, self.class_names, self.outputs, self.val_samples = cfg, list(class_names), outputs, val_samples
+        self.device = select_device(device)
+        self.cuda = self.device.type == "cuda"
+        self.amp = cfg["amp"] if self.cuda else "none"
+        self.scale = cfg["min_size"] / tile_size if tile_size else None
+        _seed_everything(cfg["seed"], self.device)
+        self.fingerprint = run_fingerprint(tiles, val_samples, cfg, class_names, tile_size)
+        weights = class_weights(class_instance_counts(tiles, class_names)) if cfg["class_weighted_loss"] else None
+        self.model = build_model(cfg, len(class_names), weights).to(self.device)
+        if self.cuda and cfg["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        dataset = TileDataset(tiles, build_augment(cfg["augment"], cfg["augment_overrides"]), cfg["seed"])
+        self.loader = make_loader(dataset, cfg["batch_size"], num_workers, cfg["seed"])
+        self.n_batches = math.ceil(len(dataset) / cfg["batch_size"])
+        self.total_steps = cfg["epochs"] * math.ceil(self.n_batches / cfg["grad_accum_steps"])
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, partial(lr_factor, warmup=cfg["warmup_steps"], total=self.total_steps)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.state = {
+            "step": 0, "epoch": 0, "batch_in_epoch": 0, "done": False, "history": [],
+            "sums": {}, "epoch_images": 0, "epoch_seconds": 0.0, "elapsed": 0.0,
+            "best_ap": None, "best_epoch": None, "best_model": None, "validations_since_best": 0,
+        }
+        self.resumed_from = self._resume()
+        self.started = self.tic = time.perf_counter()
+        log.info(
+            "fold training: %d tiles (%d batches of %d), %d held-out images, %d optimizer steps, device %s, amp %s",
+            len(dataset), self.n_batches, cfg["batch_size"], len(val_samples), self.total_steps, self.device, self.amp,
+        )
+
+    def _resume(self) -> int | None:
+        """Load the checkpoint when it exists and matches this run; the step resumed from, or None."""
+        path = self.outputs.checkpoint
+        if not path.exists():
+            return None
+        saved = load_checkpoint(path)
+        if saved.get("fingerprint") != self.fingerprint:
+            log.warning("%s: made with another config or other inputs, not resuming: starting over", path)
+            return None
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        self.state = saved["state"]
+        log.info("resuming from %s at step %d (epoch %d)", path, self.state["step"], self.state["epoch"] + 1)
+        return self.state["step"]
+
+    def _checkpoint(self) -> None:
+        now = time.perf_counter()
+        self.state["epoch_seconds"] += now - self.tic
+        self.state["elapsed"] += now - self.tic
+        self.tic = now
+        save_checkpoint(self.outputs.checkpoint, {
+            "fingerprint": self.fingerprint, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "state": self.state,
+        })
+
+    def run(self) -> dict:
+        progress = Progress(log, self.total_steps, self.state["step"], self.total_steps // PROGRESS_LINES)
+        while self.state["epoch"] < self.cfg["epochs"] and not self.state["done"]:
+            start_epoch(self.loader, self.state["epoch"], self.state["batch_in_epoch"])
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self.model.train()
+            for images, targets in self.loader:
+                self._train_batch(images, targets, progress)
+            self._end_epoch()
+            if self.state["epoch"] == self.cfg["epochs"]:
+                self.state["done"] = True
+            self._checkpoint()
+        return self._write_outputs()
+
+    def _train_batch(self, images, targets, progress: Progress) -> None:
+        """Forward (under autocast), backward; an optimizer step at the end of each accumulation group."""
+        accum, state = self.cfg["grad_accum_steps"], self.state
+        group_start = state["batch_in_epoch"] // accum * accum
+        group_size = min(accum, self.n_batches - group_start)
+        images = [image.to(self.device) for image in images]
+        targets = [{k: v.to(self.device) for k, v in target.items()} for target in targets]
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.amp), enabled=self.amp != "none"):
+            loss_dict = self.model(images, targets)
+        loss = sum(loss_dict.values())
+        values = {name: value.detach().item() for name, value in loss_dict.items()}
+        values = {"loss": sum(values.values()), **values}
+        if not math.isfinite(values["loss"]):
+            parts = ", ".join(f"{name} = {value:.4g}" for name, value in values.items() if name != "loss")
+            raise NonFiniteLossError(
+                f"non-finite training loss at step {state['step'] + 1} (epoch {state['epoch'] + 1}): {parts}; "
+                "lower train.lr, keep train.clip_grad_norm > 0, or check the training tiles"
+            )
+        self.scaler.scale(loss / group_size).backward()
+        for name, value in values.items():
+            state["sums"][name] = state["sums"].get(name, 0.0) + value
+        state["batch_in_epoch"] += 1
+        state["epoch_images"] += len(images)
+        if state["batch_in_epoch"] - group_start == group_size:
+            self._optimizer_step()
+            progress.update(state["step"], values["loss"], self.optimizer.param_groups[0]["lr"])
+            if state["step"] % self.cfg["checkpoint_every_steps"] == 0:
+                self._checkpoint()
+
+    def _optimizer_step(self) -> None:
+        if self.cfg["clip_grad_norm"] > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad_norm"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state["step"] += 1
+
+    def _end_epoch(self) -> None:
+        """The epoch's table row, validation when due, best weights and early stopping."""
+        state, epoch = self.state, self.state["epoch"]
+        state["epoch_seconds"] += time.perf_counter() - self.tic
+        self.tic = time.perf_counter()
+        row = {"epoch": epoch, "step": state["step"]}
+        row.update({name: total / self.n_batches for name, total in state["sums"].items()})
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        due = (epoch + 1) % self.cfg["val_every_epochs"] == 0 or epoch + 1 == self.cfg["epochs"]
+        metrics = validate(self.model, self.val_samples, self.class_names, self.cfg, self.scale, self.device) \
+            if due and self.val_samples else {}
+        row.update({f"val_{key}": metrics.get(key) for key in VAL_KEYS})
+        row["images_per_s"] = state["epoch_images"] / max(state["epoch_seconds"], 1e-9)
+        row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda else None
+        state["history"].append(row)
+        log.info("epoch %d/%d: loss %.4f, val AP %s", epoch + 1, self.cfg["epochs"], row["loss"], metrics.get("AP"))
+        if metrics:
+            self._track_best(epoch, metrics["AP"])
+        state.update(epoch=epoch + 1, batch_in_epoch=0, sums={}, epoch_images=0, epoch_seconds=0.0)
+
+    def _track_best(self, epoch: int, ap: float) -> None:
+        state = self.state
+        if state["best_ap"] is None or ap > state["best_ap"]:
+            state.update(best_ap=ap, best_epoch=epoch, validations_since_best=0)
+            state["best_model"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            return
+        state["validations_since_best"] += 1
+        patience = self.cfg["early_stopping_patience"]
+        if patience and state["validations_since_best"] >= patience:
+            log.info("early stopping: val AP has not improved for %d validations", patience)
+            state["done"] = True
+
+    def _write_outputs(self) -> dict:
+        state, outputs = self.state, self.outputs
+        last = self.model.state_dict()
+        _save_state_dict(outputs.last, last)
+        _save_state_dict(outputs.best, state["best_model"] or last)
+        write_history(outputs.history, state["history"])
+        plot_curve(outputs.curve, state["history"])
+        summary = {
+            "weights": self.model.weights_description, "device": str(self.device), "amp": self.amp,
+            "steps": state["step"], "total_steps": self.total_steps, "epochs": state["epoch"],
+            "stopped_early": state["epoch"] < self.cfg["epochs"],
+            "wall_time_s": round(time.perf_counter() - self.started, 2),
+            "train_time_all_runs_s": round(state["elapsed"], 2),
+            "best_val_ap": state["best_ap"],
+            "best_epoch": None if state["best_epoch"] is None else state["best_epoch"] + 1,
+            "best_weights": "best validation AP" if state["best_model"] else "last (never validated)",
+            "resumed_from_step": self.resumed_from, "fingerprint": self.fingerprint,
+        }
+        write_summary(outputs.summary, summary)
+        return summary
+
+
+def train_fold(
+    tiles: pd.DataFrame,
+    val_samples: list[Sample],
+    cfg: dict,
+    class_names: list[str],
+    outputs: TrainOutputs,
+    *,
+    tile_size: int,
+    num_workers: int = 0,
+    device: str = "auto",
+) -> dict:
+    """Train one fold's model and write `outputs`; returns the summary written to `outputs.summary`.
+
+    tiles: the training tiles (`train_data.training_tiles`: index rows plus `npz`), of the
+        training images outside this fold.
+    val_samples: the fold's held-out whole images, validated every `val_every_epochs` epochs
+        and after the last.
+    cfg: the resolved `train:` section (`train_config.resolve_train_config`).
+    tile_size: the tiles' side S (`tiles.size`), so that validation sees cells at the training
+        magnification; 0 for whole-image tiles.
+    num_workers: DataLoader worker processes (does not change the result).
+    device: `auto` (CUDA if available, else CPU) or a torch device name.
+
+    Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs.
+    Raises `NonFiniteLossError` when the loss diverges.
+    """
+    return _Training(tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size).run()

@@ -1,0 +1,182 @@
+"""Training tiles as a torch Dataset, and a DataLoader whose order and augmentation can be replayed.
+
+Every random choice of the input pipeline is a function of (seed, epoch, index): the sampler
+shuffles each epoch with a generator seeded from (seed, epoch) and the dataset augments item
+`index` of epoch `epoch` with a seed derived from all three. Nothing depends on global RNG
+streams or on which worker loads what, so a run resumed at any step sees exactly the batches
+an uninterrupted run would have seen, whatever `num_workers` is.
+
+Tiles without instances are kept: torchvision's Mask R-CNN trains on empty targets (all
+proposals become background), which teaches it that empty areas are empty.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cellseg.augment import augment_tile
+from cellseg.tiles import load_tile, read_index
+
+MIN_INSTANCE_AREA = 4  # px; smaller remnants left by augmentation are dropped
+
+
+def derived_seed(*keys: int) -> int:
+    """A 32-bit seed that depends on every key (e.g. seed, epoch, index), well mixed."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+
+
+def training_tiles(tsv_paths: Iterable[str | os.PathLike], image_ids: Iterable[str]) -> pd.DataFrame:
+    """Tile index rows of `image_ids`, with an `npz` column: the tiles file beside each TSV.
+
+    Rows are sorted by (`image_id`, `tile`), so the table does not depend on the order of paths.
+    """
+    wanted = set(image_ids)
+    parts = []
+    for path in tsv_paths:
+        index = read_index([path])
+        parts.append(index[index["image_id"].isin(wanted)].assign(npz=str(Path(path).with_suffix(".npz"))))
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["image_id", "tile", "npz"])
+    missing = wanted - set(table["image_id"])
+    if missing:
+        raise ValueError(f"no tiles for training images {sorted(missing)[:5]}")
+    return table.sort_values(["image_id", "tile"], kind="stable").reset_index(drop=True)
+
+
+def fold_image_ids(split: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
+    """(training, held-out) image ids of `fold`, from `split.tsv`'s `train` rows: the fold's model
+    trains on the other folds' images and is validated on the fold's own.
+    """
+    train = split[split["subset"] == "train"]
+    if fold not in set(train["fold"]):
+        raise ValueError(f"fold {fold} does not exist in the split (folds: {sorted(set(train['fold']))})")
+    own = train["fold"] == fold
+    if own.all():
+        raise ValueError(f"fold {fold} holds every training image, leaving none to train on (one fold only?)")
+    return sorted(train.loc[~own, "image_id"]), sorted(train.loc[own, "image_id"])
+
+
+def class_instance_counts(tiles: pd.DataFrame, class_names: Sequence[str]) -> list[int]:
+    """Instances per class over the training tiles, from the index's `n_<class name>` columns."""
+    return [int(tiles[f"n_{name}"].sum()) for name in class_names]
+
+
+def instances_from_labels(labels: np.ndarray, min_area: int = MIN_INSTANCE_AREA) -> dict[str, torch.Tensor]:
+    """One target instance per label id of each class plane, with its box recomputed from the mask.
+
+    `labels` `(C, H, W)` int, 0 = background. Returns `masks` `(N, H, W) uint8`, `labels` `(N,)`
+    int64 (class index + 1) and `boxes` `(N, 4)` float32 xyxy (x2, y2 exclusive). Instances
+    under `min_area` px are dropped.
+    """
+    height, width = labels.shape[1:]
+    masks, classes, boxes = [], [], []
+    for c, plane in enumerate(labels):
+        areas = np.bincount(plane.ravel())
+        for instance in np.flatnonzero(areas[1:] >= min_area) + 1:
+            mask = plane == instance
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            masks.append(mask)
+            classes.append(c + 1)
+            boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    return {
+        "masks": torch.from_numpy(np.array(masks, np.uint8).reshape(-1, height, width)),
+        "labels": torch.tensor(classes, dtype=torch.int64),
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+    }
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """`(H, W, 3) uint8` -> `(3, H, W) float32` in [0, 1], as the model takes it."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+class TileDataset(Dataset):
+    """Training tiles addressed by `(epoch, index)` keys (see `EpochSampler`).
+
+    `tiles` has one row per tile with `npz` (tiles file) and `tile` (k). `transform` is an
+    augmentation pipeline from `cellseg.augment.build_augment` or None. Make one dataset per
+    use: a validation dataset is never this object with its transform switched off.
+    Items are `(image (3, S, S) float32 in [0, 1], target)`, target as Mask R-CNN takes it plus
+    `center` and `boundary` `(S, S) float32`.
+    """
+
+    def __init__(self, tiles: pd.DataFrame, transform, seed: int):
+        self.paths = tiles["npz"].astype(str).tolist()
+        self.ks = tiles["tile"].astype(int).tolist()
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.ks)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        epoch, index = key
+        tile = load_tile(self.paths[index], self.ks[index])
+        if self.transform is not None:
+            tile = augment_tile(self.transform, **tile, seed=derived_seed(self.seed, epoch, index))
+        target = instances_from_labels(tile["labels"])
+        target["center"] = torch.from_numpy(tile["center"].astype(np.float32))
+        target["boundary"] = torch.from_numpy(tile["boundary"].astype(np.float32))
+        return image_to_tensor(tile["image"]), target
+
+
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)` keys: a permutation seeded by (seed, epoch), minus `skip` leading items."""
+
+    def __init__(self, n_items: int, seed: int):
+        self.n_items = n_items
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n_items, generator=generator).tolist()
+        return iter([(self.epoch, i) for i in order[self.skip :]])
+
+    def __len__(self) -> int:
+        return self.n_items - self.skip
+
+
+def collate(batch):
+    """A batch as (list of images, list of targets): images of a batch may differ in size."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a worker from torch's per-worker seed (for any library that uses them)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: TileDataset, batch_size: int, num_workers: int, seed: int) -> DataLoader:
+    """A shuffling DataLoader over `dataset`; call `start_epoch` before iterating each epoch."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), seed),
+        num_workers=num_workers,
+        collate_fn=collate,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+def start_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+    """Set the epoch's order and worker seeds from (seed, epoch); skip batches already trained on."""
+    sampler: EpochSampler = loader.sampler
+    sampler.set_epoch(epoch, skip_batches * loader.batch_size)
+    loader.generator.manual_seed(derived_seed(sampler.seed, epoch))

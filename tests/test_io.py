@@ -1,0 +1,169 @@
+"""Reading real-file variants of images and masks, bad files, and atomic writes."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellseg.errors import DataError
+from cellseg.io import atomic_path, read_image, read_mask, save_npz_atomic, write_tiff
+
+
+def _rgba(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    image[..., 3] = 255
+    return image
+
+
+def _write_rgba_lzw(path, image):
+    """Write as the reference files are: RGBA uint8, LZW, horizontal predictor."""
+    tifffile.imwrite(
+        path,
+        image,
+        photometric="rgb",
+        extrasamples=("unassalpha",),
+        compression="lzw",
+        predictor=True,
+    )
+
+
+@pytest.mark.parametrize("shape", [(33, 86), (2500, 1987)])
+def test_rgba_lzw_predictor_is_read_as_rgb(tmp_path, shape):
+    image = _rgba(*shape)
+    path = tmp_path / "image.tif"
+    _write_rgba_lzw(path, image)
+    with tifffile.TiffFile(path) as tif:
+        assert (tif.pages[0].compression, tif.pages[0].predictor) == (5, 2)
+    rgb = read_image(path)
+    assert rgb.shape == (*shape, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, image[..., :3])
+
+
+def test_rgb_grayscale_and_channel_first(tmp_path):
+    rgb = _rgba(20, 30)[..., :3]
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.tif"), rgb)
+    tifffile.imwrite(tmp_path / "grey.tif", rgb[..., 0])
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "grey.tif"), np.repeat(rgb[..., :1], 3, axis=2)
+    )
+    for channels in (3, 4):
+        planar = np.moveaxis(_rgba(20, 30)[..., :channels], -1, 0)
+        tifffile.imwrite(
+            tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate"
+        )
+        np.testing.assert_array_equal(
+            read_image(tmp_path / "planar.tif"), np.moveaxis(planar[:3], 0, -1)
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_non_uint8_is_stretched_between_percentiles(tmp_path, dtype):
+    ramp = np.linspace(1000, 5000, 40 * 50).reshape(40, 50)
+    image = np.stack([ramp, ramp, ramp], axis=-1).astype(dtype)
+    image[0, 0] = 60000  # an outlier beyond the 99.9th percentile is clipped, not used as maximum
+    tifffile.imwrite(tmp_path / "x.tif", image, photometric="rgb")
+    out = read_image(tmp_path / "x.tif")
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert (
+        out[0, 0, 0] == 255 and 120 < out[20, 25, 0] < 135
+    )  # the middle of the ramp maps near 128
+    assert (np.diff(out[1:, :, 0].ravel().astype(int)) >= 0).all()  # order is kept
+
+
+def test_constant_16bit_image_and_nan(tmp_path):
+    tifffile.imwrite(tmp_path / "flat.tif", np.full((8, 9), 700, np.uint16))
+    assert (read_image(tmp_path / "flat.tif") == 0).all()
+    image = np.ones((8, 9), np.float32)
+    image[2, 3] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", image)
+    with pytest.raises(DataError, match="nan.tif"):
+        read_image(tmp_path / "nan.tif")
+
+
+def test_float64_mask_with_skipping_ids(tmp_path):
+    mask = np.zeros((30, 40))
+    mask[2:8, 2:8], mask[10:20, 5:9], mask[25:29, 30:39] = 20, 3, 7
+    tifffile.imwrite(tmp_path / "class1.tif", mask, compression="zlib")
+    labels = read_mask(tmp_path / "class1.tif")
+    assert labels.dtype == np.int32 and labels.shape == (30, 40)
+    expected = np.zeros((30, 40), np.int32)
+    expected[2:8, 2:8], expected[10:20, 5:9], expected[25:29, 30:39] = 3, 1, 2  # id order kept
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_mask_with_300_cells(tmp_path):
+    mask = np.zeros((340, 300))
+    ids = 5 * np.arange(1, 341) + 2  # skipping ids: max 1702 for 340 cells
+    for k, cell_id in enumerate(ids):
+        y, x = divmod(k, 20)
+        mask[y * 20 + 2 : y * 20 + 17, x * 15 + 1 : x * 15 + 14] = cell_id
+    tifffile.imwrite(tmp_path / "m.tif", mask, compression="zlib")
+    labels = read_mask(tmp_path / "m.tif")
+    assert labels.max() == 340
+    assert (np.bincount(labels.ravel())[1:] == 15 * 13).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_integer_masks(tmp_path, dtype):
+    mask = np.zeros((10, 12), dtype)
+    mask[1:4, 1:4], mask[6:9, 6:11] = 9, 4
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    labels = read_mask(tmp_path / "m.tif")
+    assert (
+        labels.dtype == np.int32 and labels[2, 2] == 2 and labels[7, 7] == 1 and labels.max() == 2
+    )
+
+
+@pytest.mark.parametrize("bad_value", [2.5, -3.0, np.nan])
+def test_bad_mask_values(tmp_path, bad_value):
+    mask = np.zeros((10, 12))
+    mask[3, 3] = bad_value
+    tifffile.imwrite(tmp_path / "bad_mask.tif", mask)
+    with pytest.raises(DataError, match="bad_mask.tif"):
+        read_mask(tmp_path / "bad_mask.tif")
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [lambda n: n // 2, lambda n: n - 3, lambda n: 16, lambda n: 0],
+    ids=["half", "tail", "header", "empty"],
+)
+def test_truncated_lzw_image(tmp_path, keep):
+    full = tmp_path / "full.tif"
+    _write_rgba_lzw(full, _rgba(200, 300))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: keep(len(data))])
+    with pytest.raises(DataError, match="cut.tif"):
+        read_image(cut)
+
+
+def test_not_a_tiff_and_missing(tmp_path):
+    (tmp_path / "text.tif").write_text("this is not a TIFF file")
+    with pytest.raises(DataError, match="text.tif.*not a TIFF"):
+        read_image(tmp_path / "text.tif")
+    with pytest.raises(DataError, match="absent.tif: file not found"):
+        read_mask(tmp_path / "absent.tif")
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "sub" / "out.npz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("writer failed")
+    assert list((tmp_path / "sub").iterdir()) == []
+    save_npz_atomic(target, a=np.arange(3), b=np.ones((2, 2), np.float16))
+    assert [p.name for p in target.parent.iterdir()] == ["out.npz"]
+    with np.load(target) as data:
+        np.testing.assert_array_equal(data["a"], np.arange(3))
+        assert data["b"].dtype == np.float16
+
+
+def test_write_tiff_round_trip_is_byte_identical(tmp_path):
+    image = _rgba(17, 23)
+    write_tiff(tmp_path / "a.tif", image, compression="lzw", predictor=True)
+    write_tiff(tmp_path / "b.tif", image, compression="lzw", predictor=True)
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), image[..., :3])

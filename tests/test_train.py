@@ -1,0 +1,142 @@
+"""Few-step trainings of a tiny Mask R-CNN on hand-made 64 px tiles (CPU, one thread)."""
+
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_train_data import CLASSES, write_tiles
+
+from cellseg.dataset import Sample
+from cellseg.train import NonFiniteLossError, TrainOutputs, class_weights, lr_factor, train_fold
+from cellseg.train_config import resolve_train_config
+from cellseg.train_data import training_tiles
+
+# 3 images x 4 tiles, 2 tiles a batch, 2 batches a step: 3 steps an epoch, 6 in all.
+TINY = {
+    "min_size": 64, "max_size": 128, "rpn_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100,
+    "box_batch_size_per_image": 16, "box_detections_per_img": 100, "epochs": 2, "batch_size": 2,
+    "grad_accum_steps": 2, "warmup_steps": 2, "val_every_epochs": 2, "checkpoint_every_steps": 2,
+}
+
+# Runs one training in a fresh process (argv: tiles folder, output folder, config JSON).
+RUN_SCRIPT = """
+import json, sys, torch
+from pathlib import Path
+from cellseg.dataset import Sample
+from cellseg.train import TrainOutputs, train_fold
+from cellseg.train_data import training_tiles
+import numpy as np
+torch.set_num_threads(1)
+folder, out, cfg = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+tiles = training_tiles(sorted(folder.glob("*.tsv")), ["a", "b", "c"])
+with np.load(folder / "val.npz") as val:
+    samples = [Sample("v", val["image"], val["labels"])]
+train_fold(tiles, samples, cfg, json.loads(sys.argv[4]), TrainOutputs.in_folder(out), tile_size=64)
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: more threads than free cores make every step several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiles")
+    tsvs, samples = write_tiles(folder, ["a", "b", "c", "v"])
+    (folder / "v.tsv").unlink()  # the held-out image is not a training tile
+    np.savez(folder / "val.npz", image=samples["v"][0], labels=samples["v"][1])
+    return folder, training_tiles(tsvs[:3], ["a", "b", "c"]), [Sample("v", *samples["v"])]
+
+
+def train(data, out, **overrides):
+    _, tiles, val = data
+    cfg = resolve_train_config({**TINY, **overrides})
+    return train_fold(tiles, val, cfg, CLASSES, TrainOutputs.in_folder(out), tile_size=64)
+
+
+def weights(out, name="model_last.pt"):
+    return torch.load(out / name, weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def first_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_a")
+    return out, train(data, out)
+
+
+def test_training_writes_weights_table_curve_and_summary(first_run):
+    out, summary = first_run
+    assert summary["steps"] == summary["total_steps"] == 6 and summary["epochs"] == 2
+    assert summary["device"] == "cpu" and summary["weights"] == "random initialisation"
+    assert summary["resumed_from_step"] is None and summary["best_epoch"] == 2
+    assert json.loads((out / "train_summary.json").read_text()) == summary
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and list(history["step"]) == [3, 6]
+    for column in ["loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "lr", "images_per_s"]:
+        assert history[column].notna().all(), column
+    assert history["val_AP"].isna().tolist() == [True, False]  # validated every 2nd epoch
+    assert history["val_AP"][1] == pytest.approx(summary["best_val_ap"]) and history["peak_gpu_mem_mb"].isna().all()
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best, last = weights(out, "model_best.pt"), weights(out)
+    assert_same_weights(best, last)  # the only validation was after the last epoch
+
+
+def test_same_config_gives_identical_weights(data, first_run, tmp_path):
+    train(data, tmp_path)
+    assert_same_weights(weights(first_run[0]), weights(tmp_path))
+
+
+def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path):
+    folder, _, _ = data
+    cfg = resolve_train_config(TINY)
+    command = [sys.executable, "-c", RUN_SCRIPT, str(folder), str(tmp_path), json.dumps(cfg), json.dumps(CLASSES)]
+    env = {"PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    while not (tmp_path / "checkpoint.pt").exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    assert not (tmp_path / "model_last.pt").exists()
+    summary = train(data, tmp_path)
+    assert 2 <= summary["resumed_from_step"] < 6
+    assert_same_weights(weights(first_run[0]), weights(tmp_path))
+    assert_same_weights(weights(first_run[0], "model_best.pt"), weights(tmp_path, "model_best.pt"))
+    history = pd.read_csv(tmp_path / "history.csv")
+    expected = pd.read_csv(first_run[0] / "history.csv")
+    pd.testing.assert_frame_equal(history.drop(columns="images_per_s"), expected.drop(columns="images_per_s"))
+
+
+def test_nan_loss_stops_with_components_and_other_config_starts_over(data, first_run, tmp_path, caplog):
+    shutil.copy(first_run[0] / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    with caplog.at_level(logging.INFO, logger="cellseg"):
+        with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step \d.*loss_classifier = "):
+            train(data, tmp_path, lr=1e30, warmup_steps=0, clip_grad_norm=0.0, grad_accum_steps=1)
+    assert "another config or other inputs, not resuming: starting over" in caplog.text
+
+
+def test_class_weights_and_schedule():
+    assert class_weights([10, 30, 0]).tolist() == pytest.approx([1.0, 1.5, 0.5, 1.0])
+    factors = [lr_factor(step, warmup=2, total=6) for step in range(6)]
+    assert factors[:3] == pytest.approx([0.5, 1.0, 1.0]) and factors[3] > factors[4] > factors[5] > 0
+    assert lr_factor(6, warmup=2, total=6) == pytest.approx(0.0)

@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import pytest
+
+from cellseg.errors import ConfigError
+from cellseg.train_config import TRAIN_PRESETS, resolve_train_config
+
+
+def test_empty_config_is_the_demo_preset():
+    cfg = resolve_train_config({})
+    assert cfg == {"preset": "demo", **TRAIN_PRESETS["demo"]}
+    assert cfg["backbone"] == "resnet18" and cfg["anchor_sizes"] == [8, 16, 32, 64, 128]
+    assert resolve_train_config(None)["preset"] == "demo"
+
+
+def test_presets_have_the_same_keys_and_documented_values():
+    assert TRAIN_PRESETS["demo"].keys() == TRAIN_PRESETS["gpu"].keys()
+    gpu = resolve_train_config({"preset": "gpu"})
+    assert gpu["backbone"] == "resnet50" and gpu["weights"] == "imagenet"
+    assert gpu["multiscale_sizes"] == [448, 512, 576] and gpu["rpn_post_nms_top_n_train"] == 2000
+    assert gpu["optimizer"] == "sgd" and gpu["lr"] == 0.02 and gpu["amp"] == "bf16"
+
+
+def test_non_null_overrides_win_and_nothing_is_shared():
+    user = {"preset": "gpu", "backbone": "resnet50_v2", "lr": None, "augment_overrides": {"elastic": False}}
+    cfg = resolve_train_config(user)
+    assert cfg["backbone"] == "resnet50_v2" and cfg["lr"] == 0.02
+    assert cfg["augment_overrides"] == {"elastic": False}
+    cfg["anchor_sizes"].append(1)
+    assert resolve_train_config({})["anchor_sizes"] == [8, 16, 32, 64, 128]
+    assert user["augment_overrides"] is not cfg["augment_overrides"]
+
+
+@pytest.mark.parametrize(
+    "user, key",
+    [
+        ({"learning_rate": 0.1}, "train.learning_rate"),
+        ({"preset": "tpu"}, "train.preset"),
+        ({"backbone": "vit"}, "train.backbone"),
+        ({"weights": "coco"}, "train.weights"),  # demo backbone resnet18 has no COCO weights
+        ({"weights_path": "w.pt"}, "train.weights_path"),  # demo weights are none
+        ({"anchor_sizes": [8, 16, 32]}, "train.anchor_sizes"),
+        ({"aspect_ratios": []}, "train.aspect_ratios"),
+        ({"trainable_backbone_layers": 6}, "train.trainable_backbone_layers"),
+        ({"batch_size": 0}, "train.batch_size"),
+        ({"epochs": 2.5}, "train.epochs"),
+        ({"lr": 0}, "train.lr"),
+        ({"dice_loss_weight": -1}, "train.dice_loss_weight"),
+        ({"aux_heads": "yes"}, "train.aux_heads"),
+        ({"amp": "fp8"}, "train.amp"),
+        ({"min_size": 600}, "train.min_size"),  # above the demo max_size 512
+        ({"multiscale_sizes": [128, 1024]}, "train.multiscale_sizes"),
+        ({"augment": "extreme"}, "train.augment"),
+        ({"augment_overrides": {"blur": True}}, "train.augment_overrides.blur"),
+    ],
+)
+def test_bad_values_name_their_key(user, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve_train_config(user)
+
+
+def test_coco_weights_accepted_for_resnet50():
+    cfg = resolve_train_config({"backbone": "resnet50", "weights": "coco", "weights_path": "/x/coco.pt"})
+    assert cfg["weights"] == "coco" and cfg["weights_path"] == "/x/coco.pt"
+
+
+def test_module_imports_no_torch():
+    code = "import sys, cellseg.train_config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

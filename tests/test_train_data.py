@@ -1,0 +1,130 @@
+import numpy as np
+import pytest
+import torch
+
+from cellseg.augment import build_augment
+from cellseg.maps import compute_maps
+from cellseg.tiles import make_tiles, save_tiles
+from cellseg.train_data import (
+    TileDataset,
+    class_instance_counts,
+    make_loader,
+    start_epoch,
+    training_tiles,
+)
+
+CLASSES = ["disk", "square"]
+
+
+def synthetic_image(seed: int, size: int = 96):
+    """Red disks (class 1, radius 6) and blue squares (class 2, side 9) on a dark, noisy background.
+
+    Cells sit on a jittered 24 px grid, one per cell, class drawn at random. Returns image
+    `(S, S, 3) uint8` and labels `(2, S, S) int32`.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.normal(30, 8, (size, size, 3))
+    labels = np.zeros((2, size, size), np.int32)
+    yy, xx = np.mgrid[:size, :size]
+    for gy in range(12, size, 24):
+        for gx in range(12, size, 24):
+            if rng.random() < 0.15:
+                continue
+            cy, cx = gy + rng.integers(-3, 4), gx + rng.integers(-3, 4)
+            if rng.random() < 0.5:
+                mask, c, colour = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36, 0, (200, 60, 60)
+            else:
+                mask, c, colour = (abs(yy - cy) <= 4) & (abs(xx - cx) <= 4), 1, (50, 70, 210)
+            labels[c][mask] = labels[c].max() + 1
+            image[mask] = colour
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def write_tiles(folder, image_ids, size=96, tile=64):
+    """Tiles files (`{id}.npz`, `{id}.tsv`) of synthetic images; returns the TSV paths and samples."""
+    tsvs, samples = [], {}
+    for i, image_id in enumerate(image_ids):
+        image, labels = synthetic_image(i, size)
+        maps = compute_maps(labels, sigma=2.0, width=1)
+        tiles, index = make_tiles(
+            image, labels, maps["center"], maps["boundary"], tile, 16, False, 4,
+            image_id=image_id, class_names=CLASSES,
+        )
+        save_tiles(folder / f"{image_id}.npz", folder / f"{image_id}.tsv", tiles, index)
+        tsvs.append(folder / f"{image_id}.tsv")
+        samples[image_id] = (image, labels)
+    return tsvs, samples
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiles")
+    tsvs, _ = write_tiles(folder, ["b", "a", "c"])
+    return training_tiles(tsvs, ["a", "b"])
+
+
+def test_training_tiles_keeps_the_requested_images(tiles):
+    assert list(tiles["image_id"].unique()) == ["a", "b"]
+    assert len(tiles) == 8  # 2 x 2 tiles of 64 px with overlap 16 per 96 px image
+    assert all(path.endswith(f"{i}.npz") for path, i in zip(tiles["npz"], tiles["image_id"]))
+    assert class_instance_counts(tiles, CLASSES) == [
+        int(tiles["n_disk"].sum()), int(tiles["n_square"].sum())
+    ]
+    with pytest.raises(ValueError, match="zz"):
+        training_tiles([tiles["npz"][0].replace(".npz", ".tsv")], ["a", "zz"])
+
+
+def test_items_hold_one_instance_per_label(tiles):
+    dataset = TileDataset(tiles, transform=None, seed=0)
+    image, target = dataset[(0, 3)]
+    with np.load(tiles["npz"][3]) as npz:
+        labels = npz[f"labels_{tiles['tile'][3]}"]
+        pixels = npz[f"image_{tiles['tile'][3]}"]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1) / 255.0)
+    assert sorted(target["labels"].tolist()) == sorted([1] * labels[0].max() + [2] * labels[1].max())
+    for mask, label in zip(target["masks"].numpy(), target["labels"].tolist()):
+        assert len(np.unique(labels[label - 1][mask > 0])) == 1
+    assert target["center"].shape == target["boundary"].shape == (64, 64)
+    assert target["center"].dtype == torch.float32
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(tiles):
+    dataset = TileDataset(tiles, transform=build_augment("strong"), seed=0)
+    a, b = dataset[(1, 2)], dataset[(1, 2)]
+    dataset[(0, 5)]
+    c = dataset[(1, 2)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0])
+    assert torch.equal(a[1]["masks"], c[1]["masks"])
+    assert any(not torch.equal(dataset[(e, 2)][0], a[0]) for e in range(2, 6))
+
+
+def batches(loader, epoch, skip=0):
+    start_epoch(loader, epoch, skip)
+    return [(images, [t["boxes"] for t in targets]) for images, targets in loader]
+
+
+def test_loader_order_replays_after_a_skip_and_across_worker_counts(tiles):
+    dataset = TileDataset(tiles, transform=build_augment("basic"), seed=0)
+    full = batches(make_loader(dataset, 3, 0, seed=0), epoch=1)
+    assert [len(images) for images, _ in full] == [3, 3, 2]
+    resumed = batches(make_loader(dataset, 3, 0, seed=0), epoch=1, skip=1)
+    threaded = batches(make_loader(TileDataset(tiles, build_augment("basic"), seed=0), 3, 1, seed=0), epoch=1)
+    for (ia, ba), (ib, bb) in zip(full[1:], resumed):
+        assert all(torch.equal(x, y) for x, y in zip(ia + ba, ib + bb))
+    for (ia, ba), (ib, bb) in zip(full, threaded):
+        assert all(torch.equal(x, y) for x, y in zip(ia + ba, ib + bb))
+    other_epoch = batches(make_loader(dataset, 3, 0, seed=0), epoch=2)
+    assert not all(torch.equal(x, y) for x, y in zip(full[0][0], other_epoch[0][0]))
+
+
+def test_empty_tiles_are_kept(tmp_path):
+    image = np.zeros((64, 64, 3), np.uint8)
+    labels = np.zeros((2, 64, 64), np.int32)
+    maps = compute_maps(labels, sigma=2.0, width=1)
+    tiles, index = make_tiles(image, labels, maps["center"], maps["boundary"], 64, 16, False, 4,
+                              image_id="e", class_names=CLASSES)
+    save_tiles(tmp_path / "e.npz", tmp_path / "e.tsv", tiles, index)
+    table = training_tiles([tmp_path / "e.tsv"], ["e"])
+    _, target = TileDataset(table, None, seed=0)[(0, 0)]
+    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 64, 64)

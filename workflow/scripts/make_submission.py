@@ -1,0 +1,24 @@
+"""Write the leaderboard submission: tuned test predictions as COCO RLE, validated, zipped."""
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from cellseg.dataset import index_dataset
+from cellseg.evaluation import apply_tuned, read_thresholds
+from cellseg.instances import load_instance_sets
+from cellseg.joblog import job_logging
+from cellseg.submission import build_submission, write_submission
+
+with job_logging(snakemake.log[0]) as log:
+    p = snakemake.params
+    tests = index_dataset(p.source).test_images
+    sets = load_instance_sets(snakemake.input.ensemble, [t.name for t in tests])
+    tuned = apply_tuned(list(sets.values()), read_thresholds(snakemake.input.thresholds))
+    preds = {t.file_name: instances for t, instances in zip(tests, tuned)}
+    id_map = [{k: v for k, v in asdict(t).items() if k != "path"} for t in tests]
+    results = build_submission(preds, id_map, p.classes)
+    write_submission(results, snakemake.output.json, snakemake.output.zip, id_map, p.classes)
+    log.info("%d instances on %d test images", len(results), len(tests))

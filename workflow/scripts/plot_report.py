@@ -1,0 +1,30 @@
+"""Figures for the report: per-class AP, PR curve, best and worst validation images."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+import pandas as pd
+
+from cellseg.dataset import load_sample
+from cellseg.evaluation import apply_tuned, read_thresholds
+from cellseg.instances import load_instance_sets
+from cellseg.joblog import job_logging
+from cellseg.report import best_and_worst, plot_class_ap, plot_overlay, plot_pr_curve
+
+with job_logging(snakemake.log[0]):
+    p = snakemake.params
+    scores = pd.read_csv(snakemake.input.scores, sep="\t")
+    tuned_row = scores[(scores["model"] == "ensemble") & (scores["thresholds"] == "tuned")]
+    plot_class_ap(tuned_row.iloc[0].to_dict(), p.classes, snakemake.output.per_class)
+    plot_pr_curve(pd.read_csv(snakemake.input.pr_curve, sep="\t"), snakemake.output.pr_curve)
+    per_image = pd.read_csv(snakemake.input.per_image, sep="\t", dtype={"image_id": str})
+    best, worst = best_and_worst(per_image.set_index("image_id")["sartorius"], 1)
+    thresholds = read_thresholds(snakemake.input.thresholds)
+    for image_id, path, title in [(best[0], snakemake.output.best, "best"),
+                                  ((worst or best)[0], snakemake.output.worst, "worst")]:
+        sample = load_sample(p.source, image_id)
+        instances = load_instance_sets(snakemake.input.ensemble, [image_id])[image_id]
+        plot_overlay(sample.image, sample.labels, apply_tuned([instances], thresholds)[0],
+                     p.classes, path, title=f"{title}: {image_id}")

@@ -1,0 +1,34 @@
+"""Train one fold's Mask R-CNN on the other folds' tiles, validating on the fold's own images."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+import torch
+
+from cellseg.dataset import load_sample
+from cellseg.joblog import job_logging
+from cellseg.split import read_split
+from cellseg.train import TrainOutputs, train_fold
+from cellseg.train_data import fold_image_ids, training_tiles
+
+with job_logging(snakemake.log[0]) as log:
+    p = snakemake.params
+    torch.set_num_threads(snakemake.threads)
+    train_ids, held_out_ids = fold_image_ids(read_split(snakemake.input.split), int(snakemake.wildcards.fold))
+    tiles = training_tiles([f for f in snakemake.input.tiles if f.endswith(".tsv")], train_ids)
+    held_out = [load_sample(p.source, image_id) for image_id in held_out_ids]
+    outputs = TrainOutputs.in_folder(Path(snakemake.output.best).parent)
+    log.info("fold %s: %d training tiles, %d held-out images", snakemake.wildcards.fold, len(tiles), len(held_out))
+    train_fold(
+        tiles,
+        held_out,
+        p.train,
+        p.classes,
+        outputs,
+        tile_size=p.tile_size,
+        num_workers=snakemake.threads - 1,
+    )
+    # A finished run leaves no resume state: a later re-run (e.g. after a code change) starts over.
+    outputs.checkpoint.unlink(missing_ok=True)

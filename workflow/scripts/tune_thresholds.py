@@ -1,0 +1,28 @@
+"""Choose score, mask and NMS thresholds on the validation set's ensembled predictions."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from cellseg.dataset import load_sample
+from cellseg.instances import load_instance_sets
+from cellseg.io import atomic_path
+from cellseg.joblog import job_logging
+from cellseg.split import read_split, validation_ids
+from cellseg.tune import cross_check, tune_thresholds
+
+with job_logging(snakemake.log[0]) as log:
+    p = snakemake.params
+    ids = validation_ids(read_split(snakemake.input.split))
+    labels = [load_sample(p.source, image_id).labels for image_id in ids]
+    preds = list(load_instance_sets(snakemake.input.ensemble, ids).values())
+    options = {"metric": p.metric, "max_dets": p.max_dets, "evaluator": p.evaluator}
+    best, trials = tune_thresholds(labels, preds, p.classes, p.search, **options)
+    best["cross_check"] = cross_check(labels, preds, p.classes, p.search, **options)
+    log.info("tuned on %d images: %s", len(ids), best)
+    with atomic_path(snakemake.output.thresholds) as tmp:
+        tmp.write_text(json.dumps(best, indent=1) + "\n")
+    with atomic_path(snakemake.output.trials) as tmp:
+        trials.to_csv(tmp, sep="\t", index=False)
