@@ -199,6 +199,19 @@ def test_multiscale_training_sizes_and_eval_size():
     assert model.eval().transform([image])[0].image_sizes == [(128, 128)]
 
 
+@pytest.mark.parametrize("min_size, expected", [(64, [(200, 300), (40, 90)]), (128, [(400, 600), (80, 180)])])
+def test_tile_size_fixes_one_magnification_for_every_image_size(min_size, expected):
+    model = build_model(config(min_size=min_size, max_size=256), 2, tile_size=64).eval()
+    batch, _ = model.transform([torch.rand(3, 200, 300), torch.rand(3, 40, 90)])
+    assert batch.image_sizes == expected
+
+
+def test_pretrained_false_skips_the_weights(tmp_path):
+    path = tmp_path / "missing.pth"
+    model = build_model(config(weights="imagenet", weights_path=str(path)), 2, pretrained=False)
+    assert "architecture only" in model.weights_description
+
+
 def test_backbone_weights_from_local_file(tmp_path):
     resnet = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pt"

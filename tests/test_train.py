@@ -13,18 +13,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train_data import CLASSES, write_tiles
+from test_train_data import CLASSES, synthetic_image, write_tiles
 
 from cellseg.dataset import Sample
 from cellseg.train import NonFiniteLossError, TrainOutputs, class_weights, lr_factor, train_fold
 from cellseg.train_config import resolve_train_config
 from cellseg.train_data import training_tiles
 
-# 3 images x 4 tiles, 2 tiles a batch, 2 batches a step: 3 steps an epoch, 6 in all.
+# 4 images of one 64 px tile each, 1 tile a batch, 2 batches a step: 2 steps an epoch, 6 in all;
+# a checkpoint after step 3, in the middle of the second epoch.
+TRAIN_IDS = ["a", "b", "c", "d"]
 TINY = {
     "min_size": 64, "max_size": 128, "rpn_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100,
-    "box_batch_size_per_image": 16, "box_detections_per_img": 100, "epochs": 2, "batch_size": 2,
-    "grad_accum_steps": 2, "warmup_steps": 2, "val_every_epochs": 2, "checkpoint_every_steps": 2,
+    "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 16, "box_detections_per_img": 30,
+    "epochs": 3, "batch_size": 1, "grad_accum_steps": 2, "warmup_steps": 2, "val_every_epochs": 2,
+    "checkpoint_every_steps": 3,
 }
 
 # Runs one training in a fresh process (argv: tiles folder, output folder, config JSON).
@@ -37,7 +40,7 @@ from cellseg.train_data import training_tiles
 import numpy as np
 torch.set_num_threads(1)
 folder, out, cfg = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-tiles = training_tiles(sorted(folder.glob("*.tsv")), ["a", "b", "c"])
+tiles = training_tiles(sorted(folder.glob("*.tsv")), json.loads(sys.argv[5]))
 with np.load(folder / "val.npz") as val:
     samples = [Sample("v", val["image"], val["labels"])]
 train_fold(tiles, samples, cfg, json.loads(sys.argv[4]), TrainOutputs.in_folder(out), tile_size=64)
@@ -55,11 +58,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    """Training tiles of TRAIN_IDS and a 96 px held-out image `v` (also saved as `val.npz`)."""
     folder = tmp_path_factory.mktemp("tiles")
-    tsvs, samples = write_tiles(folder, ["a", "b", "c", "v"])
-    (folder / "v.tsv").unlink()  # the held-out image is not a training tile
-    np.savez(folder / "val.npz", image=samples["v"][0], labels=samples["v"][1])
-    return folder, training_tiles(tsvs[:3], ["a", "b", "c"]), [Sample("v", *samples["v"])]
+    tsvs, _ = write_tiles(folder, TRAIN_IDS, size=64)
+    image, labels = synthetic_image(9, 96)
+    np.savez(folder / "val.npz", image=image, labels=labels)
+    return folder, training_tiles(tsvs, TRAIN_IDS), [Sample("v", image, labels)]
 
 
 def train(data, out, **overrides):
@@ -86,19 +90,23 @@ def first_run(data, tmp_path_factory):
 
 def test_training_writes_weights_table_curve_and_summary(first_run):
     out, summary = first_run
-    assert summary["steps"] == summary["total_steps"] == 6 and summary["epochs"] == 2
+    assert summary["steps"] == summary["total_steps"] == 6 and summary["epochs"] == 3
     assert summary["device"] == "cpu" and summary["weights"] == "random initialisation"
-    assert summary["resumed_from_step"] is None and summary["best_epoch"] == 2
+    assert summary["resumed_from_step"] is None and summary["best_epoch"] in (2, 3)
     assert json.loads((out / "train_summary.json").read_text()) == summary
     history = pd.read_csv(out / "history.csv")
-    assert list(history["epoch"]) == [0, 1] and list(history["step"]) == [3, 6]
+    assert list(history["epoch"]) == [1, 2, 3] and list(history["step"]) == [2, 4, 6]
     for column in ["loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "lr", "images_per_s"]:
         assert history[column].notna().all(), column
-    assert history["val_AP"].isna().tolist() == [True, False]  # validated every 2nd epoch
-    assert history["val_AP"][1] == pytest.approx(summary["best_val_ap"]) and history["peak_gpu_mem_mb"].isna().all()
+    assert history["val_AP"].isna().tolist() == [True, False, False]  # every 2nd epoch and the last
+    assert history["val_AP"].max() == pytest.approx(summary["best_val_ap"])
+    assert history["peak_gpu_mem_mb"].isna().all()
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best, last = weights(out, "model_best.pt"), weights(out)
-    assert_same_weights(best, last)  # the only validation was after the last epoch
+    if summary["best_epoch"] == 3:
+        assert_same_weights(best, last)
+    else:
+        assert any(not torch.equal(best[k], last[k]) for k in best)
 
 
 def test_same_config_gives_identical_weights(data, first_run, tmp_path):
@@ -109,7 +117,8 @@ def test_same_config_gives_identical_weights(data, first_run, tmp_path):
 def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path):
     folder, _, _ = data
     cfg = resolve_train_config(TINY)
-    command = [sys.executable, "-c", RUN_SCRIPT, str(folder), str(tmp_path), json.dumps(cfg), json.dumps(CLASSES)]
+    args = [str(folder), str(tmp_path), json.dumps(cfg), json.dumps(CLASSES), json.dumps(TRAIN_IDS)]
+    command = [sys.executable, "-c", RUN_SCRIPT, *args]
     env = {"PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     while not (tmp_path / "checkpoint.pt").exists() and process.poll() is None:
@@ -119,7 +128,7 @@ def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path):
     assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
     assert not (tmp_path / "model_last.pt").exists()
     summary = train(data, tmp_path)
-    assert 2 <= summary["resumed_from_step"] < 6
+    assert summary["resumed_from_step"] == 3
     assert_same_weights(weights(first_run[0]), weights(tmp_path))
     assert_same_weights(weights(first_run[0], "model_best.pt"), weights(tmp_path, "model_best.pt"))
     history = pd.read_csv(tmp_path / "history.csv")
@@ -131,7 +140,10 @@ def test_nan_loss_stops_with_components_and_other_config_starts_over(data, first
     shutil.copy(first_run[0] / "checkpoint.pt", tmp_path / "checkpoint.pt")
     with caplog.at_level(logging.INFO, logger="cellseg"):
         with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step \d.*loss_classifier = "):
-            train(data, tmp_path, lr=1e30, warmup_steps=0, clip_grad_norm=0.0, grad_accum_steps=1)
+            train(
+                data, tmp_path, lr=1e30, warmup_steps=0, clip_grad_norm=0.0, grad_accum_steps=1,
+                class_weighted_loss=True,
+            )
     assert "another config or other inputs, not resuming: starting over" in caplog.text
 
 

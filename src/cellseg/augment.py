@@ -7,10 +7,15 @@ the maps stay aligned), while colour and stain jitter touch the image only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
-import albumentations as A
 import numpy as np
+
+# albumentations asks PyPI for a newer version on import (up to 2 s and a warning on offline
+# compute nodes); a pipeline has no use for that.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 
 SWITCHES = ("hflip", "vflip", "rot90", "scale_shift", "color", "stain", "elastic")
 PRESETS = {

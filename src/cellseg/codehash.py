@@ -9,6 +9,7 @@ reach that module.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -18,7 +19,7 @@ PACKAGE = "cellseg"
 def imported_modules(source_path: Path, package_dir: Path) -> set[str]:
     """Names of the `cellseg` modules `source_path` imports, followed transitively."""
     seen: set[str] = set()
-    pending = _direct_imports(source_path.read_text(), package_dir)
+    pending = set(_direct_imports(source_path.read_text(), package_dir))
     while pending:
         name = pending.pop()
         if name in seen:
@@ -38,7 +39,8 @@ def code_digest(script_path: str | Path, package_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _direct_imports(source: str, package_dir: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _direct_imports(source: str, package_dir: Path) -> frozenset[str]:
     names = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -49,7 +51,7 @@ def _direct_imports(source: str, package_dir: Path) -> set[str]:
         else:
             continue
         names |= {c for c in candidates if _is_module(c, package_dir)}
-    return names
+    return frozenset(names)
 
 
 def _is_module(name: str, package_dir: Path) -> bool:

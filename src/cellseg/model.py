@@ -46,28 +46,43 @@ BOX_REPRESENTATION = 1024
 AUX_STRIDE = 4  # FPN level '0'
 
 
-def build_model(cfg: dict, num_classes: int, class_weights: torch.Tensor | None = None) -> "CellMaskRCNN":
+def build_model(
+    cfg: dict,
+    num_classes: int,
+    class_weights: torch.Tensor | None = None,
+    *,
+    tile_size: int = 0,
+    pretrained: bool = True,
+) -> "CellMaskRCNN":
     """Mask R-CNN for `num_classes` foreground classes (background excluded), from resolved `cfg`.
 
     `class_weights` `(num_classes + 1,)` float (index 0 = background) weights the box
     classifier's cross-entropy; None = unweighted. Pretrained weights follow `cfg["weights"]` /
-    `cfg["weights_path"]`; `model.weights_description` says which were used.
+    `cfg["weights_path"]`; `model.weights_description` says which were used. `pretrained=False`
+    builds the same architecture without loading them (inference loads trained weights anyway).
+    `tile_size`: the training tiles' side S; when set, every image (tile, whole image or
+    inference tile of any size) is resized by the same factor `min_size / S`, so the model sees
+    cells at one magnification. 0: torchvision's behaviour (short side resized to `min_size`).
     """
     if class_weights is not None and tuple(class_weights.shape) != (num_classes + 1,):
         raise ValueError(f"class_weights must have shape ({num_classes + 1},), got {tuple(class_weights.shape)}")
     v2 = cfg["backbone"] == "resnet50_v2"
-    pretrained = cfg["weights"] != "none"
-    backbone = _backbone(cfg["backbone"], cfg["trainable_backbone_layers"], frozen_bn=pretrained and not v2)
+    # Pretrained backbones use frozen batch norm (as torchvision); the architecture, and so the
+    # state dict's keys, follow the config also when the weights themselves are not loaded.
+    uses_pretrained = cfg["weights"] != "none"
+    backbone = _backbone(cfg["backbone"], cfg["trainable_backbone_layers"], frozen_bn=uses_pretrained and not v2)
     model = CellMaskRCNN(
         backbone=backbone,
         rpn=_rpn(cfg, v2),
         roi_heads=_roi_heads(cfg, num_classes, v2, class_weights),
-        transform=_Transform(cfg["min_size"], cfg["max_size"], cfg["multiscale_sizes"]),
+        transform=_Transform(cfg["min_size"], cfg["max_size"], cfg["multiscale_sizes"], tile_size),
         aux_head=AuxHead() if cfg["aux_heads"] else None,
         center_loss_weight=cfg["center_loss_weight"],
         boundary_loss_weight=cfg["boundary_loss_weight"],
     )
-    model.weights_description = load_pretrained(model, cfg)
+    model.weights_description = (
+        load_pretrained(model, cfg) if pretrained else "architecture only (weights loaded by the caller)"
+    )
     log.info("model %s, %d classes: %s", cfg["backbone"], num_classes, model.weights_description)
     return model
 
@@ -134,13 +149,29 @@ class _Transform(GeneralizedRCNNTransform):
     """torchvision's resize + normalise, training at a random min size per batch from `train_sizes`.
 
     torchvision's own multi-scale draws per image and evaluates at the last size; here
-    evaluation always uses `min_size`.
+    evaluation always uses `min_size`. With `tile_size` S, an image of any size is resized by
+    the factor (chosen min size) / S instead of to a fixed short side (see `build_model`).
     """
 
-    def __init__(self, min_size: int, max_size: int, train_sizes: list[int]):
+    def __init__(self, min_size: int, max_size: int, train_sizes: list[int], tile_size: int = 0):
         super().__init__(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
         self.eval_min_size = (min_size,)
         self.train_sizes = tuple(train_sizes)
+        self.tile_size = tile_size
+
+    def resize(self, image, target=None):
+        if not self.tile_size:
+            return super().resize(image, target)
+        scale = self.min_size[-1] / self.tile_size
+        if scale == 1.0:
+            return image, target
+        height, width = image.shape[-2:]
+        saved = self.min_size, self.max_size
+        self.min_size, self.max_size = (min(height, width) * scale,), max(height, width) * scale + 1e-3
+        try:
+            return super().resize(image, target)
+        finally:
+            self.min_size, self.max_size = saved
 
     def forward(self, images, targets=None):
         self.min_size = self.eval_min_size

@@ -45,11 +45,13 @@ SEAM_IOU = 0.5
 
 
 def load_model_for_inference(
-    weights_path: str | os.PathLike, cfg: dict, num_classes: int, device: torch.device
+    weights_path: str | os.PathLike, cfg: dict, num_classes: int, device: torch.device, tile_size: int = 0
 ) -> torch.nn.Module:
     """The model `build_model(cfg, num_classes)` with the state dict at `weights_path`, on
-    `device`, in eval mode. Raises `DataError` naming the file when the weights do not fit."""
-    model = build_model(cfg, num_classes)
+    `device`, in eval mode. `tile_size`: the training tiles' side, so that images are seen at
+    the training magnification (see `build_model`); no pretrained weights are fetched.
+    Raises `DataError` naming the file when the weights do not fit."""
+    model = build_model(cfg, num_classes, tile_size=tile_size, pretrained=False)
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
@@ -85,7 +87,7 @@ def predict_image(
     """Instances of `model` (torchvision detection interface, eval mode) in one image.
 
     image: (H, W, 3) uint8 RGB. tile_size: S, 0 = always the whole image, unpadded; an image
-    that fits one tile is padded to S × S as in training. tta: ops of `TTA_OPS`, all their
+    that fits one tile is predicted whole. tta: ops of `TTA_OPS`, all their
     combinations are run (`tta_views`). tta_fusion: keyword arguments of `fuse_instance_sets`
     for the views (not `weights`: views weigh the same). Returns an `InstanceSet` of size (H, W).
     """
@@ -151,7 +153,11 @@ class _Tile:
 
 
 def _tiles(height: int, width: int, size: int, overlap: int) -> tuple[list[_Tile], tuple[int, int]]:
-    """The tiles of an image, row by row, and the (h, w) every tile is padded to."""
+    """The tiles of an image, row by row, and the (h, w) every tile is cropped to.
+
+    Tiles are flush with the image's end, so all have one size: `size`, or the image's side
+    where it is smaller (not padded: the model sees every image at the training magnification,
+    whatever its size, see `cellseg.model.build_model`)."""
     if size == 0:
         return [_Tile(0, 0, width, height, None, None, None, None)], (height, width)
     ys, xs = tile_origins(height, size, overlap), tile_origins(width, size, overlap)
@@ -165,7 +171,7 @@ def _tiles(height: int, width: int, size: int, overlap: int) -> tuple[list[_Tile
             top=ys[iy - 1] + size if iy > 0 else None,
             bottom=ys[iy + 1] if iy + 1 < len(ys) else None,
         ))
-    return tiles, (size, size)
+    return tiles, (min(size, height), min(size, width))
 
 
 def _padded_crop(pixels: torch.Tensor, tile: _Tile, padded: tuple[int, int]) -> torch.Tensor:

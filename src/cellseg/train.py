@@ -11,7 +11,6 @@ inputs) differs is not resumed: training starts over and the log says why.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -107,35 +106,16 @@ def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
-@contextlib.contextmanager
-def _eval_scale(model: torch.nn.Module, scale: float | None, height: int, width: int):
-    """Resize a whole image by `scale` (the tiles' training scale) instead of to `min_size`.
-
-    Training resizes an S px tile to `min_size`; a whole image resized to `min_size` would show
-    cells at another magnification. None keeps the model's own sizes (whole-image tiles).
-    """
-    if scale is None:
-        yield
-        return
-    transform = model.transform
-    saved = transform.eval_min_size, transform.max_size
-    transform.eval_min_size = (max(1, round(min(height, width) * scale)),)
-    transform.max_size = max(1, math.ceil(max(height, width) * scale))
-    try:
-        yield
-    finally:
-        transform.eval_min_size, transform.max_size = saved
-
-
 @torch.no_grad()
-def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, scale: float | None, device) -> dict:
-    """COCO mask metrics of `model` on whole images `samples` (labels `(C, H, W)`, 0 = background)."""
+def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, device) -> dict:
+    """COCO mask metrics of `model` on whole images `samples` (labels `(C, H, W)`, 0 = background).
+
+    The model sees whole images at the tiles' training magnification (`build_model`'s `tile_size`).
+    """
     model.eval()
     preds = []
     for sample in samples:
-        height, width = sample.image.shape[:2]
-        with _eval_scale(model, scale, height, width):
-            out = model([image_to_tensor(sample.image).to(device)])[0]
+        out = model([image_to_tensor(sample.image).to(device)])[0]
         preds.append(
             InstanceSet.from_dense(
                 out["boxes"].float().cpu().numpy(), out["scores"].float().cpu().numpy(),
@@ -179,11 +159,10 @@ class _Training:
         self.device = select_device(device)
         self.cuda = self.device.type == "cuda"
         self.amp = cfg["amp"] if self.cuda else "none"
-        self.scale = cfg["min_size"] / tile_size if tile_size else None
         _seed_everything(cfg["seed"], self.device)
         self.fingerprint = run_fingerprint(tiles, val_samples, cfg, class_names, tile_size)
         weights = class_weights(class_instance_counts(tiles, class_names)) if cfg["class_weighted_loss"] else None
-        self.model = build_model(cfg, len(class_names), weights).to(self.device)
+        self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size).to(self.device)
         if self.cuda and cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         dataset = TileDataset(tiles, build_augment(cfg["augment"], cfg["augment_overrides"]), cfg["seed"])
@@ -201,6 +180,7 @@ class _Training:
             "best_ap": None, "best_epoch": None, "best_model": None, "validations_since_best": 0,
         }
         self.resumed_from = self._resume()
+        self.elapsed_before = self.state["elapsed"]
         self.started = self.tic = time.perf_counter()
         log.info(
             "fold training: %d tiles (%d batches of %d), %d held-out images, %d optimizer steps, device %s, amp %s",
@@ -228,7 +208,7 @@ class _Training:
     def _checkpoint(self) -> None:
         now = time.perf_counter()
         self.state["epoch_seconds"] += now - self.tic
-        self.state["elapsed"] += now - self.tic
+        self.state["elapsed"] = self.elapsed_before + now - self.started
         self.tic = now
         save_checkpoint(self.outputs.checkpoint, {
             "fingerprint": self.fingerprint, "model": self.model.state_dict(),
@@ -246,9 +226,9 @@ class _Training:
             for images, targets in self.loader:
                 self._train_batch(images, targets, progress)
             self._end_epoch()
-            if self.state["epoch"] == self.cfg["epochs"]:
+            if self.state["done"] or self.state["epoch"] == self.cfg["epochs"]:
                 self.state["done"] = True
-            self._checkpoint()
+                self._checkpoint()
         return self._write_outputs()
 
     def _train_batch(self, images, targets, progress: Progress) -> None:
@@ -294,12 +274,11 @@ class _Training:
         """The epoch's table row, validation when due, best weights and early stopping."""
         state, epoch = self.state, self.state["epoch"]
         state["epoch_seconds"] += time.perf_counter() - self.tic
-        self.tic = time.perf_counter()
-        row = {"epoch": epoch, "step": state["step"]}
+        row = {"epoch": epoch + 1, "step": state["step"]}
         row.update({name: total / self.n_batches for name, total in state["sums"].items()})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         due = (epoch + 1) % self.cfg["val_every_epochs"] == 0 or epoch + 1 == self.cfg["epochs"]
-        metrics = validate(self.model, self.val_samples, self.class_names, self.cfg, self.scale, self.device) \
+        metrics = validate(self.model, self.val_samples, self.class_names, self.cfg, self.device) \
             if due and self.val_samples else {}
         row.update({f"val_{key}": metrics.get(key) for key in VAL_KEYS})
         row["images_per_s"] = state["epoch_images"] / max(state["epoch_seconds"], 1e-9)
@@ -307,10 +286,12 @@ class _Training:
         state["history"].append(row)
         log.info("epoch %d/%d: loss %.4f, val AP %s", epoch + 1, self.cfg["epochs"], row["loss"], metrics.get("AP"))
         if metrics:
-            self._track_best(epoch, metrics["AP"])
+            self._track_best(epoch + 1, metrics["AP"])
         state.update(epoch=epoch + 1, batch_in_epoch=0, sums={}, epoch_images=0, epoch_seconds=0.0)
+        self.tic = time.perf_counter()  # validation is not training time
 
     def _track_best(self, epoch: int, ap: float) -> None:
+        """Keep the weights of the best val AP so far (`epoch` 1-based); stop when patience runs out."""
         state = self.state
         if state["best_ap"] is None or ap > state["best_ap"]:
             state.update(best_ap=ap, best_epoch=epoch, validations_since_best=0)
@@ -334,9 +315,9 @@ class _Training:
             "steps": state["step"], "total_steps": self.total_steps, "epochs": state["epoch"],
             "stopped_early": state["epoch"] < self.cfg["epochs"],
             "wall_time_s": round(time.perf_counter() - self.started, 2),
-            "train_time_all_runs_s": round(state["elapsed"], 2),
+            "wall_time_all_runs_s": round(state["elapsed"], 2),
             "best_val_ap": state["best_ap"],
-            "best_epoch": None if state["best_epoch"] is None else state["best_epoch"] + 1,
+            "best_epoch": state["best_epoch"],
             "best_weights": "best validation AP" if state["best_model"] else "last (never validated)",
             "resumed_from_step": self.resumed_from, "fingerprint": self.fingerprint,
         }

@@ -16,6 +16,7 @@ import time
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cellseg.io import atomic_path
 
@@ -49,9 +50,10 @@ def _duration(seconds: float) -> str:
 
 
 def write_history(path: str | os.PathLike, rows: list[dict]) -> pd.DataFrame:
-    """The per-epoch table as CSV: `epoch`, `step`, `loss` and each `loss_*` component (epoch
-    means), `lr`, `val_AP`, `val_AP50`, `val_AP75` (empty when not validated that epoch),
-    `images_per_s`, `peak_gpu_mem_mb` (empty on CPU).
+    """The per-epoch table as CSV: `epoch` (1-based), `step` (optimizer steps so far), `loss`
+    and each `loss_*` component (epoch means), `lr`, `val_AP`, `val_AP50`, `val_AP75` (empty
+    when not validated that epoch), `images_per_s` (training only), `peak_gpu_mem_mb` (empty
+    on CPU).
     """
     table = pd.DataFrame(rows)
     with atomic_path(path) as tmp:
@@ -65,7 +67,7 @@ def plot_curve(path: str | os.PathLike, rows: list[dict]) -> None:
     figure = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(figure)
     losses, scores = figure.subplots(1, 2)
-    epochs = table["epoch"] + 1 if len(table) else []
+    epochs = table["epoch"] if len(table) else []
     for column in [c for c in table.columns if c == "loss" or c.startswith("loss_")]:
         losses.plot(epochs, table[column], marker=".", label=column, linewidth=2 if column == "loss" else 1)
     losses.set(xlabel="epoch", ylabel="mean training loss", title="training loss")
@@ -73,9 +75,10 @@ def plot_curve(path: str | os.PathLike, rows: list[dict]) -> None:
         column = f"val_{key}"
         if column in table and table[column].notna().any():
             validated = table[table[column].notna()]
-            scores.plot(validated["epoch"] + 1, validated[column], marker="o", label=key)
+            scores.plot(validated["epoch"], validated[column], marker="o", label=key)
     scores.set(xlabel="epoch", ylabel="mask AP", title="validation (held-out images)", ylim=(0, 1))
     for axes in (losses, scores):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")
         axes.grid(alpha=0.3)

@@ -83,7 +83,7 @@ def load_pretrained(model: nn.Module, cfg: dict) -> str:
         source = f"{kind} weights from {label}"
     else:
         label = f"train.weights {weights}"
-        state = weights.get_state_dict(progress=False)
+        state = _fetch(weights)
         source = f"{kind} weights {weights} (torchvision download / cache)"
     if any(key.startswith("backbone.") for key in state):
         reset = _load_full(model, state, label)
@@ -94,6 +94,17 @@ def load_pretrained(model: nn.Module, cfg: dict) -> str:
         log.warning("%s: re-initialised %s (shape differs: class count or anchors)", label, ", ".join(reset))
         source += f"; re-initialised for this model: {', '.join(reset)}"
     return source
+
+
+def _fetch(weights: WeightsEnum) -> dict[str, torch.Tensor]:
+    """torchvision's cached copy, downloaded on first use; offline nodes need `weights_path` instead."""
+    try:
+        return weights.get_state_dict(progress=False)
+    except OSError as err:
+        raise ConfigError(
+            f"train.weights: could not download {weights} ({err}); without internet, download it once with "
+            "cellseg.weights.download_weights on a connected host and set train.weights_path to the file"
+        ) from err
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

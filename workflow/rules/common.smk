@@ -1,4 +1,5 @@
 # Config validation, the dataset's image list, input functions and the final targets.
+import functools
 import sys
 from pathlib import Path
 
@@ -9,7 +10,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cellseg.codehash import code_digest
 from cellseg.dataset import index_dataset
-from cellseg.demo import demo_ids
 from cellseg.errors import ConfigError, DataError
 from cellseg.train_config import resolve_train_config
 
@@ -53,6 +53,8 @@ SOURCE = resolve_source()
 try:
     TRAIN_CFG = resolve_train_config(config["train"])
     if DEMO:
+        from cellseg.demo import demo_ids
+
         TRAIN_IDS, TEST_NAMES = demo_ids(config["demo"]["n_train"], config["demo"]["n_test"])
     else:
         DATASET = index_dataset(SOURCE)
@@ -95,6 +97,11 @@ def sample_files(wildcards):
 
 def all_sample_files(wildcards=None):
     """Files every training image is read from (for rules that see the whole training set)."""
+    return _all_sample_files()
+
+
+@functools.cache
+def _all_sample_files():
     if DEMO:
         return [DEMO_DIR]
     files = set()

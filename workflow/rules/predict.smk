@@ -12,6 +12,7 @@ rule predict_fold:
         train=TRAIN_CFG,
         source=SOURCE,
         classes=CLASSES,
+        train_tile_size=config["tiles"]["size"],
         tile_size=config["predict"]["tile_size"],
         overlap=config["predict"]["overlap"],
         tta=config["predict"]["tta"],

@@ -23,7 +23,9 @@ with job_logging(snakemake.log[0]) as log:
         tests = index_dataset(p.source).test_images
         images = ((t.name, load_test_image(p.source, t)) for t in tests)
     device = select_device()
-    model = load_model_for_inference(snakemake.input.weights, p.train, len(p.classes), device)
+    model = load_model_for_inference(
+        snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size
+    )
     out = Path(snakemake.output[0])
     out.mkdir(parents=True, exist_ok=True)
     found = predict_images(
