@@ -56,3 +56,11 @@ def test_best_and_worst_never_overlap():
     scores = pd.Series({"a": 0.9, "b": 0.1, "c": np.nan, "d": 0.5})
     assert best_and_worst(scores, 1) == (["a"], ["b"])
     assert best_and_worst(scores, 5) == (["a", "d"], ["b"])
+
+
+def test_small_images_are_enlarged_by_an_integer_factor(tmp_path):
+    image = np.zeros((40, 90, 3), np.uint8)
+    labels = np.zeros((1, 40, 90), np.int32)
+    labels[0, 10:20, 10:30] = 1
+    plot_overlay(image, labels, InstanceSet.empty((40, 90)), ["class1"], tmp_path / "small.png")
+    assert png_shape(tmp_path / "small.png") == (40 * 3, 90 * 3)

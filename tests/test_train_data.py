@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -8,6 +9,7 @@ from cellseg.tiles import make_tiles, save_tiles
 from cellseg.train_data import (
     TileDataset,
     class_instance_counts,
+    fold_image_ids,
     make_loader,
     start_epoch,
     training_tiles,
@@ -128,3 +130,12 @@ def test_empty_tiles_are_kept(tmp_path):
     table = training_tiles([tmp_path / "e.tsv"], ["e"])
     _, target = TileDataset(table, None, seed=0)[(0, 0)]
     assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 64, 64)
+
+
+def test_fold_ids_hold_out_the_fold_and_one_fold_validates_on_the_validation_set():
+    split = pd.DataFrame(
+        {"image_id": ["a", "b", "c", "d"], "subset": ["val", "train", "train", "train"], "fold": [-1, 0, 1, 0]}
+    )
+    assert fold_image_ids(split, 0) == (["c"], ["b", "d"])
+    single = split.assign(fold=[-1, 0, 0, 0])
+    assert fold_image_ids(single, 0) == (["b", "c", "d"], ["a"])

@@ -20,6 +20,7 @@ from cellseg.instances import InstanceSet, quantised_threshold  # noqa: E402
 
 DPI = 100
 CHART_SIZE = (6.0, 4.0)
+MIN_OVERLAY_SIDE = 256
 GT_COLOUR = (1.0, 1.0, 1.0)
 CLASS_COLOURS = plt.get_cmap("tab10").colors
 
@@ -34,8 +35,10 @@ def plot_overlay(
     title: str = "",
 ) -> None:
     """Image (H, W, 3) uint8 with ground-truth contours (labels (C, H, W), 0 = background) in
-    white and predicted contours in their class's colour; written as an H x W pixel PNG."""
-    height, width = image.shape[:2]
+    white and predicted contours in their class's colour; written as an H x W pixel PNG, or an
+    integer multiple of it for images under `MIN_OVERLAY_SIDE` px so that they stay legible."""
+    zoom = max(1, -(-MIN_OVERLAY_SIDE // max(image.shape[:2])))
+    height, width = image.shape[0] * zoom, image.shape[1] * zoom
     overlay = image.astype(np.float32) / 255
     overlay[np.any([_label_edges(plane) for plane in labels], axis=0)] = GT_COLOUR
     level = quantised_threshold(mask_threshold)
@@ -44,7 +47,7 @@ def plot_overlay(
         overlay[y0:y1, x0:x1][edges] = CLASS_COLOURS[(class_id - 1) % len(CLASS_COLOURS)]
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(overlay, interpolation="nearest")
+    ax.imshow(overlay.repeat(zoom, axis=0).repeat(zoom, axis=1), interpolation="nearest")
     ax.set_axis_off()
     handles = [Patch(color=GT_COLOUR, label="ground truth")] + [
         Patch(color=CLASS_COLOURS[k % len(CLASS_COLOURS)], label=name) for k, name in enumerate(class_names)

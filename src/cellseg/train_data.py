@@ -51,15 +51,16 @@ def training_tiles(tsv_paths: Iterable[str | os.PathLike], image_ids: Iterable[s
 
 
 def fold_image_ids(split: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
-    """(training, held-out) image ids of `fold`, from `split.tsv`'s `train` rows: the fold's model
-    trains on the other folds' images and is validated on the fold's own.
+    """(training, held-out) image ids of `fold`, from `split.tsv`: the fold's model trains on the
+    other folds' images and is validated on the fold's own. With a single fold (`split.folds: 1`)
+    the one model trains on every training image and is validated on the validation set.
     """
     train = split[split["subset"] == "train"]
     if fold not in set(train["fold"]):
         raise ValueError(f"fold {fold} does not exist in the split (folds: {sorted(set(train['fold']))})")
     own = train["fold"] == fold
     if own.all():
-        raise ValueError(f"fold {fold} holds every training image, leaving none to train on (one fold only?)")
+        return sorted(train["image_id"]), sorted(split.loc[split["subset"] == "val", "image_id"])
     return sorted(train.loc[~own, "image_id"]), sorted(train.loc[own, "image_id"])
 
 
