@@ -115,3 +115,11 @@ def test_vanished_and_tiny_instances_are_dropped():
     assert target["masks"].dtype.is_floating_point is False and target["masks"].shape == (2, 16, 16)
     empty = instances_from_labels(np.zeros((2, 16, 16), np.int32))
     assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 16, 16)
+
+
+def test_config_names_match_the_pipelines():
+    """train_config keeps its own copy of the names (it must not import albumentations)."""
+    from cellseg import augment, train_config
+
+    assert set(train_config.AUGMENT_SWITCHES) == set(augment.SWITCHES)
+    assert set(train_config.AUGMENT_PRESETS) == set(augment.PRESETS)
