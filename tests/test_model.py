@@ -16,7 +16,12 @@ SIZE = 96
 
 def config(**overrides):
     """The demo preset (resnet18, random init) with small RPN / ROI budgets for speed."""
-    base = {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 200}
+    base = {
+        "min_size": 128,
+        "rpn_pre_nms_top_n_train": 200,
+        "rpn_post_nms_top_n_train": 100,
+        "rpn_pre_nms_top_n_test": 200,
+    }
     return resolve_train_config({**base, **overrides})
 
 

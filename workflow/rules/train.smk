@@ -18,6 +18,9 @@ rule train_fold:
         ),
         summary="results/train/fold{fold}/train_summary.json",
     params:
+        # The fold is a param so that the output cache (`cache:` below, whose provenance hash
+        # ignores wildcards) keeps one entry per fold instead of one for all folds.
+        fold=lambda wildcards: int(wildcards.fold),
         train=TRAIN_CFG,
         source=SOURCE,
         classes=CLASSES,

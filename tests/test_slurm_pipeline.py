@@ -1,0 +1,300 @@
+"""The demo pipeline through the SLURM profile: one GPU job per fold, folds in parallel, and
+the same results as a local run.
+
+Runs the tiny preset (tests/configs/tiny.yaml: 8 images, 2 folds, 1 epoch) twice, in two
+temporary working directories: once locally (`--cores 2`) and once with
+`--profile profiles/slurm` on the single-node test cluster of scripts/slurm_cluster.sh (2 CPUs,
+2 placeholder GPUs, so training runs on the CPU inside GPU jobs). Checks:
+
+- every `train_fold` job is its own SLURM job asking for one GPU (`sbatch ... --gpus=1`);
+- the two fold jobs run at the same time (a `squeue` poller sees both RUNNING at once, and
+  their training logs overlap in time);
+- no job asks for more than the 1 CPU it runs on, and the queue never holds more than the
+  cluster's CPUs in running jobs (without cgroups nothing else stops oversubscription);
+- split table and tiles byte-identical, trained weights identical tensors, predictions and
+  scores equal to the local run's (CPU training is deterministic at the same thread count).
+
+Skipped when no SLURM controller answers (`scontrol ping`). Takes about 8-10 minutes on a
+2-core machine; the SLURM run's wall time and the local run's are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+CONFIGS = [REPO / "config.yaml", REPO / "tests" / "configs" / "tiny.yaml"]
+PROFILE = REPO / "profiles" / "slurm"
+FOLDS = (0, 1)
+CLUSTER_CPUS = 2
+TIMEOUT_S = 1200
+
+
+def _cluster_up() -> bool:
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        return False
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "UP" in out.stdout
+
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(not _cluster_up(), reason="no local SLURM cluster (scripts/slurm_cluster.sh start)"),
+]
+
+
+@dataclasses.dataclass
+class Run:
+    workdir: Path
+    log: str
+    wall_s: float
+    queue: list[dict] = dataclasses.field(default_factory=list)
+
+
+class QueuePoller(threading.Thread):
+    """Samples `squeue` every `interval` s: the jobs whose working directory is `workdir`.
+
+    Each sample is {"t": epoch s, "jobs": [{id, comment, state, tres, cpus}, ...]}; for every
+    train job seen RUNNING, `scontrol show job -d` is read once to record its GPU index.
+    """
+
+    # -O (not -o) for tres-per-job, where --gpus=1 shows as gres:gpu:1; "|" ends each field.
+    FORMAT = "JobID:20|,Comment:300|,State:20|,tres-per-job:100|,NumCPUs:10|,WorkDir:1000"
+
+    def __init__(self, workdir: Path, interval: float = 1.0):
+        super().__init__(daemon=True)
+        self.workdir = str(workdir)
+        self.interval = interval
+        self.samples: list[dict] = []
+        self.gpu_index: dict[str, str] = {}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=30)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run(
+                ["squeue", "-h", "-t", "all", "-O", self.FORMAT], capture_output=True, text=True
+            )
+            jobs = []
+            for line in out.stdout.splitlines():
+                job_id, comment, state, tres, cpus, workdir = (f.strip() for f in line.split("|", 5))
+                if workdir == self.workdir:
+                    jobs.append({"id": job_id, "comment": comment, "state": state, "tres": tres, "cpus": int(cpus)})
+                    if comment.startswith("rule_train_fold") and state == "RUNNING" and comment not in self.gpu_index:
+                        detail = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True)
+                        m = re.search(r"GRES=gpu\S*\(IDX:(\S+?)\)", detail.stdout)
+                        if m:
+                            self.gpu_index[comment] = m.group(1)
+            self.samples.append({"t": time.time(), "jobs": jobs})
+            self._stop.wait(self.interval)
+
+
+def _snakemake(workdir: Path, *options: str) -> tuple[str, float]:
+    """Run the pipeline in `workdir` (never the checkout); return its log and wall time."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "-s", str(SNAKEFILE),
+        "--directory", str(workdir),
+        "--configfile", *map(str, CONFIGS),
+        *options,
+    ]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT_S)
+    wall_s = time.monotonic() - start
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-8000:]}"
+    return log, wall_s
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Run:
+    workdir = tmp_path_factory.mktemp("local")
+    log, wall_s = _snakemake(workdir, "--cores", "2")
+    print(f"\nlocal run (--cores 2): {wall_s:.0f} s")
+    return Run(workdir, log, wall_s)
+
+
+@pytest.fixture(scope="module")
+def slurm_run(tmp_path_factory, local_run) -> Run:
+    # Depends on local_run so the two runs never share the 2 CPUs.
+    workdir = tmp_path_factory.mktemp("slurm")
+    poller = QueuePoller(workdir)
+    poller.start()
+    try:
+        log, wall_s = _snakemake(
+            workdir,
+            "--profile", str(PROFILE),
+            "--slurm-init-seconds-before-status-checks", "5",
+            "--slurm-keep-successful-logs",  # the per-job logs are checked below
+            "--verbose",  # makes the plugin log every "sbatch call: ..."
+        )
+    finally:
+        poller.stop()
+    print(f"\nSLURM run (profiles/slurm): {wall_s:.0f} s, fold GPUs {poller.gpu_index}")
+    run = Run(workdir, log, wall_s, poller.samples)
+    run.gpu_index = poller.gpu_index
+    return run
+
+
+def _sbatch_calls(log: str) -> dict[str, str]:
+    """The plugin's job comment (rule_<name>[_wildcards_<values>]) -> its sbatch call."""
+    calls = {}
+    for line in log.splitlines():
+        if line.startswith("sbatch call:"):
+            m = re.search(r"--comment (\S+)", line)
+            assert m, line
+            calls[m.group(1)] = line
+    return calls
+
+
+def _train_comment(fold: int) -> str:
+    return f"rule_train_fold_wildcards_{fold}"
+
+
+# --- GPU requests and CPU limits ---------------------------------------------------------------
+
+
+def test_each_fold_is_its_own_slurm_job_with_one_gpu(slurm_run):
+    calls = _sbatch_calls(slurm_run.log)
+    train = sorted(c for c in calls if c.startswith("rule_train_fold"))
+    assert train == [_train_comment(f) for f in FOLDS], sorted(calls)
+    for comment in train:
+        assert "--gpus=1" in calls[comment], calls[comment]
+    # Data preparation asks for no GPU.
+    for comment in ("rule_demo_dataset", "rule_split_dataset", "rule_evaluate_predictions"):
+        assert "--gpus" not in calls[comment], calls[comment]
+    # SLURM itself recorded the GPU request of each fold job, and gave them different GPUs.
+    seen = {
+        job["comment"]: job["tres"] for sample in slurm_run.queue for job in sample["jobs"]
+        if job["comment"].startswith("rule_train_fold")
+    }
+    assert sorted(seen) == train, seen
+    assert all("gpu:1" in tres for tres in seen.values()), seen
+    assert sorted(slurm_run.gpu_index) == train and len(set(slurm_run.gpu_index.values())) == 2, slurm_run.gpu_index
+    # Each fold's job log: the inner snakemake ran train_fold with that fold.
+    for fold in FOLDS:
+        logs = list((slurm_run.workdir / ".snakemake/slurm_logs/rule_train_fold" / str(fold)).glob("*.log"))
+        assert len(logs) == 1, logs
+        text = logs[0].read_text()
+        assert "rule train_fold:" in text and f"wildcards: fold={fold}" in text, text[-3000:]
+
+
+def test_jobs_ask_for_one_cpu_and_never_oversubscribe(slurm_run):
+    calls = _sbatch_calls(slurm_run.log)
+    for call in calls.values():
+        assert "--cpus-per-task=1 " in call, call
+    for sample in slurm_run.queue:
+        running = [job for job in sample["jobs"] if job["state"] == "RUNNING"]
+        assert sum(job["cpus"] for job in running) <= CLUSTER_CPUS, sample
+    # Inside each fold job the rule ran with 1 thread (snakemake omits "threads:" for 1), so
+    # the script's torch.set_num_threads(snakemake.threads) and OMP_NUM_THREADS are 1.
+    for fold in FOLDS:
+        text = next((slurm_run.workdir / ".snakemake/slurm_logs/rule_train_fold" / str(fold)).glob("*.log")).read_text()
+        job_block = text[text.rindex("rule train_fold:"):]
+        job_block = job_block[: job_block.index("Shell command")]
+        assert "cpus_per_task=1" in job_block and "threads:" not in job_block, job_block
+
+
+# --- the two folds in parallel ------------------------------------------------------------------
+
+
+def _log_interval(path: Path) -> tuple[float, float]:
+    """First and last timestamp of a cellseg job log (`YYYY-mm-dd HH:MM:SS,mmm ...` lines)."""
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for line in path.read_text().splitlines()
+        if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line)
+    ]
+    assert stamps, path
+    return stamps[0], stamps[-1]
+
+
+def test_fold_jobs_run_at_the_same_time(slurm_run):
+    comments = {_train_comment(f) for f in FOLDS}
+    # squeue: a moment at which both fold jobs were RUNNING.
+    both_running = [
+        sample["t"] for sample in slurm_run.queue
+        if comments <= {job["comment"] for job in sample["jobs"] if job["state"] == "RUNNING"}
+    ]
+    states = [
+        (round(s["t"]), {j["comment"]: j["state"] for j in s["jobs"] if j["comment"] in comments})
+        for s in slurm_run.queue
+    ]
+    assert both_running, [s for s in states if s[1]]
+    # The fold logs: each started before the other finished.
+    (s0, e0), (s1, e1) = (_log_interval(slurm_run.workdir / f"logs/train/fold{f}.log") for f in FOLDS)
+    assert s0 < e1 and s1 < e0, f"fold trainings did not overlap: {(s0, e0)}, {(s1, e1)}"
+
+
+# --- same results as a local run ------------------------------------------------------------------
+
+
+def _npz_members(path: Path) -> dict[str, bytes]:
+    """The raw bytes of each array file in an .npz (the zip's own timestamps left out)."""
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _relative_files(root: Path, pattern: str) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.glob(pattern))
+
+
+def test_split_and_tiles_are_identical(local_run, slurm_run):
+    a, b = local_run.workdir / "results", slurm_run.workdir / "results"
+    assert (a / "split/split.tsv").read_bytes() == (b / "split/split.tsv").read_bytes()
+    tiles = _relative_files(a, "tiles/*")
+    assert len(tiles) == 16 and tiles == _relative_files(b, "tiles/*")
+    for name in tiles:
+        if name.endswith(".npz"):
+            # np.savez writes the time of writing into the zip headers; the arrays' bytes match.
+            assert _npz_members(a / name) == _npz_members(b / name), name
+        else:
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_trained_weights_are_identical(local_run, slurm_run):
+    import torch
+
+    for fold in FOLDS:
+        path = f"results/train/fold{fold}/model_best.pt"
+        local = torch.load(local_run.workdir / path, map_location="cpu", weights_only=True)
+        slurm = torch.load(slurm_run.workdir / path, map_location="cpu", weights_only=True)
+        assert local.keys() == slurm.keys(), path
+        differ = [k for k in local if not torch.equal(local[k], slurm[k])]
+        assert not differ, f"{path}: {len(differ)} of {len(local)} tensors differ, e.g. {differ[:5]}"
+
+
+def test_predictions_and_scores_are_equal(local_run, slurm_run):
+    a, b = local_run.workdir / "results", slurm_run.workdir / "results"
+    predictions = _relative_files(a, "predict/fold*/*/*.npz") + _relative_files(a, "ensemble/*/*.npz")
+    assert predictions and predictions == (
+        _relative_files(b, "predict/fold*/*/*.npz") + _relative_files(b, "ensemble/*/*.npz")
+    )
+    for name in predictions:
+        with np.load(a / name) as x, np.load(b / name) as y:
+            assert sorted(x.files) == sorted(y.files), name
+            for key in x.files:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{name}:{key}")
+    for name in ("evaluate/scores.tsv", "tune/thresholds.json", "submission/test-results.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
