@@ -1,0 +1,354 @@
+"""End-to-end tests of the Snakemake workflow on the tiny demo preset (tests/configs/tiny.yaml).
+
+One tiny run (`finished_run`, module scope) is shared: it runs from a copy of the repository
+(so tests may change that copy's code without touching the checkout) in a temporary workdir,
+with `--cache` and a temporary SNAKEMAKE_OUTPUT_CACHE. Rerun-trigger tests dry-run (`-n`) a
+copy of its workdir after one change and compare the exact set of scheduled jobs. Three tests
+need runs of their own, kept small: a reference-format dataset of 5 images (one image added),
+a second workdir filled from the output cache, and the config-error checks (which stop before
+any job).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import shutil
+import time
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from workflow_helpers import (
+    copy_repo,
+    copy_workdir,
+    rule_counts,
+    scheduled_jobs,
+    snakemake,
+    wildcard_values,
+    write_config,
+)
+
+FOLDS = [0, 1]
+N_IMAGES = 8  # tiny.yaml: demo.n_train
+DEMO_IDS = [f"demo_train_{i:03d}" for i in range(N_IMAGES)]
+TRAIN_OUTPUTS = [
+    "model_best.pt",
+    "model_last.pt",
+    "history.csv",
+    "curve.png",
+    "train_summary.json",
+]
+FOLD_MODELS = [f"results/train/fold{k}/model_best.pt" for k in FOLDS]
+
+# What follows a change to the thresholds (tuning or its code) and to training.
+FROM_TUNE = {
+    "tune_thresholds": 1,
+    "evaluate_predictions": 1,
+    "make_submission": 1,
+    "plot_report": 1,
+    "all": 1,
+}
+FROM_TRAIN = {
+    "train_fold": len(FOLDS),
+    "predict_fold": 2 * len(FOLDS),  # val and test
+    "ensemble_folds": 2,
+    **FROM_TUNE,
+}
+
+
+@dataclass
+class Run:
+    """A finished tiny pipeline run: the repository copy it ran from, its workdir, its cache."""
+
+    repo: Path
+    workdir: Path
+    cache: Path
+    seconds: float
+
+    @property
+    def env(self) -> dict:
+        return {"SNAKEMAKE_OUTPUT_CACHE": str(self.cache)}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Run:
+    """The whole tiny pipeline, run once for the module (about 2-3 minutes on 2 cores)."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    repo = copy_repo(base / "repo")
+    cache = base / "cache"
+    cache.mkdir()
+    workdir = base / "work"
+    start = time.monotonic()
+    snakemake(workdir, "--cache", repo=repo, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)})
+    seconds = time.monotonic() - start
+    print(f"tiny pipeline run: {seconds:.0f} s")
+    return Run(repo, workdir, cache, seconds)
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    """A private copy of the finished workdir, for dry runs after a change."""
+    return copy_workdir(finished_run.workdir, tmp_path / "work")
+
+
+# ------------------------------------------------------------------------------------------
+# 1. End to end
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_output(finished_run):
+    results = finished_run.workdir / "results"
+    split = pd.read_csv(results / "split" / "split.tsv", sep="\t")
+    assert sorted(split["image_id"]) == DEMO_IDS
+    val_ids = sorted(split.loc[split["subset"] == "val", "image_id"])
+    assert val_ids and set(split.loc[split["subset"] == "train", "fold"]) == set(FOLDS)
+    test_ids = ["demo_test_000", "demo_test_001"]
+
+    for image in DEMO_IDS:
+        assert (results / "maps" / f"{image}.npz").is_file()
+        assert (results / "tiles" / f"{image}.npz").is_file()
+        assert (results / "tiles" / f"{image}.tsv").is_file()
+    for fold in FOLDS:
+        for name in TRAIN_OUTPUTS:
+            assert (results / "train" / f"fold{fold}" / name).is_file(), (fold, name)
+        for subset, ids in (("val", val_ids), ("test", test_ids)):
+            folder = results / "predict" / f"fold{fold}" / subset
+            assert sorted(p.stem for p in folder.glob("*.npz")) == ids, (fold, subset)
+    for subset, ids in (("val", val_ids), ("test", test_ids)):
+        assert sorted(p.stem for p in (results / "ensemble" / subset).glob("*.npz")) == ids
+
+    thresholds = json.loads((results / "tune" / "thresholds.json").read_text())
+    assert {"score_thresholds", "mask_threshold", "nms_threshold"} <= set(thresholds)
+    assert (results / "tune" / "trials.tsv").is_file()
+
+    scores = pd.read_csv(results / "evaluate" / "scores.tsv", sep="\t")
+    rows = list(zip(scores["model"], scores["thresholds"]))
+    assert rows == [
+        ("fold 0", "default"),
+        ("fold 1", "default"),
+        ("ensemble", "default"),
+        ("ensemble", "tuned"),
+    ]
+    assert scores["AP"].between(0, 1).all()
+
+    with zipfile.ZipFile(results / "submission" / "submission.zip") as archive:
+        assert archive.namelist() == ["test-results.json"]
+        assert json.loads(archive.read("test-results.json")) == json.loads(
+            (results / "submission" / "test-results.json").read_text()
+        )
+    for name in ("per_class_ap", "pr_curve", "best_image", "worst_image"):
+        png = results / "report" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    logs = finished_run.workdir / "logs"
+    assert (logs / "train" / "fold0.log").is_file()
+    assert (logs / "maps" / f"{DEMO_IDS[0]}.log").is_file()
+
+
+@pytest.mark.slow
+def test_finished_run_schedules_nothing(finished_run, tmp_path):
+    """Nothing to do in the run's workdir, in a copy of it, and from another repository copy
+    (the recorded params, code digests and timestamps do not depend on either path)."""
+    assert scheduled_jobs(finished_run.workdir, repo=finished_run.repo) == Counter()
+    workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
+    other_repo = copy_repo(tmp_path / "repo", finished_run.repo)
+    assert scheduled_jobs(workdir, repo=other_repo) == Counter()
+
+
+@pytest.mark.slow
+def test_report_builds(finished_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake(finished_run.workdir, "--report", str(report), repo=finished_run.repo)
+    html = report.read_text(errors="replace")
+    assert len(html) > 10_000 and "<html" in html.lower()
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Lint
+
+
+def test_lint_reports_nothing(tmp_path):
+    proc = snakemake(tmp_path, "--lint")
+    assert "Lints for rule" not in proc.stdout, proc.stdout
+    assert "Lints for snakefile" not in proc.stdout, proc.stdout
+    assert "Congratulations" in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# 3. Rerun triggers: the exact jobs a dry run schedules after one change
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override, expected, per_image",
+    [
+        pytest.param({"tune": {"mask_thresholds": [0.4]}}, FROM_TUNE, [], id="tune"),
+        pytest.param({"train": {"lr": 0.0005}}, FROM_TRAIN, [], id="train"),
+        pytest.param(
+            {"tiles": {"min_instance_area": 4}},
+            {"make_tiles": N_IMAGES, **FROM_TRAIN},
+            ["make_tiles"],
+            id="tiles",
+        ),
+        pytest.param(
+            {"maps": {"center_sigma": 3.0}},
+            {"compute_maps": N_IMAGES, "make_tiles": N_IMAGES, **FROM_TRAIN},
+            ["compute_maps", "make_tiles"],
+            id="maps",
+        ),
+    ],
+)
+def test_config_change_reruns_its_stage_onward(
+    finished_run, run_copy, tmp_path, override, expected, per_image
+):
+    extra = write_config(tmp_path / "override.yaml", override)
+    jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
+    assert rule_counts(jobs) == expected
+    for rule in per_image:
+        assert wildcard_values(jobs, rule, "image") == set(DEMO_IDS)
+    if "train_fold" in expected:
+        assert wildcard_values(jobs, "train_fold", "fold") == {str(k) for k in FOLDS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "changed, expected",
+    [
+        # A library module imported by the tune, evaluate, submission and report scripts only.
+        pytest.param("src/cellseg/postprocess.py", FROM_TUNE, id="library-postprocess"),
+        pytest.param("workflow/scripts/tune_thresholds.py", FROM_TUNE, id="script-tune"),
+        # The maps module: compute_maps onward (make_tiles does not import it).
+        pytest.param(
+            "src/cellseg/maps.py",
+            {"compute_maps": N_IMAGES, "make_tiles": N_IMAGES, **FROM_TRAIN},
+            id="library-maps",
+        ),
+    ],
+)
+def test_code_change_reruns_its_rules_onward(finished_run, run_copy, tmp_path, changed, expected):
+    repo = copy_repo(tmp_path / "repo", finished_run.repo)
+    with open(repo / changed, "a") as source:
+        source.write("\n# a change that a code digest must notice\n")
+    jobs = scheduled_jobs(run_copy, repo=repo)
+    assert rule_counts(jobs) == expected
+
+
+@pytest.mark.slow
+def test_added_image_reaches_only_its_own_maps_and_tiles(finished_run, tmp_path):
+    """A reference-format dataset of 5 demo images, run through training; then a sixth image
+    folder is added. The dry run (default target) must re-split, compute maps and tiles of the
+    new image only, and retrain onward. (The first run stops after training to save time: the
+    stages after it are scheduled either way, so the expected set is the same as after a full
+    run.)"""
+    demo = finished_run.workdir / "results" / "demo"
+    data = tmp_path / "data"
+    for image in DEMO_IDS[:5]:
+        shutil.copytree(demo / "train" / image, data / "train" / image)
+    shutil.copytree(demo / "test_release", data / "test_release")
+    shutil.copy2(demo / "test_image_name_to_ids.json", data)
+    config = write_config(
+        tmp_path / "reference.yaml", {"data": {"source": "reference", "path": str(data)}}
+    )
+    workdir = tmp_path / "work"
+    snakemake(workdir, *FOLD_MODELS, repo=finished_run.repo, configs=[config])
+
+    new = DEMO_IDS[5]
+    shutil.copytree(demo / "train" / new, data / "train" / new)
+    jobs = scheduled_jobs(workdir, repo=finished_run.repo, configs=[config])
+    assert rule_counts(jobs) == {
+        "split_dataset": 1,
+        "compute_maps": 1,
+        "make_tiles": 1,
+        **FROM_TRAIN,
+    }
+    assert wildcard_values(jobs, "compute_maps", "image") == {new}
+    assert wildcard_values(jobs, "make_tiles", "image") == {new}
+
+
+# ------------------------------------------------------------------------------------------
+# 4. Output cache
+
+
+@pytest.mark.slow
+def test_second_workdir_takes_trained_folds_from_the_cache(finished_run, tmp_path):
+    """The shared run stored each fold's outputs under SNAKEMAKE_OUTPUT_CACHE; a fresh workdir
+    with the same config prepares its data but trains no fold."""
+    stored = sorted(p.name for p in finished_run.cache.iterdir())
+    hashes = {name.rsplit("_", 1)[0] for name in stored}
+    assert len(hashes) == len(FOLDS), f"one cache entry per fold expected: {stored}"
+    assert len(stored) == len(FOLDS) * len(TRAIN_OUTPUTS)
+
+    workdir = tmp_path / "work"
+    proc = snakemake(
+        workdir, "--cache", *FOLD_MODELS, repo=finished_run.repo, env=finished_run.env
+    )
+    for fold in FOLDS:
+        assert f"Symlinking output file results/train/fold{fold}/model_best.pt from cache" in (
+            proc.stdout
+        )
+        # Snakemake creates the job's log file, but nothing writes to it: no training ran.
+        log = workdir / "logs" / "train" / f"fold{fold}.log"
+        assert not log.exists() or log.stat().st_size == 0, log.read_text()
+    for fold in FOLDS:
+        for name in TRAIN_OUTPUTS:
+            mine = workdir / "results" / "train" / f"fold{fold}" / name
+            first = finished_run.workdir / "results" / "train" / f"fold{fold}" / name
+            assert filecmp.cmp(mine, first, shallow=False), (fold, name)
+    a, b = (workdir / model for model in FOLD_MODELS)
+    assert not filecmp.cmp(a, b, shallow=False), "both folds got the same cached model"
+    assert scheduled_jobs(workdir, *FOLD_MODELS, repo=finished_run.repo) == Counter()
+
+
+# ------------------------------------------------------------------------------------------
+# 5. Config and data errors stop before any job
+
+
+def _assert_failed_before_jobs(proc, workdir: Path, *expected: str):
+    assert proc.returncode != 0, proc.stdout
+    for text in expected:
+        assert text in proc.stdout, (text, proc.stdout)
+    assert "Finished jobid" not in proc.stdout
+    assert not (workdir / "results").exists()
+    assert not (workdir / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        pytest.param({"split": {"foldz": 3}}, ["'foldz' was unexpected"], id="unknown-key"),
+        pytest.param(
+            {"split": {"folds": "x"}},
+            ["'x' is not of type 'integer'", "['split']['folds']"],
+            id="wrong-type",
+        ),
+    ],
+)
+def test_config_error_names_the_key(tmp_path, override, expected):
+    extra = write_config(tmp_path / "bad.yaml", override)
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, configs=[extra], check=False)
+    _assert_failed_before_jobs(proc, workdir, "Error validating config file", *expected)
+
+
+def test_missing_image_fails_at_dag_time(tmp_path):
+    from cellseg.demo import write_demo_dataset
+
+    data = tmp_path / "data"
+    write_demo_dataset(data, seed=0, n_train=3, n_test=1)
+    missing = sorted((data / "train").iterdir())[1] / "image.tif"
+    missing.unlink()
+    config = write_config(
+        tmp_path / "reference.yaml", {"data": {"source": "reference", "path": str(data)}}
+    )
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, configs=[config], check=False)
+    _assert_failed_before_jobs(proc, workdir, "DataError")
+    # One line names the file: its folder and `image.tif`, wherever the message puts them.
+    assert any(
+        str(missing.parent) in line and "image.tif" in line for line in proc.stdout.splitlines()
+    ), proc.stdout
+
