@@ -211,6 +211,30 @@ def test_tile_size_fixes_one_magnification_for_every_image_size(min_size, expect
     assert batch.image_sizes == expected
 
 
+def test_a_tiny_first_image_does_not_change_later_predictions():
+    """torchvision infers RoIAlign scales from the first batch; ours are fixed."""
+    image = sample()[0]
+    fresh = build_model(config(min_size=None), 3).eval()  # native resolution: no resizing
+    state = {k: v.clone() for k, v in fresh.state_dict().items()}
+    warmed = build_model(config(min_size=None), 3).eval()
+    warmed.load_state_dict(state)
+    with torch.no_grad():
+        warmed([torch.rand(3, 40, 90)])
+        expected, got = fresh([image])[0], warmed([image])[0]
+    for pool in (warmed.roi_heads.box_roi_pool, warmed.roi_heads.mask_roi_pool):
+        assert pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    for key in ("boxes", "scores", "masks"):
+        assert torch.equal(expected[key], got[key])
+
+
+def test_native_resolution_when_min_size_is_null():
+    model = build_model(config(min_size=None), 2).eval()
+    batch, _ = model.transform([torch.rand(3, 200, 300), torch.rand(3, 40, 90)])
+    assert batch.image_sizes == [(200, 300), (40, 90)]
+    with pytest.raises(ConfigError, match="train.multiscale_sizes"):
+        build_model(config(min_size=None, multiscale_sizes=[64, 96]), 2)
+
+
 def test_pretrained_false_skips_the_weights(tmp_path):
     path = tmp_path / "missing.pth"
     model = build_model(config(weights="imagenet", weights_path=str(path)), 2, pretrained=False)

@@ -33,8 +33,10 @@ from torchvision.models.detection.roi_heads import (
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from cellseg.errors import ConfigError
 from cellseg.weights import load_pretrained
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,10 @@ def build_model(
     `tile_size`: the training tiles' side S; when set, every image (tile, whole image or
     inference tile of any size) is resized by the same factor `min_size / S`, so the model sees
     cells at one magnification. 0: torchvision's behaviour (short side resized to `min_size`).
+    `min_size` None: native resolution, no resizing at all (multiscale sizes relative to S).
     """
+    if cfg["multiscale_sizes"] and cfg["min_size"] is None and not tile_size:
+        raise ConfigError("train.multiscale_sizes: needs tiling (tiles.size > 0) or a train.min_size")
     if class_weights is not None and tuple(class_weights.shape) != (num_classes + 1,):
         raise ValueError(f"class_weights must have shape ({num_classes + 1},), got {tuple(class_weights.shape)}")
     v2 = cfg["backbone"] == "resnet50_v2"
@@ -126,7 +131,7 @@ def _roi_heads(cfg: dict, num_classes: int, v2: bool, class_weights: torch.Tenso
         box_head = TwoMLPHead(FPN_CHANNELS * 7 * 7, BOX_REPRESENTATION)
         mask_head = MaskRCNNHeads(FPN_CHANNELS, [256] * 4, 1)
     return CellRoIHeads(
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_roi_pool=_roi_align(levels, 7),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(BOX_REPRESENTATION, num_classes + 1),
         fg_iou_thresh=0.5,
@@ -137,12 +142,28 @@ def _roi_heads(cfg: dict, num_classes: int, v2: bool, class_weights: torch.Tenso
         score_thresh=cfg["box_score_thresh"],
         nms_thresh=0.5,
         detections_per_img=cfg["box_detections_per_img"],
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=cfg["mask_roi_size"], sampling_ratio=2),
+        mask_roi_pool=_roi_align(levels, cfg["mask_roi_size"]),
         mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(256, 256, num_classes + 1),
         class_weights=class_weights,
         dice_loss_weight=cfg["dice_loss_weight"],
     )
+
+
+def _roi_align(levels: list[str], output_size: int) -> MultiScaleRoIAlign:
+    """RoIAlign over FPN levels '0'-'3' with their scales fixed (1/4 … 1/32).
+
+    torchvision infers the scales from the first batch it sees and keeps them; an image under
+    ~64 px in that batch rounds them wrongly (a 40 px image gives 1/2 for stride 4), which
+    silently ruins every later prediction of the process.
+    """
+    pool = MultiScaleRoIAlign(levels, output_size=output_size, sampling_ratio=2)
+    strides = [2 ** (k + 2) for k in range(len(levels))]
+    pool.scales = [1.0 / stride for stride in strides]
+    pool.map_levels = initLevelMapper(
+        2, 1 + len(levels), canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level
+    )
+    return pool
 
 
 class _Transform(GeneralizedRCNNTransform):
@@ -153,13 +174,17 @@ class _Transform(GeneralizedRCNNTransform):
     the factor (chosen min size) / S instead of to a fixed short side (see `build_model`).
     """
 
-    def __init__(self, min_size: int, max_size: int, train_sizes: list[int], tile_size: int = 0):
-        super().__init__(min_size, max_size, IMAGENET_MEAN, IMAGENET_STD)
-        self.eval_min_size = (min_size,)
+    def __init__(self, min_size: int | None, max_size: int, train_sizes: list[int], tile_size: int = 0):
+        size = min_size or tile_size or max_size  # torchvision needs a number even when unused
+        super().__init__(size, max_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.eval_min_size = (size,)
         self.train_sizes = tuple(train_sizes)
         self.tile_size = tile_size
+        self.native = min_size is None and not tile_size
 
     def resize(self, image, target=None):
+        if self.native:
+            return image, target
         if not self.tile_size:
             return super().resize(image, target)
         scale = self.min_size[-1] / self.tile_size

@@ -23,7 +23,7 @@ TRAIN_PRESETS = {
         "weights": "none",
         "weights_path": None,
         "trainable_backbone_layers": 5,
-        "min_size": 256,
+        "min_size": None,
         "max_size": 512,
         "multiscale_sizes": [],
         "anchor_sizes": [8, 16, 32, 64, 128],
@@ -47,7 +47,7 @@ TRAIN_PRESETS = {
         "lr": 1e-3,
         "weight_decay": 1e-4,
         "momentum": 0.9,
-        "epochs": 14,
+        "epochs": 6,
         "batch_size": 4,
         "grad_accum_steps": 1,
         "warmup_steps": 10,
@@ -55,7 +55,7 @@ TRAIN_PRESETS = {
         "amp": "none",
         "channels_last": False,
         "class_weighted_loss": False,
-        "val_every_epochs": 5,
+        "val_every_epochs": 2,
         "early_stopping_patience": 0,
         "checkpoint_every_steps": 50,
         "seed": 0,
@@ -65,7 +65,7 @@ TRAIN_PRESETS = {
         "weights": "imagenet",
         "weights_path": None,
         "trainable_backbone_layers": 3,
-        "min_size": 512,
+        "min_size": None,
         "max_size": 1333,
         "multiscale_sizes": [448, 512, 576],
         "anchor_sizes": [16, 32, 64, 128, 256],
@@ -112,7 +112,7 @@ _CHOICES = {
     "amp": AMP_MODES,
 }
 _POSITIVE_INTS = (
-    "min_size", "max_size", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train",
+    "max_size", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train",
     "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
     "box_batch_size_per_image", "box_detections_per_img", "mask_roi_size", "epochs",
     "batch_size", "grad_accum_steps", "val_every_epochs", "checkpoint_every_steps",
@@ -184,7 +184,9 @@ def _validate(cfg: dict) -> None:
         _fail("weights", f"coco weights exist only for {', '.join(COCO_BACKBONES)}, not {cfg['backbone']}")
     if cfg["weights_path"] is not None and cfg["weights"] == "none":
         _fail("weights_path", "is set but train.weights is none; set weights to imagenet or coco")
-    if cfg["min_size"] > cfg["max_size"]:
+    if cfg["min_size"] is not None and (not _is_int(cfg["min_size"]) or cfg["min_size"] <= 0):
+        _fail("min_size", f"must be a positive integer or null (native resolution), got {cfg['min_size']!r}")
+    if cfg["min_size"] is not None and cfg["min_size"] > cfg["max_size"]:
         _fail("min_size", f"{cfg['min_size']} exceeds train.max_size {cfg['max_size']}")
     _validate_lists(cfg)
     _validate_augment_overrides(cfg["augment_overrides"])
