@@ -12,7 +12,6 @@ rule make_submission:
     params:
         source=SOURCE,
         classes=CLASSES,
-        csv=config["submission"]["csv"],
         code=script_digest("make_submission.py"),
     log:
         "logs/submission/make_submission.log",

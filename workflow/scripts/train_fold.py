@@ -20,7 +20,10 @@ with job_logging(snakemake.log[0]) as log:
     tiles = training_tiles([f for f in snakemake.input.tiles if f.endswith(".tsv")], train_ids)
     held_out = [load_sample(p.source, image_id) for image_id in held_out_ids]
     outputs = TrainOutputs.in_folder(Path(snakemake.output.best).parent)
-    log.info("fold %s: %d training tiles, %d held-out images", snakemake.wildcards.fold, len(tiles), len(held_out))
+    log.info(
+        "fold %s: %d training tiles, %d held-out images, %d torch threads",
+        snakemake.wildcards.fold, len(tiles), len(held_out), torch.get_num_threads(),
+    )
     train_fold(
         tiles,
         held_out,
