@@ -81,16 +81,19 @@ def script_digest(script):
 
 def job_resources(kind):
     """Resources of a job kind from config: read by local runs and the SLURM executor alike."""
-    res = config["resources"].get(kind, config["resources"]["default"])
-    return {key: value for key, value in res.items()}
+    return dict(config["resources"].get(kind, config["resources"]["default"]))
 
 
 def sample_files(wildcards):
     """Files one training image is read from."""
+    return image_files(wildcards.image)
+
+
+def image_files(image):
     if DEMO:
         return [DEMO_DIR]
     if SOURCE["format"] == "reference":
-        folder = Path(SOURCE["path"]) / "train" / wildcards.image
+        folder = Path(SOURCE["path"]) / "train" / image
         return sorted(str(path) for path in folder.glob("*.tif"))
     return [SOURCE["train_json"], SOURCE["image_dir"]]
 
@@ -104,10 +107,7 @@ def all_sample_files(wildcards=None):
 def _all_sample_files():
     if DEMO:
         return [DEMO_DIR]
-    files = set()
-    for image in TRAIN_IDS:
-        files.update(sample_files(type("W", (), {"image": image})))
-    return sorted(files)
+    return sorted({path for image in TRAIN_IDS for path in image_files(image)})
 
 
 def test_files(wildcards=None):
