@@ -56,17 +56,17 @@ def scoreboard(
     thresholds: the tune stage's choice (`score_thresholds` by 1-based class id,
     `mask_threshold`, `nms_threshold`).
     """
-    rows, curve = [], None
+    rows, curves = [], []
     tuned = apply_tuned(ensemble_preds, thresholds)
     models = [(f"fold {k}", "default", preds) for k, preds in sorted(fold_preds.items())]
     models += [("ensemble", "default", ensemble_preds), ("ensemble", "tuned", tuned)]
     for model, thresholds_used, preds in models:
-        metrics, pr = evaluate_predictions(
+        metrics, curve = evaluate_predictions(
             labels_list, preds, class_names, max_dets=max_dets, evaluator=evaluator
         )
         rows.append({"model": model, "thresholds": thresholds_used, **metrics})
-        curve = pr
-    return pd.DataFrame(rows), curve
+        curves.append(curve)
+    return pd.DataFrame(rows), curves[-1]  # the last model is the tuned ensemble
 
 
 def per_image_scores(

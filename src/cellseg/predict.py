@@ -1,9 +1,9 @@
 """Inference of one trained model on whole images: tiles, test-time augmentation, seam merging.
 
-Training showed the model S × S tiles (zero-padded where the image is smaller) resized to its
-`min_size`; inference cuts the same tiles (`cellseg.tiles.tile_origins`: step S − overlap,
-the last tile flush with the image end) so that cells appear at the training magnification,
-then stitches the tiles' instances back into one image:
+The model resizes every input by one factor (`cellseg.model.build_model`), so cells appear at
+the training magnification whatever the tile size; inference cuts overlapping tiles
+(`cellseg.tiles.tile_origins`: step S − overlap, the last tile flush with the image end; an
+image that fits one tile is predicted whole) and stitches their instances into one image:
 
 1. Within each tile, an instance whose mask (at probability 0.5) touches a tile edge that is
    not an image edge is dropped when its visible part lies inside the neighbouring tile across

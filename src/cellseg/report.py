@@ -1,7 +1,8 @@
 """Figures for the Snakemake report: prediction overlays, per-class AP, PR curve, metric table.
 
-Overlays are drawn at the image's own resolution (one figure pixel per image pixel) so single
-cell contours stay readable; charts have a fixed size (`CHART_SIZE` inches at `DPI`).
+Overlays are drawn at the image's own resolution (one figure pixel per image pixel, or an
+integer multiple for small images) so single cell contours stay readable; charts have a fixed
+size (`CHART_SIZE` inches at `DPI`).
 """
 
 from __future__ import annotations
