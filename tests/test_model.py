@@ -72,7 +72,7 @@ def test_builds_each_backbone_from_config(backbone):
     "backbone, reference", [("resnet50", maskrcnn_resnet50_fpn), ("resnet50_v2", maskrcnn_resnet50_fpn_v2)]
 )
 def test_parameter_names_match_torchvision_for_coco_weights(backbone, reference):
-    ours = build_model(config(backbone=backbone), num_classes=90).state_dict()
+    ours = build_model(config(backbone=backbone, fpn_channels=256), num_classes=90).state_dict()
     theirs = reference(weights=None, weights_backbone=None, num_classes=91).state_dict()
     assert {k: v.shape for k, v in theirs.items()} == {k: v.shape for k, v in ours.items()}
 
@@ -89,6 +89,26 @@ def test_train_forward_gives_finite_losses_and_trains_the_aux_heads(aux_model):
     for name, param in aux_model.aux_head.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert aux_model.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50_v2"])
+def test_fpn_channels_set_the_width_of_the_fpn_and_every_head(backbone):
+    torch.manual_seed(0)
+    model = build_model(config(backbone=backbone, fpn_channels=32), num_classes=3)
+    assert model.backbone.out_channels == 32
+    assert all(block[0].out_channels == 32 for block in model.backbone.fpn.layer_blocks)
+    assert model.rpn.head.conv[0][0].in_channels == 32
+    first_box_layer = next(m for m in model.roi_heads.box_head.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    assert first_box_layer.weight.shape[1] in (32, 32 * 7 * 7)
+    assert model.roi_heads.mask_head[0][0].in_channels == 32
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == 32
+    model.train()
+    image, target = sample()
+    losses = model([image], [target])
+    assert all(math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0
+    assert model.backbone.body.layer1[0].conv1.weight.grad.abs().sum() > 0
 
 
 def test_plain_model_has_only_torchvision_losses():
@@ -286,7 +306,7 @@ def test_wrong_weight_files_name_the_file(tmp_path):
 
 def test_torchvision_weight_names():
     assert str(torchvision_weights(config(weights="imagenet"))) == "ResNet18_Weights.IMAGENET1K_V1"
-    coco = config(backbone="resnet50_v2", weights="coco")
+    coco = config(backbone="resnet50_v2", weights="coco", fpn_channels=256)
     assert str(torchvision_weights(coco)) == "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"
     assert torchvision_weights(config()) is None
     with pytest.raises(ConfigError, match="train.weights"):

@@ -40,6 +40,8 @@ def test_non_null_overrides_win_and_nothing_is_shared():
         ({"backbone": "vit"}, "train.backbone"),
         ({"weights": "coco"}, "train.weights"),  # demo backbone resnet18 has no COCO weights
         ({"weights_path": "w.pt"}, "train.weights_path"),  # demo weights are none
+        ({"backbone": "resnet50", "weights": "coco"}, "train.fpn_channels"),  # demo's 128 vs COCO's 256
+        ({"fpn_channels": 0}, "train.fpn_channels"),
         ({"anchor_sizes": [8, 16, 32]}, "train.anchor_sizes"),
         ({"aspect_ratios": []}, "train.aspect_ratios"),
         ({"trainable_backbone_layers": 6}, "train.trainable_backbone_layers"),
@@ -61,7 +63,7 @@ def test_bad_values_name_their_key(user, key):
 
 
 def test_coco_weights_accepted_for_resnet50():
-    cfg = resolve_train_config({"backbone": "resnet50", "weights": "coco", "weights_path": "/x/coco.pt"})
+    cfg = resolve_train_config({"backbone": "resnet50", "weights": "coco", "weights_path": "/x/coco.pt", "fpn_channels": 256})
     assert cfg["weights"] == "coco" and cfg["weights_path"] == "/x/coco.pt"
 
 

@@ -11,6 +11,7 @@ from cellseg.errors import ConfigError
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_v2")
 WEIGHTS = ("none", "imagenet", "coco")
 COCO_BACKBONES = ("resnet50", "resnet50_v2")
+COCO_FPN_CHANNELS = 256
 AUGMENT_PRESETS = ("none", "basic", "strong")
 AUGMENT_SWITCHES = ("hflip", "vflip", "rot90", "scale_shift", "color", "stain", "elastic")
 OPTIMIZERS = ("adamw", "sgd")
@@ -23,6 +24,7 @@ TRAIN_PRESETS = {
         "weights": "none",
         "weights_path": None,
         "trainable_backbone_layers": 5,
+        "fpn_channels": 128,
         "min_size": None,
         "max_size": 512,
         "multiscale_sizes": [],
@@ -65,6 +67,7 @@ TRAIN_PRESETS = {
         "weights": "imagenet",
         "weights_path": None,
         "trainable_backbone_layers": 3,
+        "fpn_channels": 256,
         "min_size": None,
         "max_size": 1333,
         "multiscale_sizes": [448, 512, 576],
@@ -112,7 +115,7 @@ _CHOICES = {
     "amp": AMP_MODES,
 }
 _POSITIVE_INTS = (
-    "max_size", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train",
+    "max_size", "fpn_channels", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train",
     "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
     "box_batch_size_per_image", "box_detections_per_img", "mask_roi_size", "epochs",
     "batch_size", "grad_accum_steps", "val_every_epochs", "checkpoint_every_steps",
@@ -182,6 +185,8 @@ def _validate(cfg: dict) -> None:
         _fail("trainable_backbone_layers", f"must be an integer 0-5, got {cfg['trainable_backbone_layers']!r}")
     if cfg["weights"] == "coco" and cfg["backbone"] not in COCO_BACKBONES:
         _fail("weights", f"coco weights exist only for {', '.join(COCO_BACKBONES)}, not {cfg['backbone']}")
+    if cfg["weights"] == "coco" and cfg["fpn_channels"] != COCO_FPN_CHANNELS:
+        _fail("fpn_channels", f"coco weights have {COCO_FPN_CHANNELS} FPN channels, got {cfg['fpn_channels']}")
     if cfg["weights_path"] is not None and cfg["weights"] == "none":
         _fail("weights_path", "is set but train.weights is none; set weights to imagenet or coco")
     if cfg["min_size"] is not None and (not _is_int(cfg["min_size"]) or cfg["min_size"] <= 0):
