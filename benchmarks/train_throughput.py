@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=list(AMP_DTYPES), default="fp32")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warmup steps)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--fpn-channels", type=int, default=None, help="default: the preset's (demo 128, gpu 256)")
     parser.add_argument("--aux-heads", action="store_true", help="add the centre / boundary heads")
     parser.add_argument("--profile", action="store_true", help="print the top ops of 2 training steps")
     args = parser.parse_args()
@@ -111,6 +112,7 @@ def main() -> None:
     cfg = resolve_train_config({
         "preset": args.preset, "backbone": args.backbone, "weights": "none", "aux_heads": args.aux_heads,
         "min_size": args.tile_size, "max_size": args.tile_size, "multiscale_sizes": [],
+        "fpn_channels": args.fpn_channels,
     })  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg, N_CLASSES).to(device)
@@ -145,9 +147,9 @@ def main() -> None:
     print(f"device: {device_name(device)}; torch {torch.__version__}")
     print(f"{args.preset} preset sampling, {n_instances:.0f} instances per tile, {args.steps} timed steps, "
           f"inference capped at {CELLS_PER_TILE} detections per tile")
-    print("| backbone | tile | batch | precision | train img/s | infer img/s | peak memory MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {args.backbone} | {args.tile_size} | {args.batch} | {args.precision} | {train_rate:.2f} "
+    print("| backbone | FPN channels | tile | batch | precision | train img/s | infer img/s | peak memory MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| {args.backbone} | {cfg['fpn_channels']} | {args.tile_size} | {args.batch} | {args.precision} | {train_rate:.2f} "
           f"| {infer_rate:.2f} | {train_memory:.0f} |")
     if args.profile:
         model.train()
