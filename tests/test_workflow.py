@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pycocotools import mask as mask_utils
 from workflow_helpers import (
     copy_repo,
     copy_workdir,
@@ -31,6 +32,8 @@ from workflow_helpers import (
     wildcard_values,
     write_config,
 )
+
+from cellseg.kaggle_csv import encode_runs
 
 FOLDS = [0, 1]
 N_IMAGES = 8  # tiny.yaml: demo.n_train
@@ -215,6 +218,23 @@ def test_config_change_reruns_its_stage_onward(
 
 
 @pytest.mark.slow
+def test_kaggle_csv_is_one_more_job_with_the_submissions_masks(finished_run, run_copy, tmp_path):
+    extra = write_config(tmp_path / "override.yaml", {"submission": {"kaggle_csv": "row_major"}})
+    jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
+    assert rule_counts(jobs) == {"make_kaggle_csv": 1, "all": 1}
+    snakemake(run_copy, repo=finished_run.repo, configs=[extra])
+    results = json.loads((run_copy / "results" / "submission" / "test-results.json").read_text())
+    rows = pd.read_csv(run_copy / "results" / "submission" / "submission.csv", keep_default_na=False)
+    names = {1: "demo_test_000", 2: "demo_test_001"}  # the demo's id map
+    assert set(rows["id"]) == set(names.values())
+    by_name = {name: sorted(rows.loc[rows["id"] == name, "predicted"]) for name in names.values()}
+    for image_id, name in names.items():
+        masks = [mask_utils.decode(r["segmentation"]).astype(bool) for r in results if r["image_id"] == image_id]
+        expected = sorted(encode_runs(mask, "row_major") for mask in masks) or [""]
+        assert by_name[name] == expected
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changed, expected",
     [
@@ -324,6 +344,11 @@ def _assert_failed_before_jobs(proc, workdir: Path, *expected: str):
             {"split": {"folds": "x"}},
             ["'x' is not of type 'integer'", "['split']['folds']"],
             id="wrong-type",
+        ),
+        pytest.param(
+            {"submission": {"kaggle_csv": "diagonal"}},
+            ["'diagonal' is not one of", "['submission']['kaggle_csv']"],
+            id="unknown-choice",
         ),
     ],
 )

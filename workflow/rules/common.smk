@@ -144,4 +144,6 @@ def get_final_output():
     ]
     if has_test_set():
         targets += ["results/submission/submission.zip"]
+        if config["submission"]["kaggle_csv"]:
+            targets += ["results/submission/submission.csv"]
     return targets

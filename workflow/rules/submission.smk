@@ -1,4 +1,5 @@
-# The leaderboard file: test-set predictions as COCO RLE, validated, and zipped.
+# The leaderboard files: test-set predictions as COCO RLE, validated, and zipped; optionally
+# the same instances as a Kaggle-style CSV.
 
 
 rule make_submission:
@@ -23,3 +24,25 @@ rule make_submission:
         **job_resources("default"),
     script:
         "../scripts/make_submission.py"
+
+
+rule make_kaggle_csv:
+    input:
+        json="results/submission/test-results.json",
+        test=test_files,
+    output:
+        "results/submission/submission.csv",
+    params:
+        source=SOURCE,
+        pixel_order=config["submission"]["kaggle_csv"],
+        code=script_digest("make_kaggle_csv.py"),
+    log:
+        "logs/submission/make_kaggle_csv.log",
+    benchmark:
+        "results/benchmarks/submission/make_kaggle_csv.tsv"
+    conda:
+        f"{ENVS}/eval.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/make_kaggle_csv.py"
