@@ -51,6 +51,7 @@ FOLD_MODELS = [f"results/train/fold{k}/model_best.pt" for k in FOLDS]
 FROM_TUNE = {
     "tune_thresholds": 1,
     "evaluate_predictions": 1,
+    "evaluate_test": 1,
     "make_submission": 1,
     "plot_report": 1,
     "all": 1,
@@ -137,6 +138,10 @@ def test_tiny_run_writes_every_output(finished_run):
         ("ensemble", "tuned"),
     ]
     assert scores["AP"].between(0, 1).all()
+    test_scores = pd.read_csv(results / "evaluate" / "test_scores.tsv", sep="\t")
+    assert list(zip(test_scores["model"], test_scores["thresholds"])) == rows
+    assert list(test_scores.columns) == list(scores.columns)
+    assert test_scores["AP"].between(0, 1).all() and not test_scores["AP"].equals(scores["AP"])
 
     with zipfile.ZipFile(results / "submission" / "submission.zip") as archive:
         assert archive.namelist() == ["test-results.json"]
@@ -376,4 +381,17 @@ def test_missing_image_fails_at_dag_time(tmp_path):
     assert any(
         str(missing.parent) in line and "image.tif" in line for line in proc.stdout.splitlines()
     ), proc.stdout
+
+
+def test_test_ground_truth_without_a_test_image_fails_at_dag_time(tmp_path):
+    from cellseg.demo import write_demo_dataset
+
+    data = tmp_path / "data"
+    write_demo_dataset(data, seed=0, n_train=3, n_test=2)
+    shutil.rmtree(sorted((data / "test_gt").iterdir())[0])
+    source = {"source": "reference", "path": str(data), "test_gt": str(data / "test_gt")}
+    config = write_config(tmp_path / "reference.yaml", {"data": source})
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, configs=[config], check=False)
+    _assert_failed_before_jobs(proc, workdir, "DataError", "data.test_gt", "demo_test_000")
 

@@ -123,6 +123,34 @@ def test_files(wildcards=None):
     return []
 
 
+def has_test_ground_truth():
+    return has_test_set() and bool(SOURCE.get("test_gt"))
+
+
+def test_ground_truth_files(wildcards=None):
+    """The held-out test labels (`data.test_gt/<test name>/<class>.tif`)."""
+    if DEMO:
+        return [DEMO_DIR]
+    return sorted(str(path) for path in Path(SOURCE["test_gt"]).glob("*/*.tif"))
+
+
+def _check_test_ground_truth():
+    """Fail while building the DAG when `data.test_gt` lacks a test image's folder."""
+    if DEMO or not SOURCE.get("test_gt"):
+        return
+    folder = Path(SOURCE["test_gt"])
+    if not folder.is_dir():
+        raise _user_error(DataError(f"data.test_gt: {folder} is not a folder"))
+    missing = [name for name in TEST_NAMES if not (folder / name).is_dir()]
+    if missing:
+        raise _user_error(
+            DataError(f"data.test_gt: {folder} has no folder for test images {missing[:5]}")
+        )
+
+
+_check_test_ground_truth()
+
+
 def subset_files(wildcards):
     return test_files() if wildcards.subset == "test" else all_sample_files()
 
@@ -144,6 +172,8 @@ def get_final_output():
     ]
     if has_test_set():
         targets += ["results/submission/submission.zip"]
+        if has_test_ground_truth():
+            targets += ["results/evaluate/test_scores.tsv"]
         if config["submission"]["kaggle_csv"]:
             targets += ["results/submission/submission.csv"]
     return targets

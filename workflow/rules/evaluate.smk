@@ -1,4 +1,5 @@
-# Scores of each fold alone, the ensemble, and the ensemble after tuning, on the validation set.
+# Scores of each fold alone, the ensemble, and the ensemble after tuning, on the validation set
+# and, when its ground truth is given (data.test_gt), on the test set.
 
 
 rule evaluate_predictions:
@@ -33,3 +34,35 @@ rule evaluate_predictions:
         **job_resources("default"),
     script:
         "../scripts/evaluate_predictions.py"
+
+
+rule evaluate_test:
+    input:
+        folds=expand("results/predict/fold{fold}/test", fold=FOLDS),
+        ensemble="results/ensemble/test",
+        thresholds="results/tune/thresholds.json",
+        test=test_files,
+        truth=test_ground_truth_files,
+    output:
+        report(
+            "results/evaluate/test_scores.tsv",
+            caption="../report/test_scores.rst",
+            category="Evaluation",
+        ),
+    params:
+        source=SOURCE,
+        classes=CLASSES,
+        folds=FOLDS,
+        max_dets=config["evaluate"]["max_dets"],
+        evaluator=config["evaluate"]["evaluator"],
+        code=script_digest("evaluate_test.py"),
+    log:
+        "logs/evaluate/evaluate_test.log",
+    benchmark:
+        "results/benchmarks/evaluate/evaluate_test.tsv"
+    conda:
+        f"{ENVS}/eval.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/evaluate_test.py"

@@ -1,0 +1,33 @@
+"""Score each fold, the ensemble and the tuned ensemble on the test set's held-out ground truth."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from cellseg.dataset import index_dataset, load_ground_truth
+from cellseg.errors import DataError
+from cellseg.evaluation import read_thresholds, scoreboard
+from cellseg.instances import load_instance_sets
+from cellseg.io import atomic_path
+from cellseg.joblog import job_logging
+
+with job_logging(snakemake.log[0]) as log:
+    p = snakemake.params
+    tests = index_dataset(p.source).test_images
+    names = [t.name for t in tests]
+    labels = [load_ground_truth(p.source["test_gt"], name, p.classes) for name in names]
+    folds = {
+        fold: list(load_instance_sets(folder, names).values())
+        for fold, folder in zip(p.folds, snakemake.input.folds)
+    }
+    ensemble = list(load_instance_sets(snakemake.input.ensemble, names).values())
+    for name, truth, preds in zip(names, labels, ensemble):
+        if truth.shape[1:] != tuple(preds.image_size):
+            raise DataError(f"{p.source['test_gt']}/{name}: ground truth is {truth.shape[1:]}, the image {preds.image_size}")
+    scores, _ = scoreboard(
+        labels, folds, ensemble, read_thresholds(snakemake.input.thresholds), p.classes, p.max_dets, p.evaluator
+    )
+    log.info("test scores (%d images):\n%s", len(names), scores.to_string())
+    with atomic_path(snakemake.output[0]) as tmp:
+        scores.to_csv(tmp, sep="\t", index=False)
