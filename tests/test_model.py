@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -109,6 +110,27 @@ def test_fpn_channels_set_the_width_of_the_fpn_and_every_head(backbone):
     sum(losses.values()).backward()
     assert model.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0
     assert model.backbone.body.layer1[0].conv1.weight.grad.abs().sum() > 0
+
+
+def test_detect_windows_equal_torchvisions_pasted_masks():
+    """`detect` keeps each mask inside its window: there it equals torchvision's full-size
+    pasted mask, and that mask is zero outside it; boxes, scores and labels are the same."""
+    torch.manual_seed(0)
+    model = build_model(config(fpn_channels=32, box_detections_per_img=50), num_classes=3).eval()
+    images = [sample(seed=1)[0], sample(seed=2)[0][:, :, :60]]
+    with torch.no_grad():
+        dense = model(images)
+    windowed = model.detect(images)
+    for full, out, image in zip(dense, windowed, images):
+        assert len(out["scores"]) == len(full["scores"]) > 0
+        np.testing.assert_array_equal(out["boxes"], full["boxes"].numpy())
+        np.testing.assert_array_equal(out["scores"], full["scores"].numpy())
+        np.testing.assert_array_equal(out["labels"], full["labels"].numpy())
+        for mask, (x0, y0, x1, y1), crop in zip(full["masks"][:, 0].numpy(), out["windows"], out["crops"]):
+            assert 0 <= x0 <= x1 <= image.shape[2] and 0 <= y0 <= y1 <= image.shape[1]
+            pasted = np.zeros_like(mask)
+            pasted[y0:y1, x0:x1] = crop
+            np.testing.assert_array_equal(pasted, mask)
 
 
 def test_plain_model_has_only_torchvision_losses():

@@ -1,10 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from cellseg.errors import ConfigError, DataError
 from cellseg.instances import InstanceSet
@@ -25,8 +21,18 @@ class Oracle:
     def __init__(self):
         self.sizes = []
 
-    def __call__(self, images):
-        return [self.segment(image) for image in images]
+    def detect(self, images):
+        """`CellMaskRCNN.detect`'s interface; every mask's window is the whole tile."""
+        results = []
+        for image in images:
+            out = self.segment(image)
+            height, width = image.shape[1:]
+            results.append({
+                "boxes": out["boxes"].numpy(), "scores": out["scores"].numpy(), "labels": out["labels"].numpy(),
+                "windows": np.tile([0, 0, width, height], (len(out["boxes"]), 1)),
+                "crops": list(out["masks"][:, 0].numpy()),
+            })
+        return results
 
     def segment(self, image):
         self.sizes.append(tuple(image.shape[1:]))
@@ -142,14 +148,12 @@ def test_empty_image_and_predict_images():
 
 
 def test_real_mask_rcnn_plumbing():
+    cfg = resolve_train_config({
+        "min_size": 48, "max_size": 48, "fpn_channels": 32, "box_detections_per_img": 10,
+        "rpn_pre_nms_top_n_test": 40, "rpn_post_nms_top_n_test": 40,
+    })  # fmt: skip
     torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
-    model = MaskRCNN(  # a slim mask head keeps the test fast
-        backbone, num_classes=None, box_predictor=FastRCNNPredictor(1024, 3),
-        min_size=48, max_size=48, box_detections_per_img=10,
-        rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=40,
-        mask_head=MaskRCNNHeads(256, [16], 1), mask_predictor=MaskRCNNPredictor(16, 16, 3),
-    ).eval()
+    model = build_model(cfg, num_classes=2).eval()
     image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     found = predict_image(model, image, tile_size=48, overlap=16, tta=["hflip"], device=CPU, batch_size=4)
     assert found.image_size == (60, 80) and len(found) > 0

@@ -58,33 +58,51 @@ class InstanceSet:
         classes: np.ndarray,
         masks: np.ndarray,
     ) -> InstanceSet:
-        """Build from dense masks `(N, H, W)` of probabilities in [0, 1] (float) or bool.
-
-        Each window is the bounding rectangle of the mask's non-zero (after quantisation)
-        pixels; an all-zero mask keeps a 1×1 window at its box's top-left corner.
-        """
+        """Build from dense masks `(N, H, W)` of probabilities in [0, 1] (float) or bool."""
         masks = np.asarray(masks)
         n, height, width = masks.shape
-        quantised = _quantise(masks)
-        windows = np.zeros((n, 4), np.int32)
+        windows = np.tile(np.array([0, 0, width, height]), (n, 1))
+        return cls.from_windows((height, width), boxes, scores, classes, windows, list(masks))
+
+    @classmethod
+    def from_windows(
+        cls,
+        image_size: tuple[int, int],
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        classes: np.ndarray,
+        windows: np.ndarray,
+        crops: list[np.ndarray],
+    ) -> InstanceSet:
+        """Build from masks given only inside windows x0, y0, x1, y1 (inside the image): `crops[i]`
+        `(y1 - y0, x1 - x0)` of probabilities in [0, 1] (float) or bool, 0 outside the window.
+
+        Each window shrinks to the bounding rectangle of its crop's non-zero pixels after
+        quantisation; an all-zero mask keeps a 1×1 window at its box's top-left corner.
+        """
+        height, width = image_size
+        n = len(crops)
+        out_windows = np.zeros((n, 4), np.int32)
         probs = []
-        for i in range(n):
-            rows = np.flatnonzero(quantised[i].any(axis=1))
-            cols = np.flatnonzero(quantised[i].any(axis=0))
+        for i, ((x0, y0, _, _), crop) in enumerate(zip(np.asarray(windows).tolist(), crops)):
+            quantised = _quantise(np.asarray(crop))
+            rows = np.flatnonzero(quantised.any(axis=1))
+            cols = np.flatnonzero(quantised.any(axis=0))
             if len(rows):
-                x0, y0, x1, y1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+                top, left, bottom, right = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+                probs.append(np.ascontiguousarray(quantised[top:bottom, left:right]))
+                out_windows[i] = (x0 + left, y0 + top, x0 + right, y0 + bottom)
             else:
-                x0 = int(np.clip(np.floor(boxes[i][0]), 0, width - 1))
-                y0 = int(np.clip(np.floor(boxes[i][1]), 0, height - 1))
-                x1, y1 = x0 + 1, y0 + 1
-            windows[i] = (x0, y0, x1, y1)
-            probs.append(np.ascontiguousarray(quantised[i, y0:y1, x0:x1]))
+                x = int(np.clip(np.floor(boxes[i][0]), 0, width - 1))
+                y = int(np.clip(np.floor(boxes[i][1]), 0, height - 1))
+                probs.append(np.zeros((1, 1), np.uint8))
+                out_windows[i] = (x, y, x + 1, y + 1)
         return cls(
-            image_size=(height, width),
+            image_size=(int(height), int(width)),
             boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
             scores=np.asarray(scores, np.float32).reshape(-1),
             classes=np.asarray(classes, np.int64).reshape(-1),
-            windows=windows,
+            windows=out_windows,
             probs=probs,
         )
 

@@ -35,7 +35,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cellseg.ensemble import fuse_instance_sets
 from cellseg.errors import ConfigError, DataError
-from cellseg.instances import PROB_SCALE, InstanceSet, quantised_threshold
+from cellseg.instances import InstanceSet, quantised_threshold
 from cellseg.model import build_model
 from cellseg.tiles import tile_origins
 
@@ -126,7 +126,7 @@ def predict_tiled(
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
         inputs = [_padded_crop(pixels, tile, padded) for tile in batch]
-        for k, (tile, output) in enumerate(zip(batch, model(inputs)), start):
+        for k, (tile, output) in enumerate(zip(batch, model.detect(inputs)), start):
             found, extent = _tile_instances(output, tile, (height, width))
             keep = ~_cut_by_seam(extent, tile)
             parts.append(found.select(keep))
@@ -184,44 +184,39 @@ def _padded_crop(pixels: torch.Tensor, tile: _Tile, padded: tuple[int, int]) -> 
 def _tile_instances(output: dict, tile: _Tile, image_size: tuple[int, int]) -> tuple[InstanceSet, np.ndarray]:
     """One tile's detections in image coordinates, and their (N, 4) int64 mask extents.
 
-    output: torchvision's dict (`boxes` (N, 4) xyxy, `labels`, `scores`, `masks` (N, 1, h, w)
-    probabilities) for the padded tile. Masks are cut to the valid extent; a detection starting
-    in the padding is dropped. Windows cover the non-zero (quantised) probabilities, extents the
-    pixels >= `SEAM_MASK_THRESHOLD` (the window when there are none), both x0, y0, x1, y1.
+    output: `CellMaskRCNN.detect`'s dict for the padded tile. Masks are cut to the valid extent;
+    a detection starting in the padding is dropped. Windows cover the non-zero (quantised)
+    probabilities, extents the pixels >= `SEAM_MASK_THRESHOLD` (the window when there are
+    none), both x0, y0, x1, y1.
     """
     h, w = tile.y1 - tile.y0, tile.x1 - tile.x0
-    boxes = output["boxes"].float()
-    inside = (boxes[:, 0] < w) & (boxes[:, 1] < h)
-    probs = (output["masks"][inside, 0, :h, :w].float().clamp(0, 1) * PROB_SCALE).round().to(torch.uint8)
-    windows, nonzero = _mask_extents(probs > 0)
-    extents, on = _mask_extents(probs >= quantised_threshold(SEAM_MASK_THRESHOLD))
-    boxes = boxes[inside].cpu().numpy()
-    boxes = np.clip(boxes, 0, [w, h, w, h])
-    corner = np.minimum(np.floor(boxes[:, :2]).astype(np.int64), [w - 1, h - 1])
-    windows[~nonzero] = np.c_[corner, corner + 1][~nonzero]  # an all-zero mask keeps a 1 x 1 window
-    extents[~on] = windows[~on]
-    crops = probs.cpu().numpy()
-    shift = np.array([tile.x0, tile.y0, tile.x0, tile.y0])
-    found = InstanceSet(
-        image_size=image_size,
-        boxes=(boxes + shift).astype(np.float32),
-        scores=output["scores"][inside].float().cpu().numpy(),
-        classes=output["labels"][inside].cpu().numpy().astype(np.int64),
-        windows=(windows + shift).astype(np.int32),
-        probs=[np.ascontiguousarray(crops[i, y0:y1, x0:x1]) for i, (x0, y0, x1, y1) in enumerate(windows.tolist())],
+    boxes = output["boxes"]
+    inside = np.flatnonzero((boxes[:, 0] < w) & (boxes[:, 1] < h))
+    windows = np.minimum(output["windows"][inside], [w, h, w, h])
+    crops = [output["crops"][i][: y1 - y0, : x1 - x0] for i, (x0, y0, x1, y1) in zip(inside, windows.tolist())]
+    found = InstanceSet.from_windows(
+        (h, w), np.clip(boxes[inside], 0, [w, h, w, h]), output["scores"][inside], output["labels"][inside],
+        windows, crops,
     )
+    extents = _mask_extents(found, quantised_threshold(SEAM_MASK_THRESHOLD))
+    shift = np.array([tile.x0, tile.y0, tile.x0, tile.y0])
+    found.image_size = image_size
+    found.boxes += shift.astype(np.float32)
+    found.windows += shift.astype(np.int32)
     return found, extents + shift
 
 
-def _mask_extents(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding rectangles x0, y0, x1, y1 (exclusive ends) of `masks` (N, h, w) bool: (N, 4)
-    int64, and (N,) bool whether each mask has any pixel (else its rectangle is meaningless)."""
-    rows, cols = masks.any(2).to(torch.uint8), masks.any(1).to(torch.uint8)
-    height, width = masks.shape[1:]
-    extents = torch.stack([
-        cols.argmax(1), rows.argmax(1), width - cols.flip(1).argmax(1), height - rows.flip(1).argmax(1)
-    ], 1)
-    return extents.cpu().numpy().astype(np.int64), cols.bool().any(1).cpu().numpy()
+def _mask_extents(found: InstanceSet, level: int) -> np.ndarray:
+    """(N, 4) int64 bounding rectangles x0, y0, x1, y1 of each mask's pixels >= `level`; the
+    mask's window where there are none."""
+    extents = found.windows.astype(np.int64)
+    for i, probs in enumerate(found.probs):
+        on = probs >= level
+        rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
+        if len(rows):
+            x0, y0 = found.windows[i, :2]
+            extents[i] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
+    return extents
 
 
 def _cut_by_seam(extents: np.ndarray, tile: _Tile) -> np.ndarray:

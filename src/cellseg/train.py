@@ -115,11 +115,10 @@ def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, de
     model.eval()
     preds = []
     for sample in samples:
-        out = model([image_to_tensor(sample.image).to(device)])[0]
+        out = model.detect([image_to_tensor(sample.image).to(device)])[0]
         preds.append(
-            InstanceSet.from_dense(
-                out["boxes"].float().cpu().numpy(), out["scores"].float().cpu().numpy(),
-                out["labels"].cpu().numpy(), out["masks"][:, 0].float().cpu().numpy(),
+            InstanceSet.from_windows(
+                sample.image.shape[:2], out["boxes"], out["scores"], out["labels"], out["windows"], out["crops"]
             )
         )
     model.train()
