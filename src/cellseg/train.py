@@ -28,11 +28,11 @@ from cellseg.augment import build_augment
 from cellseg.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cellseg.dataset import Sample
 from cellseg.errors import ConfigError
-from cellseg.instances import InstanceSet
 from cellseg.io import atomic_path
 from cellseg.metrics import coco_mask_metrics
 from cellseg.model import build_model
-from cellseg.train_data import TileDataset, class_instance_counts, image_to_tensor, make_loader, start_epoch
+from cellseg.predict import predict_image
+from cellseg.train_data import TileDataset, class_instance_counts, make_loader, start_epoch
 from cellseg.training_log import VAL_KEYS, Progress, plot_curve, write_history, write_summary
 
 log = logging.getLogger(__name__)
@@ -106,30 +106,32 @@ def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
-@torch.no_grad()
-def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, device) -> dict:
-    """COCO mask metrics of `model` on whole images `samples` (labels `(C, H, W)`, 0 = background).
+def validate(
+    model, samples: list[Sample], class_names: list[str], cfg: dict, device, tile_size: int, overlap: int
+) -> dict:
+    """COCO mask metrics of `model` on `samples` (labels `(C, H, W)`, 0 = background).
 
-    The model sees whole images at the tiles' training magnification (`build_model`'s `tile_size`).
+    Images are predicted as the predict stage does, in overlapping tiles of the training tiles'
+    size (`cellseg.predict.predict_image`, no TTA): whole, a 1000 px image would meet the
+    per-image proposal and detection caps sized for one tile, and score far lower than the
+    model does in the pipeline.
     """
     model.eval()
-    preds = []
-    for sample in samples:
-        out = model.detect([image_to_tensor(sample.image).to(device)])[0]
-        preds.append(
-            InstanceSet.from_windows(
-                sample.image.shape[:2], out["boxes"], out["scores"], out["labels"], out["windows"], out["crops"]
-            )
-        )
+    preds = [
+        predict_image(model, s.image, tile_size, overlap, tta=[], device=device, batch_size=cfg["batch_size"])
+        for s in samples
+    ]
     model.train()
     max_dets = max(100, cfg["box_detections_per_img"])
     return coco_mask_metrics([s.labels for s in samples], preds, class_names, max_dets=max_dets)
 
 
-def run_fingerprint(tiles: pd.DataFrame, val_samples: list[Sample], cfg: dict, class_names, tile_size: int) -> str:
+def run_fingerprint(
+    tiles: pd.DataFrame, val_samples: list[Sample], cfg: dict, class_names, tile_size: int, overlap: int
+) -> str:
     """Fingerprint of everything that decides the trained weights (not device or worker count)."""
     config = {
-        "train": cfg, "classes": list(class_names), "tile_size": tile_size,
+        "train": cfg, "classes": list(class_names), "tile_size": tile_size, "overlap": overlap,
         "tiles": tiles[["image_id", "tile"]].astype(str).values.tolist(),
         "val": [s.image_id for s in val_samples],
     }
@@ -153,13 +155,14 @@ def _seed_everything(seed: int, device: torch.device) -> None:
 class _Training:
     """One fold's training run: setup, resume, the loop, and the outputs."""
 
-    def __init__(self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size):
+    def __init__(self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap):
         self.cfg, self.class_names, self.outputs, self.val_samples = cfg, list(class_names), outputs, val_samples
         self.device = select_device(device)
         self.cuda = self.device.type == "cuda"
         self.amp = cfg["amp"] if self.cuda else "none"
         _seed_everything(cfg["seed"], self.device)
-        self.fingerprint = run_fingerprint(tiles, val_samples, cfg, class_names, tile_size)
+        self.tile_size, self.overlap = tile_size, overlap
+        self.fingerprint = run_fingerprint(tiles, val_samples, cfg, class_names, tile_size, overlap)
         weights = class_weights(class_instance_counts(tiles, class_names)) if cfg["class_weighted_loss"] else None
         self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size).to(self.device)
         if self.cuda and cfg["channels_last"]:
@@ -277,8 +280,9 @@ class _Training:
         row.update({name: total / self.n_batches for name, total in state["sums"].items()})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         due = (epoch + 1) % self.cfg["val_every_epochs"] == 0 or epoch + 1 == self.cfg["epochs"]
-        metrics = validate(self.model, self.val_samples, self.class_names, self.cfg, self.device) \
-            if due and self.val_samples else {}
+        metrics = validate(
+            self.model, self.val_samples, self.class_names, self.cfg, self.device, self.tile_size, self.overlap
+        ) if due and self.val_samples else {}
         row.update({f"val_{key}": metrics.get(key) for key in VAL_KEYS})
         row["images_per_s"] = state["epoch_images"] / max(state["epoch_seconds"], 1e-9)
         row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda else None
@@ -332,6 +336,7 @@ def train_fold(
     outputs: TrainOutputs,
     *,
     tile_size: int,
+    overlap: int = 0,
     num_workers: int = 0,
     device: str = "auto",
 ) -> dict:
@@ -344,10 +349,11 @@ def train_fold(
     cfg: the resolved `train:` section (`train_config.resolve_train_config`).
     tile_size: the tiles' side S (`tiles.size`), so that validation sees cells at the training
         magnification; 0 for whole-image tiles.
+    overlap: the tiles' overlap (`tiles.overlap`); validation predicts images in such tiles.
     num_workers: DataLoader worker processes (does not change the result).
     device: `auto` (CUDA if available, else CPU) or a torch device name.
 
     Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs.
     Raises `NonFiniteLossError` when the loss diverges.
     """
-    return _Training(tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size).run()
+    return _Training(tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap).run()

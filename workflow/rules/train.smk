@@ -25,6 +25,7 @@ rule train_fold:
         source=SOURCE,
         classes=CLASSES,
         tile_size=config["tiles"]["size"],
+        overlap=config["tiles"]["overlap"],
         code=script_digest("train_fold.py"),
     log:
         "logs/train/fold{fold}.log",
