@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_predict import Oracle, draw
 from test_train_data import CLASSES, synthetic_image, write_tiles
 
 from cellseg.dataset import Sample
-from cellseg.train import NonFiniteLossError, TrainOutputs, class_weights, lr_factor, train_fold
+from cellseg.train import NonFiniteLossError, TrainOutputs, class_weights, lr_factor, train_fold, validate
 from cellseg.train_config import resolve_train_config
 from cellseg.train_data import training_tiles
 
@@ -152,3 +153,16 @@ def test_class_weights_and_schedule():
     factors = [lr_factor(step, warmup=2, total=6) for step in range(6)]
     assert factors[:3] == pytest.approx([0.5, 1.0, 1.0]) and factors[3] > factors[4] > factors[5] > 0
     assert lr_factor(6, warmup=2, total=6) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("val_tile_size, expected_sizes", [(48, {(48, 48)}), (0, {(70, 100)})])
+def test_validation_predicts_large_images_in_tiles(val_tile_size, expected_sizes):
+    """Held-out images above `val_tile_size` are seen as the predict stage sees them, in tiles
+    whose seams are merged: a perfect segmenter scores AP 1 either way."""
+    image, labels = draw(70, 100, [(5, 5, 20, 18, 1), (30, 40, 52, 60, 2), (60, 10, 90, 30, 1), (40, 20, 50, 34, 2)])
+    planes = np.stack([np.where(np.isin(labels, ids), labels, 0) for ids in ([1, 3], [2, 4])]).astype(np.int32)
+    cfg = resolve_train_config({"val_tile_size": val_tile_size, "batch_size": 2})
+    oracle = Oracle()
+    metrics = validate(oracle, [Sample("x", image, planes)], ["class1", "class2"], cfg, torch.device("cpu"), overlap=24)
+    assert set(oracle.sizes) == expected_sizes
+    assert metrics["AP"] == pytest.approx(1.0)

@@ -58,6 +58,7 @@ TRAIN_PRESETS = {
         "channels_last": False,
         "class_weighted_loss": False,
         "val_every_epochs": 2,
+        "val_tile_size": 512,
         "early_stopping_patience": 0,
         "checkpoint_every_steps": 50,
         "seed": 0,
@@ -101,6 +102,7 @@ TRAIN_PRESETS = {
         "channels_last": True,
         "class_weighted_loss": False,
         "val_every_epochs": 2,
+        "val_tile_size": 512,
         "early_stopping_patience": 5,
         "checkpoint_every_steps": 200,
         "seed": 0,
@@ -120,7 +122,7 @@ _POSITIVE_INTS = (
     "box_batch_size_per_image", "box_detections_per_img", "mask_roi_size", "epochs",
     "batch_size", "grad_accum_steps", "val_every_epochs", "checkpoint_every_steps",
 )  # fmt: skip
-_NON_NEGATIVE_INTS = ("warmup_steps", "early_stopping_patience", "seed")
+_NON_NEGATIVE_INTS = ("val_tile_size", "warmup_steps", "early_stopping_patience", "seed")
 _NON_NEGATIVE_FLOATS = (
     "center_loss_weight", "boundary_loss_weight", "dice_loss_weight", "weight_decay",
     "momentum", "clip_grad_norm", "box_score_thresh",
