@@ -428,10 +428,10 @@ def paste_windows(
         x1, y1 = max(x1, x0), max(y1, y0)
         windows[i] = (x0, y0, x1, y1)
         crops.append(resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0].reshape(-1))
-    flat = torch.cat(crops).cpu().numpy() if crops else np.zeros(0, np.float32)
-    sizes = [(y1 - y0) * (x1 - x0) for x0, y0, x1, y1 in windows.tolist()]
-    pieces = np.split(flat, np.cumsum(sizes)[:-1]) if crops else []
+    if not crops:
+        return windows, []
     shapes = [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in windows.tolist()]
+    pieces = np.split(torch.cat(crops).cpu().numpy(), np.cumsum([h * w for h, w in shapes])[:-1])
     return windows, [piece.reshape(shape) for piece, shape in zip(pieces, shapes)]
 
 
