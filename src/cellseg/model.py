@@ -10,7 +10,8 @@ tensors in [0, 1]; each target holds `boxes` `(N, 4)` float32 xyxy, `labels` `(N
 1..C (0 = background), `masks` `(N, H, W)` uint8, and with `aux_heads` also `center` and
 `boundary` `(H, W)` float32 at the input image's size. Eval mode: torchvision's list of dicts
 (`boxes`, `labels`, `scores`, `masks` `(N, 1, H, W)` probabilities), plus `center` and
-`boundary` `(H, W)` probabilities when the aux heads are on.
+`boundary` `(H, W)` probabilities when the aux heads are on. `model.detect(images)`: the
+same detections with each mask kept inside its box window (what inference uses).
 """
 
 import logging

@@ -84,7 +84,7 @@ def predict_image(
     batch_size: int = 4,
     tta_fusion: dict | None = None,
 ) -> InstanceSet:
-    """Instances of `model` (torchvision detection interface, eval mode) in one image.
+    """Instances of `model` (eval mode; its `detect` as `CellMaskRCNN.detect`) in one image.
 
     image: (H, W, 3) uint8 RGB. tile_size: S, 0 = always the whole image, unpadded; an image
     that fits one tile is predicted whole. tta: ops of `TTA_OPS`, all their
