@@ -26,7 +26,8 @@ def dense_path(model, images) -> list[InstanceSet]:
     outputs = model(images)
     return [
         InstanceSet.from_dense(
-            out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(), out["masks"][:, 0].numpy()
+            out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy(),
+            out["masks"][:, 0].cpu().numpy(),
         )
         for out in outputs
     ]
@@ -58,20 +59,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     cfg = resolve_train_config({"preset": "demo", "box_detections_per_img": args.cells, "box_score_thresh": 0.0})
     torch.manual_seed(0)
-    model = build_model(cfg, 4, tile_size=args.tile_size).eval()
-    images = [torch.rand(3, args.tile_size, args.tile_size) for _ in range(args.batch)]
+    model = build_model(cfg, 4, tile_size=args.tile_size).to(args.device).eval()
+    images = [torch.rand(3, args.tile_size, args.tile_size, device=args.device) for _ in range(args.batch)]
     dense_s, dense = seconds_per_tile(dense_path, model, images, args.repeats)
     windowed_s, windowed = seconds_per_tile(windowed_path, model, images, args.repeats)
     for a, b in zip(dense, windowed):
         assert len(a) == len(b) and (a.windows == b.windows).all()
         assert all((p == q).all() for p, q in zip(a.probs, b.probs))
     n = np.mean([len(s) for s in dense])
-    print(f"{args.tile_size} px tiles, {n:.0f} detections each, {args.threads} threads; equal InstanceSets")
+    print(f"{args.device}, {args.tile_size} px tiles, {n:.0f} detections each, {args.threads} threads; equal InstanceSets")
     print(f"full-size masks (torchvision): {dense_s:.2f} s/tile")
     print(f"windowed masks (detect):       {windowed_s:.2f} s/tile  ->  {dense_s / windowed_s:.1f}x")
 
