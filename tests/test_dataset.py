@@ -173,6 +173,9 @@ def test_load_ground_truth(tmp_path):
     assert labels[1, 1, 1] == 1 and labels.sum() == 4
     with pytest.raises(DataError, match="t9: ground-truth folder not found"):
         load_ground_truth(tmp_path, "t9", CLASSES)
+    assert load_ground_truth(tmp_path, "t1", CLASSES, image_size=(6, 7)).shape == (4, 6, 7)
+    with pytest.raises(DataError, match=r"t1/class2.tif: mask shape \(6, 7\) differs from image shape \(6, 8\)"):
+        load_ground_truth(tmp_path, "t1", CLASSES, image_size=(6, 8))
 
 
 @pytest.mark.skipif(not MONUSEG.is_dir(), reason="real MoNuSeg data not present")

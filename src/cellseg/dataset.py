@@ -108,11 +108,14 @@ def load_test_image(source: dict, test_image: TestImage) -> np.ndarray:
     return image
 
 
-def load_ground_truth(gt_dir: str | os.PathLike, image_name: str, classes: list[str]) -> np.ndarray:
+def load_ground_truth(
+    gt_dir: str | os.PathLike, image_name: str, classes: list[str], image_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Read held-out test labels `gt_dir/<image_name>/<class>.tif` as `(C, H, W) int32`.
 
     `image_name` is the test file name with or without `.tif`. An absent class file is an
-    all-zero plane; at least one class file (or an `image.tif` beside them) must give the size.
+    all-zero plane. `image_size`: the test image's (H, W), which every class file must have;
+    without it, one class file (or an `image.tif` beside them) gives the size.
     """
     folder = Path(gt_dir) / image_name.removesuffix(".tif")
     if not folder.is_dir():
@@ -122,7 +125,9 @@ def load_ground_truth(gt_dir: str | os.PathLike, image_name: str, classes: list[
         for name in classes
         if (folder / f"{name}.tif").is_file()
     }
-    if planes:
+    if image_size is not None:
+        shape = tuple(image_size)
+    elif planes:
         shape = next(iter(planes.values())).shape
     elif (folder / "image.tif").is_file():
         shape = read_image(folder / "image.tif").shape[:2]

@@ -86,10 +86,9 @@ class InstanceSet:
         probs = []
         for i, ((x0, y0, _, _), crop) in enumerate(zip(np.asarray(windows).tolist(), crops)):
             quantised = _quantise(np.asarray(crop))
-            rows = np.flatnonzero(quantised.any(axis=1))
-            cols = np.flatnonzero(quantised.any(axis=0))
-            if len(rows):
-                top, left, bottom, right = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+            rect = bounding_rect(quantised > 0)
+            if rect:
+                left, top, right, bottom = rect
                 probs.append(np.ascontiguousarray(quantised[top:bottom, left:right]))
                 out_windows[i] = (x0 + left, y0 + top, x0 + right, y0 + bottom)
             else:
@@ -189,6 +188,14 @@ class InstanceSet:
                 windows=windows,
                 probs=probs,
             )
+
+
+def bounding_rect(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """x0, y0, x1, y1 (exclusive ends) of a 2-D bool mask's True pixels; None when it has none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def _quantise(masks: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cellseg.ensemble import fuse_instance_sets
 from cellseg.errors import ConfigError, DataError
-from cellseg.instances import InstanceSet, quantised_threshold
+from cellseg.instances import InstanceSet, bounding_rect, quantised_threshold
 from cellseg.model import build_model
 from cellseg.tiles import tile_origins
 
@@ -211,11 +211,9 @@ def _mask_extents(found: InstanceSet, level: int) -> np.ndarray:
     mask's window where there are none."""
     extents = found.windows.astype(np.int64)
     for i, probs in enumerate(found.probs):
-        on = probs >= level
-        rows, cols = np.flatnonzero(on.any(axis=1)), np.flatnonzero(on.any(axis=0))
-        if len(rows):
-            x0, y0 = found.windows[i, :2]
-            extents[i] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
+        rect = bounding_rect(probs >= level)
+        if rect:
+            extents[i] = np.add(rect, np.tile(found.windows[i, :2], 2))
     return extents
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from cellseg.dataset import index_dataset, load_ground_truth
-from cellseg.errors import DataError
 from cellseg.evaluation import read_thresholds, scoreboard
 from cellseg.instances import load_instance_sets
 from cellseg.io import atomic_path
@@ -16,15 +15,12 @@ with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
     tests = index_dataset(p.source).test_images
     names = [t.name for t in tests]
-    labels = [load_ground_truth(p.source["test_gt"], name, p.classes) for name in names]
+    labels = [load_ground_truth(p.source["test_gt"], t.name, p.classes, (t.height, t.width)) for t in tests]
     folds = {
         fold: list(load_instance_sets(folder, names).values())
         for fold, folder in zip(p.folds, snakemake.input.folds)
     }
     ensemble = list(load_instance_sets(snakemake.input.ensemble, names).values())
-    for name, truth, preds in zip(names, labels, ensemble):
-        if truth.shape[1:] != tuple(preds.image_size):
-            raise DataError(f"{p.source['test_gt']}/{name}: ground truth is {truth.shape[1:]}, the image {preds.image_size}")
     scores, _ = scoreboard(
         labels, folds, ensemble, read_thresholds(snakemake.input.thresholds), p.classes, p.max_dets, p.evaluator
     )
