@@ -4,6 +4,7 @@ from pycocotools import mask as mask_utils
 
 from cellseg.instances import InstanceSet
 from cellseg.metrics import (
+    aggregated_jaccard,
     coco_mask_metrics,
     encode_window,
     evaluate_predictions,
@@ -12,6 +13,7 @@ from cellseg.metrics import (
     iou_matrix,
     instance_pixels,
     metric_value,
+    panoptic_quality,
     predictions_to_coco,
     prepare_ground_truth,
     run_cocoeval,
@@ -47,12 +49,14 @@ def test_perfect_predictions_score_one(labels):
     masks = [labels[0] == 1, labels[0] == 2, labels[1] == 1]
     preds = [make_set(masks, [1, 1, 2])]
     metrics = coco_mask_metrics([labels], preds, CLASSES)
-    for key in ["AP", "AP50", "AP75", "AP_small", "AP@100", "AP_a", "AP_b", "AP@100_b"]:
+    for key in ["AP", "AP50", "AP75", "AP_small", "AP@100", "AP_a", "AP_b", "AP@100_b", "AP50@100", "AP50@100_a"]:
         assert metrics[key] == pytest.approx(1.0)
     assert np.isnan(metrics["AP_medium"]) and np.isnan(metrics["AP_large"])
     gt = prepare_ground_truth([labels], CLASSES)
     assert sartorius_metric(gt, preds) == pytest.approx(1.0)
     assert f1_per_class(gt, preds) == {"F1_a": 1.0, "F1_b": 1.0, "F1": 1.0}
+    assert panoptic_quality(gt, preds) == {"PQ": 1.0, "SQ": 1.0, "DQ": 1.0, "PQ_a": 1.0, "PQ_b": 1.0}
+    assert aggregated_jaccard(gt, preds) == {"AJI_a": 1.0, "AJI_b": 1.0, "AJI": 1.0}
 
 
 def test_one_missed_of_two_gives_half_the_recall_points(labels):
@@ -85,6 +89,89 @@ def test_sartorius_is_class_agnostic_and_one_to_one(labels):
     preds = [make_set(masks, [2, 1, 2, 1])]  # wrong classes, one duplicate
     # Every threshold: TP 3, FP 1 (the duplicate), FN 0.
     assert sartorius_metric(gt, preds) == pytest.approx(3 / 4)
+
+
+def pq_and_aji(labels_list, preds, class_names):
+    gt = prepare_ground_truth(labels_list, class_names)
+    return panoptic_quality(gt, preds), aggregated_jaccard(gt, preds)
+
+
+def test_split_cell_matches_its_larger_half(labels):
+    # One 10x10 cell (area 100) predicted as a 10x6 left part (IoU 60/100) and a 10x4 right part
+    # (IoU 40/100). PQ: the left part is a TP with IoU 0.6, the right part a FP: DQ = 1 / (1 +
+    # 1/2) = 2/3, SQ = 0.6, PQ = 0.4. AJI: intersection 60, union 100 + the unused part's 40.
+    left, right = square((64, 64), 5, 5, 6, height=10), square((64, 64), 5, 11, 4, height=10)
+    pq, aji = pq_and_aji([labels[:1] * (labels[:1] == 1)], [make_set([left, right], [1, 1])], ["a"])
+    assert pq["DQ"] == pytest.approx(2 / 3) and pq["SQ"] == pytest.approx(0.6)
+    assert pq["PQ"] == pytest.approx(0.4) and pq["PQ_a"] == pytest.approx(0.4)
+    assert aji["AJI"] == pytest.approx(60 / 140)
+
+
+def test_missed_cell_counts_over_the_whole_set(labels):
+    # Class a has two cells in each of two images; image 1 is predicted perfectly, image 2 finds
+    # only its first cell. Summed over the set: TP 3, FN 1: DQ = 3 / 3.5, SQ = 1, PQ = 6/7 (a
+    # mean of per-image PQs would give (1 + 2/3) / 2 instead). AJI: intersection 300, union 300
+    # + the missed cell's 100 = 0.75.
+    plane = labels[:1]
+    preds = [make_set([plane[0] == 1, plane[0] == 2], [1, 1]), make_set([plane[0] == 1], [1])]
+    pq, aji = pq_and_aji([plane, plane], preds, ["a"])
+    assert (pq["DQ"], pq["SQ"]) == (pytest.approx(6 / 7), 1.0) and pq["PQ"] == pytest.approx(6 / 7)
+    assert aji["AJI"] == pytest.approx(0.75)
+
+
+def test_false_positives_and_duplicates(labels):
+    # Class a's first cell (area 100) predicted twice: exactly and shifted 2 px (IoU 80/120, also
+    # above 0.5; the exact one is matched, the duplicate is a FP), plus an 8x8 FP (area 64) on
+    # background. Class a's second cell is predicted exactly. TP 2 (IoUs 1, 1), FP 2, FN 0:
+    # DQ = 2 / (2 + 1) = 2/3, SQ = 1, PQ = 2/3. AJI: intersection 200, union 200 + the unused
+    # duplicate's 100 + the FP's 64.
+    plane = labels[:1]
+    masks = [plane[0] == 1, square((64, 64), 5, 7, 10), plane[0] == 2, square((64, 64), 50, 50, 8)]
+    pq, aji = pq_and_aji([plane], [make_set(masks, [1, 1, 1, 1])], ["a"])
+    assert (pq["DQ"], pq["SQ"], pq["PQ"]) == (pytest.approx(2 / 3), 1.0, pytest.approx(2 / 3))
+    assert aji["AJI"] == pytest.approx(200 / 364)
+
+
+def test_wrong_class_is_a_miss_of_one_class_and_a_false_positive_of_the_other():
+    # Cell A of class a and cell B of class b (10x10 each); B is predicted exactly but as class a.
+    # Class a: TP 1 (A), FP 1 (B): DQ 2/3, SQ 1, PQ 2/3. Class b: FN 1, no TP: DQ 0, SQ 0, PQ 0.
+    # Means over the two classes: PQ 1/3, SQ 1/2, DQ 1/3 (so PQ is not mean SQ x mean DQ).
+    # AJI a: A matched exactly (100 / 100), B's prediction is nobody's best: 100 / 200 = 0.5.
+    # AJI b: B unmatched, 0 / 100 = 0. AJI = 0.25.
+    labels = np.zeros((2, 64, 64), np.int32)
+    labels[0][square((64, 64), 5, 5, 10)] = 1
+    labels[1][square((64, 64), 30, 30, 10)] = 1
+    pq, aji = pq_and_aji([labels], [make_set([labels[0] == 1, labels[1] == 1], [1, 1])], CLASSES)
+    assert pq == pytest.approx({"PQ": 1 / 3, "SQ": 1 / 2, "DQ": 1 / 3, "PQ_a": 2 / 3, "PQ_b": 0.0})
+    assert aji == pytest.approx({"AJI_a": 0.5, "AJI_b": 0.0, "AJI": 0.25})
+
+
+def test_pq_and_aji_average_the_classes_present(labels):
+    # Image 1 holds class a's two cells: one predicted exactly (IoU 1), one shifted 2 px (IoU
+    # 80/120 = 2/3): TP 2, SQ 5/6, DQ 1, PQ_a 5/6. Image 2 holds class b's cell, predicted by
+    # its 10x8 top part (IoU 0.8): PQ_b 0.8. Class c has neither ground truth nor predictions:
+    # NaN, left out. PQ = (5/6 + 0.8) / 2 = 49/60. AJI a: (100 + 80) / (100 + 120) = 9/11,
+    # AJI b: 80 / 100; AJI = (9/11 + 0.8) / 2.
+    image_a, image_b = np.zeros((3, 64, 64), np.int32), np.zeros((3, 64, 64), np.int32)
+    image_a[0], image_b[1] = labels[0], labels[1]
+    preds = [
+        make_set([labels[0] == 1, square((64, 64), 30, 32, 10)], [1, 1]),
+        make_set([square((64, 64), 5, 40, 10, height=8)], [2]),
+    ]
+    pq, aji = pq_and_aji([image_a, image_b], preds, CLASSES + ["c"])
+    assert pq["PQ_a"] == pytest.approx(5 / 6) and pq["PQ_b"] == pytest.approx(0.8) and np.isnan(pq["PQ_c"])
+    assert pq["PQ"] == pytest.approx(49 / 60) and pq["SQ"] == pytest.approx((5 / 6 + 0.8) / 2)
+    assert pq["DQ"] == 1.0
+    assert aji["AJI_a"] == pytest.approx(9 / 11) and np.isnan(aji["AJI_c"])
+    assert aji["AJI"] == pytest.approx((9 / 11 + 0.8) / 2)
+
+
+def test_no_predictions_score_zero_and_empty_classes_nan():
+    labels = np.zeros((2, 16, 16), np.int32)
+    labels[0, 2:6, 2:6] = 1
+    pq, aji = pq_and_aji([labels], [InstanceSet.empty((16, 16))], CLASSES)
+    assert (pq["PQ"], pq["SQ"], pq["DQ"], pq["PQ_a"]) == (0.0, 0.0, 0.0, 0.0) and np.isnan(pq["PQ_b"])
+    assert aji["AJI"] == 0.0 and np.isnan(aji["AJI_b"])
 
 
 def test_iou_matrix_handles_overlapping_masks():
@@ -147,12 +234,14 @@ def test_ap_counts_detections_beyond_100():
 def test_evaluate_predictions_and_pr_curve(labels):
     preds = [make_set([labels[0] == 1, labels[1] == 1], [1, 2])]
     metrics, curve = evaluate_predictions([labels], preds, CLASSES)
-    assert {"AP", "sartorius", "F1", "F1_a"} <= metrics.keys()
+    expected = {"AP", "AP50@100", "AP50@100_a", "sartorius", "F1", "F1_a", "PQ", "SQ", "DQ", "PQ_a", "AJI", "AJI_a"}
+    assert expected <= metrics.keys()
     assert list(curve.columns) == ["recall", "precision_iou50", "precision_iou50_95"]
     # Class a: precision 1 up to recall 0.5; class b: 1 everywhere.
     assert curve["precision_iou50"].iloc[50] == 1.0 and curve["precision_iou50"].iloc[51] == 0.5
     gt = prepare_ground_truth([labels], CLASSES)
-    assert metric_value(gt, preds, "AP50") == pytest.approx(metrics["AP50"])
+    for metric in ("AP50", "AP50@100", "PQ"):
+        assert metric_value(gt, preds, metric) == pytest.approx(metrics[metric])
     with pytest.raises(ValueError, match="unknown metric"):
         metric_value(gt, preds, "mAP")
 

@@ -1,4 +1,5 @@
-"""Scores of predicted instances against label images: COCO mask AP, the Sartorius metric, F1.
+"""Scores of predicted instances against label images: COCO mask AP, the Sartorius metric, F1,
+panoptic quality (PQ = DQ x SQ) and the aggregated Jaccard index (AJI).
 
 Dense cell images hold more cells than COCO's default 100 detections, so AP is computed with a
 raised `max_dets` and also read off at 100, the value leaderboards typically report. All AP
@@ -8,7 +9,7 @@ first entry is always taken at 100 detections whatever `maxDets` says.
 Two COCO back ends give identical numbers (tested): `faster` (faster-coco-eval, C++ matching,
 the default because it is several times quicker) and `pycocotools` (the reference).
 
-Matching for the Sartorius metric and F1 uses an IoU matrix from sparse pixel-membership
+Matching for the Sartorius metric, F1, PQ and AJI uses an IoU matrix from sparse pixel-membership
 matrices: row i of `A` marks the pixels of instance i, so `A @ B.T` counts the pixels of every
 overlapping pair at once (a bincount of label pairs that also allows overlapping masks, which
 predictions and instances of different classes have).
@@ -38,7 +39,7 @@ DEFAULT_EVALUATOR = "faster"
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 # pycocotools' area ranges (all, small, medium, large) in pixels, bounds inclusive.
 AREA_RANGES = [(0, 1e10), (0, 32**2), (32**2, 96**2), (96**2, 1e10)]
-METRICS = ("AP", "AP50", "sartorius", "F1")
+METRICS = ("AP", "AP50", "AP50@100", "sartorius", "F1", "PQ")
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,9 @@ def coco_precision(
 
 
 def metrics_from_precision(precision: np.ndarray, class_names: list[str]) -> dict:
-    """AP, AP50, AP75, AP_small/medium/large at max_dets, AP and AP50 at 100, per-class AP at
-    max_dets (`AP_<name>`) and at 100 (`AP@100_<name>`); NaN where there is no ground truth.
+    """AP, AP50, AP75, AP_small/medium/large at max_dets, AP and AP50 at 100 (`AP50@100`, the
+    leaderboard's number), per-class AP at max_dets (`AP_<name>`) and at 100 (`AP@100_<name>`),
+    per-class AP50 at 100 (`AP50@100_<name>`); NaN where there is no ground truth.
     """
     metrics = {
         "AP": _mean_valid(precision[:, :, :, 0, 2]),
@@ -197,6 +199,7 @@ def metrics_from_precision(precision: np.ndarray, class_names: list[str]) -> dic
     for k, name in enumerate(class_names):
         metrics[f"AP_{name}"] = _mean_valid(precision[:, :, k, 0, 2])
         metrics[f"AP@100_{name}"] = _mean_valid(precision[:, :, k, 0, 1])
+        metrics[f"AP50@100_{name}"] = _mean_valid(precision[0, :, k, 0, 1])
     return metrics
 
 
@@ -242,13 +245,16 @@ def instance_pixels(instances: InstanceSet, mask_threshold: float) -> sparse.csr
     return sparse.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=shape)
 
 
+def overlap_counts(a: sparse.csr_matrix, b: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel counts of two membership matrices over the same pixels, float: the dense
+    (n_a, n_b) intersection of every pair, the (n_a,) areas of `a` and the (n_b,) areas of `b`."""
+    intersection = (a @ b.T).toarray()
+    return intersection, np.asarray(a.sum(axis=1)).ravel(), np.asarray(b.sum(axis=1)).ravel()
+
+
 def iou_matrix(a: sparse.csr_matrix, b: sparse.csr_matrix) -> np.ndarray:
     """Dense (n_a, n_b) mask IoU of two membership matrices over the same pixels."""
-    intersection = (a @ b.T).toarray()
-    area_a = np.asarray(a.sum(axis=1)).reshape(-1, 1)
-    area_b = np.asarray(b.sum(axis=1)).reshape(1, -1)
-    union = area_a + area_b - intersection
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    return _iou(*overlap_counts(a, b))
 
 
 def sartorius_per_image(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> np.ndarray:
@@ -292,7 +298,64 @@ def f1_per_class(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: floa
     denominator = n_true + n_pred
     f1 = np.divide(2 * tp, denominator, out=np.full(n_classes, np.nan), where=denominator > 0)
     metrics = {f"F1_{name}": float(v) for name, v in zip(gt.class_names, f1)}
-    metrics["F1"] = float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan")
+    metrics["F1"] = _class_mean(f1)
+    return metrics
+
+
+def panoptic_quality(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> dict:
+    """Panoptic quality as MoNuSAC scores it: per class, TP/FP/FN and the matched IoUs are summed
+    over all images, SQ = sum of matched IoUs / TP, DQ = TP / (TP + FP/2 + FN/2), PQ = DQ x SQ.
+
+    A prediction matches a ground-truth instance of its own class at IoU > 0.5 (see
+    `_matched_ious`); a prediction of the wrong class is a FN of the true class and a FP of its
+    own. Returns `PQ_<name>` per class and `PQ`, `SQ`, `DQ`, each the mean of the per-class
+    values (so `PQ` is not `SQ` x `DQ`). SQ of a class without a TP is 0. A class with neither
+    ground truth nor predictions in the whole set is NaN and left out of the means; a class
+    with predictions only scores 0.
+    """
+    n_classes = len(gt.class_names)
+    tp, fp, fn, iou_sum = (np.zeros(n_classes) for _ in range(4))
+    for truth, truth_classes, instances in zip(gt.pixels, gt.classes, preds):
+        iou = iou_matrix(truth, instance_pixels(instances, mask_threshold))
+        for k in range(n_classes):
+            pairs = iou[np.ix_(truth_classes == k + 1, instances.classes == k + 1)]
+            matched = _matched_ious(pairs)
+            tp[k] += len(matched)
+            fn[k] += pairs.shape[0] - len(matched)
+            fp[k] += pairs.shape[1] - len(matched)
+            iou_sum[k] += matched.sum()
+    present = tp + fp + fn > 0
+    dq = np.divide(tp, tp + (fp + fn) / 2, out=np.full(n_classes, np.nan), where=present)
+    sq = np.where(present, np.divide(iou_sum, tp, out=np.zeros(n_classes), where=tp > 0), np.nan)
+    pq = dq * sq
+    metrics = {"PQ": _class_mean(pq), "SQ": _class_mean(sq), "DQ": _class_mean(dq)}
+    metrics.update({f"PQ_{name}": float(v) for name, v in zip(gt.class_names, pq)})
+    return metrics
+
+
+def aggregated_jaccard(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> dict:
+    """Aggregated Jaccard index (Kumar et al. 2017) per class over the set (`AJI_<name>`) and
+    its mean over classes (`AJI`).
+
+    Per class, summed over all images: each ground-truth instance adds its intersection and
+    union with the prediction of its class of highest IoU (one prediction may be the best of
+    several instances and is then counted in each union, as in the original); an instance no
+    prediction touches adds its area to the union; so does every prediction that is no
+    instance's best. AJI = total intersection / total union. A class with neither ground truth
+    nor predictions is NaN and left out of the mean.
+    """
+    n_classes = len(gt.class_names)
+    intersection, union = np.zeros(n_classes), np.zeros(n_classes)
+    for truth, truth_classes, instances in zip(gt.pixels, gt.classes, preds):
+        overlap, area_true, area_pred = overlap_counts(truth, instance_pixels(instances, mask_threshold))
+        for k in range(n_classes):
+            rows, cols = truth_classes == k + 1, instances.classes == k + 1
+            inter, uni = _aji_sums(overlap[np.ix_(rows, cols)], area_true[rows], area_pred[cols])
+            intersection[k] += inter
+            union[k] += uni
+    aji = np.divide(intersection, union, out=np.full(n_classes, np.nan), where=union > 0)
+    metrics = {f"AJI_{name}": float(v) for name, v in zip(gt.class_names, aji)}
+    metrics["AJI"] = _class_mean(aji)
     return metrics
 
 
@@ -304,15 +367,18 @@ def metric_value(
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
 ) -> float:
-    """One scalar score, for threshold tuning: `AP`, `AP50` (COCO at max_dets), `sartorius` or
-    `F1` (mean over classes)."""
-    if metric in ("AP", "AP50"):
+    """One scalar score, for threshold tuning: `AP`, `AP50` (COCO at max_dets), `AP50@100` (COCO
+    AP50 at 100 detections, the leaderboard's number), `sartorius`, or `F1` or `PQ` (means over
+    classes)."""
+    if metric in ("AP", "AP50", "AP50@100"):
         precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
         return metrics_from_precision(precision, gt.class_names)[metric]
     if metric == "sartorius":
         return sartorius_metric(gt, preds, mask_threshold)
     if metric == "F1":
         return f1_per_class(gt, preds, mask_threshold)["F1"]
+    if metric == "PQ":
+        return panoptic_quality(gt, preds, mask_threshold)["PQ"]
     raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
@@ -324,12 +390,15 @@ def evaluate_predictions(
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
 ) -> tuple[dict, pd.DataFrame]:
-    """All metrics in one dict (COCO keys, `sartorius`, `F1`, `F1_<name>`) and the PR curve."""
+    """All metrics in one dict (COCO keys, `sartorius`, `F1`, `F1_<name>`, `PQ`, `SQ`, `DQ`,
+    `PQ_<name>`, `AJI`, `AJI_<name>`) and the PR curve."""
     gt = prepare_ground_truth(labels_list, class_names)
     precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
     metrics = metrics_from_precision(precision, class_names)
     metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold)
     metrics.update(f1_per_class(gt, preds, mask_threshold))
+    metrics.update(panoptic_quality(gt, preds, mask_threshold))
+    metrics.update(aggregated_jaccard(gt, preds, mask_threshold))
     return metrics, pr_curve(precision)
 
 
@@ -352,6 +421,38 @@ def _label_pixels(labels: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
     return matrix, np.concatenate(classes)
 
 
+def _iou(intersection: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
+    """(n_a, n_b) IoU from `overlap_counts`' pixel counts; 0 where the union is empty."""
+    union = area_a[:, None] + area_b[None, :] - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def _matched_ious(iou: np.ndarray) -> np.ndarray:
+    """IoUs of the pairs matched at IoU > 0.5 in an (n_true, n_pred) IoU matrix of one class:
+    each ground-truth instance's best prediction, when above 0.5.
+
+    Ground-truth instances of one class do not overlap, so a prediction exceeds IoU 0.5 with at
+    most one of them and this matching is one-to-one; when overlapping predictions (without
+    NMS) both exceed 0.5 with one instance, the lower one stays unmatched, a FP.
+    """
+    best = iou.max(axis=1, initial=0.0)
+    return best[best > 0.5]
+
+
+def _aji_sums(overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray) -> tuple[float, float]:
+    """AJI's intersection and union sums of one class in one image, from the (n_true, n_pred)
+    pixel overlaps and the (n_true,), (n_pred,) areas (see `aggregated_jaccard`)."""
+    if not overlap.size:
+        return 0.0, float(area_true.sum() + area_pred.sum())
+    best = _iou(overlap, area_true, area_pred).argmax(axis=1)
+    rows = np.flatnonzero(overlap[np.arange(len(best)), best] > 0)
+    cols = best[rows]
+    inter = overlap[rows, cols]
+    union = (area_true[rows] + area_pred[cols] - inter).sum()
+    unmatched = area_true.sum() - area_true[rows].sum() + area_pred.sum() - area_pred[np.unique(cols)].sum()
+    return float(inter.sum()), float(union + unmatched)
+
+
 def _match_count(candidates: np.ndarray) -> int:
     """Size of a maximum one-to-one matching in a bool (n_true, n_pred) candidate matrix."""
     rows = np.flatnonzero(candidates.any(axis=1))
@@ -361,6 +462,11 @@ def _match_count(candidates: np.ndarray) -> int:
     sub = candidates[np.ix_(rows, cols)]
     r, c = linear_sum_assignment(sub, maximize=True)
     return int(sub[r, c].sum())
+
+
+def _class_mean(values: np.ndarray) -> float:
+    """Mean of per-class values over the classes where they are defined (not NaN), NaN if none."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def _mean_valid(values: np.ndarray) -> float:
