@@ -35,6 +35,17 @@ def test_mask_threshold_is_baked_in_and_empty_masks_dropped():
         np.testing.assert_array_equal(out.binary_mask(0, threshold), soft >= 0.6)
 
 
+def test_mask_thresholds_per_class():
+    soft = np.zeros((32, 64), np.float32)
+    soft[5:15, 0:10] = 0.4
+    soft[5:15, 3:7] = 0.8
+    instances = make_set([soft, np.roll(soft, 30, axis=1), np.roll(soft, 50, axis=1)], [0.9, 0.8, 0.7], [1, 2, 3])
+    out = apply_thresholds(instances, 0.0, {1: 0.3, 2: 0.6}, 1.0)  # class 3 unlisted: 0.5
+    np.testing.assert_array_equal(out.binary_mask(0, 0.5), soft >= 0.3)
+    np.testing.assert_array_equal(out.binary_mask(1, 0.5), np.roll(soft >= 0.6, 30, axis=1))
+    np.testing.assert_array_equal(out.binary_mask(2, 0.5), np.roll(soft >= 0.5, 50, axis=1))
+
+
 def test_mask_nms_within_class_is_greedy():
     # a-b and b-c overlap with IoU 6/14 = 0.43 (x shift 4); a-c with IoU 2/18 = 0.11.
     masks = [rect(0), rect(4), rect(8), rect(4)]

@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from cellseg.instances import InstanceSet
+from cellseg.metrics import METRICS, metric_value, prepare_ground_truth
+from cellseg.postprocess import apply_thresholds
 from cellseg.tune import cross_check, score_with, tune_thresholds
 
 CLASSES = ["a", "b"]
@@ -46,16 +51,18 @@ def test_tuning_finds_the_planted_thresholds_and_beats_defaults(data):
     best, trials = tune_thresholds(labels_list, preds, CLASSES, SEARCH, metric="sartorius")
     default = trials.iloc[0]
     assert (default.score_threshold, default.mask_threshold, default.nms_threshold) == (0.0, 0.5, 1.0)
-    assert best["mask_threshold"] == 0.3 and best["nms_threshold"] == 0.5
+    assert best["mask_thresholds"] == {1: 0.3, 2: 0.3} and best["nms_threshold"] == 0.5
     assert best["score_thresholds"] == {1: 0.2, 2: 0.0}
     assert best["score"] == pytest.approx(1.0) and default.score < 0.5
     assert best["score"] == trials.score.max()
-    # Bounded: 3 mask x 2 nms grid points, then 2 classes x 2 score candidates.
-    assert len(trials) == 3 * 2 + 2 * 2
+    # Bounded: 3 mask x 2 nms grid points, 2 classes x 2 other mask candidates, then 2 classes
+    # x 2 score candidates.
+    assert len(trials) == 3 * 2 + 2 * 2 + 2 * 2
+    assert list(trials.stage.unique()) == ["grid", "mask", "score"]
     assert score_with(labels_list, preds, CLASSES, best, metric="sartorius") == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("metric", ["AP", "F1"])
+@pytest.mark.parametrize("metric", ["AP", "F1", "AP50@100", "PQ"])
 def test_tuning_never_scores_below_defaults(data, metric):
     labels_list, preds = data
     best, trials = tune_thresholds(labels_list, preds, CLASSES, SEARCH, metric=metric)
@@ -71,8 +78,59 @@ def test_ties_keep_the_defaults(data):
         for labels in labels_list
     ]
     best, _ = tune_thresholds(labels_list, perfect, CLASSES, SEARCH, metric="AP50")
-    assert (best["mask_threshold"], best["nms_threshold"]) == (0.5, 1.0)
+    assert (best["mask_thresholds"], best["nms_threshold"]) == ({1: 0.5, 2: 0.5}, 1.0)
     assert best["score_thresholds"] == {1: 0.0, 2: 0.0} and best["score"] == 1.0
+
+
+def two_class_image():
+    """A 10x10 cell of each class. Class a's prediction has a 4x4 core at 0.9 and its rim at
+    0.4 (only mask threshold 0.3 gives IoU 1; at 0.5 or 0.6 IoU is 16/100); class b's has the
+    cell at 0.9 and a 3 px halo at 0.5 (only 0.6 gives IoU 1; at 0.3 or 0.5 IoU is 100/256)."""
+    labels = np.zeros((2, 64, 64), np.int32)
+    labels[0, 5:15, 5:15] = 1
+    labels[1, 30:40, 30:40] = 1
+    soft_a, soft_b = np.zeros((64, 64), np.float32), np.zeros((64, 64), np.float32)
+    soft_a[5:15, 5:15] = 0.4
+    soft_a[8:12, 8:12] = 0.9
+    soft_b[27:43, 27:43] = 0.5
+    soft_b[30:40, 30:40] = 0.9
+    preds = InstanceSet.from_dense(np.zeros((2, 4)), [0.9, 0.8], [1, 2], np.asarray([soft_a, soft_b]))
+    return labels, preds
+
+
+@pytest.mark.parametrize("metric", ["AP50@100", "PQ"])
+def test_mask_threshold_is_chosen_per_class(metric):
+    labels, preds = two_class_image()
+    search = {"score_thresholds": [0.0], "mask_thresholds": [0.3, 0.6], "nms_thresholds": [1.0]}
+    best, trials = tune_thresholds([labels], [preds], CLASSES, search, metric=metric)
+    # Every single mask threshold of the grid (0.5, 0.3, 0.6) matches at most one class: at
+    # best 1/2 for AP50 or PQ; the per-class pass then moves class b to 0.6.
+    assert trials.score.iloc[0] == 0.0 and trials.loc[trials.stage == "grid", "score"].max() == pytest.approx(0.5)
+    assert best["mask_thresholds"] == {1: 0.3, 2: 0.6} and best["score"] == pytest.approx(1.0)
+    assert len(trials) == 3 + 2 * 2  # 3 grid points, 2 classes x 2 other mask thresholds
+    assert score_with([labels], [preds], CLASSES, best, metric=metric) == pytest.approx(1.0)
+
+
+def test_ap50_at_100_is_read_at_100_detections():
+    """256 cells of 4x4 px, each predicted exactly and by a 1 px shifted duplicate (IoU 0.6)
+    scored just below it. Without NMS the 100 best detections are 50 cells and their 50
+    duplicates; NMS at 0.5 removes the duplicates, so 100 distinct cells, recall 100/256, and
+    precision 1 at the 40 recall points 0.00..0.39: AP50@100 = 40/101. AP50 at maxDets 1000
+    sees every cell: 1."""
+    labels = np.zeros((1, 64, 64), np.int32)
+    labels[0] = (np.arange(64)[:, None] // 4) * 16 + np.arange(64)[None, :] // 4 + 1
+    cells = [labels[0] == i for i in range(1, 257)]
+    masks = [m for cell in cells for m in (cell, np.roll(cell, 1, axis=1))]
+    scores = [s for i in range(256) for s in (1 - i / 1000, 1 - i / 1000 - 0.0005)]
+    preds = [InstanceSet.from_dense(np.zeros((512, 4)), scores, np.ones(512), np.asarray(masks))]
+    search = {"score_thresholds": [0.0], "mask_thresholds": [0.5], "nms_thresholds": [0.5]}
+    best, trials = tune_thresholds([labels], preds, ["a"], search, metric="AP50@100")
+    assert best["nms_threshold"] == 0.5 and best["score"] == pytest.approx(40 / 101)
+    assert trials.score.iloc[0] < 40 / 101
+    processed = [apply_thresholds(p, 0.0, 0.5, 0.5) for p in preds]
+    gt = prepare_ground_truth([labels], ["a"])
+    assert metric_value(gt, processed, "AP50@100") == pytest.approx(40 / 101)
+    assert metric_value(gt, processed, "AP50") == pytest.approx(1.0)
 
 
 def test_cross_check_reports_held_out_scores(data):
@@ -83,3 +141,8 @@ def test_cross_check_reports_held_out_scores(data):
     assert report["held_out"] == pytest.approx(1.0) and report["tuned_b"] == pytest.approx(1.0)
     single = cross_check(labels_list[:1], preds[:1], CLASSES, SEARCH, metric="sartorius")
     assert all(np.isnan(v) for v in single.values())
+
+
+def test_the_schema_offers_exactly_the_tunable_metrics():
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(schema["properties"]["tune"]["properties"]["metric"]["enum"]) == set(METRICS)

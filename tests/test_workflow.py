@@ -126,7 +126,8 @@ def test_tiny_run_writes_every_output(finished_run):
         assert sorted(p.stem for p in (results / "ensemble" / subset).glob("*.npz")) == ids
 
     thresholds = json.loads((results / "tune" / "thresholds.json").read_text())
-    assert {"score_thresholds", "mask_threshold", "nms_threshold"} <= set(thresholds)
+    assert {"score_thresholds", "mask_thresholds", "nms_threshold"} <= set(thresholds)
+    assert set(thresholds["mask_thresholds"]) == set(thresholds["score_thresholds"])
     assert (results / "tune" / "trials.tsv").is_file()
 
     scores = pd.read_csv(results / "evaluate" / "scores.tsv", sep="\t")
@@ -138,6 +139,8 @@ def test_tiny_run_writes_every_output(finished_run):
         ("ensemble", "tuned"),
     ]
     assert scores["AP"].between(0, 1).all()
+    for column in ("AP50@100", "PQ", "SQ", "DQ", "AJI"):
+        assert scores[column].between(0, 1).all(), column
     test_scores = pd.read_csv(results / "evaluate" / "test_scores.tsv", sep="\t")
     assert list(zip(test_scores["model"], test_scores["thresholds"])) == rows
     assert list(test_scores.columns) == list(scores.columns)
@@ -355,6 +358,11 @@ def _assert_failed_before_jobs(proc, workdir: Path, *expected: str):
             {"submission": {"kaggle_csv": "diagonal"}},
             ["'diagonal' is not one of", "['submission']['kaggle_csv']"],
             id="unknown-choice",
+        ),
+        pytest.param(
+            {"tune": {"metric": "mAP50"}},
+            ["'mAP50' is not one of", "['tune']['metric']"],
+            id="unknown-tune-metric",
         ),
     ],
 )

@@ -20,21 +20,22 @@ from cellseg.postprocess import apply_thresholds
 
 
 def read_thresholds(path: str | Path) -> dict:
-    """The tune stage's JSON, with per-class score thresholds keyed by int class id again."""
+    """The tune stage's JSON, with per-class score and mask thresholds keyed by int class id
+    again (JSON keys are strings)."""
     thresholds = json.loads(Path(path).read_text())
-    thresholds["score_thresholds"] = {
-        int(k): float(v) for k, v in thresholds["score_thresholds"].items()
-    }
+    for key in ("score_thresholds", "mask_thresholds"):
+        thresholds[key] = {int(k): float(v) for k, v in thresholds[key].items()}
     return thresholds
 
 
 def apply_tuned(preds: list[InstanceSet], thresholds: dict) -> list[InstanceSet]:
-    """Predictions after the tuned score, mask and NMS thresholds (masks binarised)."""
+    """Predictions after the tuned per-class score and mask thresholds and the NMS threshold
+    (masks binarised)."""
     return [
         apply_thresholds(
             p,
             thresholds["score_thresholds"],
-            thresholds["mask_threshold"],
+            thresholds["mask_thresholds"],
             thresholds["nms_threshold"],
         )
         for p in preds
@@ -50,11 +51,14 @@ def scoreboard(
     max_dets: int,
     evaluator: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scores table (one row per model) and the tuned ensemble's PR curve.
+    """Scores table (one row per model: `model`, `thresholds`, then the columns of
+    `cellseg.metrics.evaluate_predictions`: COCO AP keys incl. `AP50@100` and per class
+    `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`, `AJI`/`AJI_<name>`) and the
+    tuned ensemble's PR curve.
 
     labels_list: (C, H, W) ground truth per validation image, in the predictions' order.
-    thresholds: the tune stage's choice (`score_thresholds` by 1-based class id,
-    `mask_threshold`, `nms_threshold`).
+    thresholds: the tune stage's choice (`score_thresholds` and `mask_thresholds` by 1-based
+    class id, `nms_threshold`).
     """
     rows, curves = [], []
     tuned = apply_tuned(ensemble_preds, thresholds)

@@ -16,29 +16,32 @@ from cellseg.metrics import instance_pixels, iou_matrix
 def apply_thresholds(
     instances: InstanceSet,
     score_thresholds: dict[int, float] | float,
-    mask_threshold: float,
+    mask_thresholds: dict[int, float] | float,
     nms_threshold: float,
 ) -> InstanceSet:
-    """Keep instances with score >= their class's threshold, binarise masks at `mask_threshold`
-    (instances whose binary mask is empty are dropped), then mask NMS within each class:
-    an instance is suppressed when its binary mask IoU with a higher-scoring kept instance of
-    the same class exceeds `nms_threshold` (>= 1 turns NMS off). Classes are kept apart because
-    cells of different classes may legitimately overlap.
+    """Keep instances with score >= their class's threshold, binarise masks at their class's
+    mask threshold (instances whose binary mask is empty are dropped), then mask NMS within
+    each class: an instance is suppressed when its binary mask IoU with a higher-scoring kept
+    instance of the same class exceeds `nms_threshold` (>= 1 turns NMS off). Classes are kept
+    apart because cells of different classes may legitimately overlap.
 
     score_thresholds: one float for all classes, or {class id (1-based): threshold}; a class
     missing from the dict keeps all its instances.
+    mask_thresholds: one float for all classes, or {class id (1-based): threshold}; a class
+    missing from the dict is binarised at 0.5.
     """
-    instances = instances.select(instances.scores >= score_floor(instances.classes, score_thresholds))
-    instances = binarise(instances, mask_threshold)
+    instances = instances.select(instances.scores >= per_instance(instances.classes, score_thresholds, 0.0))
+    instances = binarise(instances, per_instance(instances.classes, mask_thresholds, 0.5))
     if nms_threshold >= 1 or len(instances) < 2:
         return instances
     return instances.select(mask_nms(instances, nms_threshold))
 
 
-def binarise(instances: InstanceSet, mask_threshold: float) -> InstanceSet:
-    """Masks as 0/255 probabilities (>= threshold), windows unchanged; empty masks dropped."""
-    level = quantised_threshold(mask_threshold)
-    probs = [np.where(p >= level, np.uint8(PROB_SCALE), np.uint8(0)) for p in instances.probs]
+def binarise(instances: InstanceSet, mask_thresholds: np.ndarray | float) -> InstanceSet:
+    """Masks as 0/255 probabilities (>= the instance's threshold), windows unchanged; empty
+    masks dropped. mask_thresholds: one float, or (N,) float, one per instance."""
+    levels = [quantised_threshold(t) for t in np.broadcast_to(mask_thresholds, len(instances))]
+    probs = [np.where(p >= level, np.uint8(PROB_SCALE), np.uint8(0)) for p, level in zip(instances.probs, levels)]
     binary = InstanceSet(
         instances.image_size, instances.boxes, instances.scores, instances.classes, instances.windows, probs
     )
@@ -59,11 +62,13 @@ def mask_nms(instances: InstanceSet, nms_threshold: float) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def score_floor(classes: np.ndarray, score_thresholds: dict[int, float] | float) -> np.ndarray:
-    """Per-instance score threshold (0 for a class missing from the dict)."""
-    if not isinstance(score_thresholds, dict):
-        return np.full(len(classes), float(score_thresholds))
-    lookup = np.zeros(int(max([*score_thresholds, *classes, 0])) + 1)
-    for class_id, threshold in score_thresholds.items():
+def per_instance(classes: np.ndarray, thresholds: dict[int, float] | float, missing: float) -> np.ndarray:
+    """(N,) float threshold of each instance from its 1-based class id in `classes` (N,):
+    `thresholds` itself when a float, else its class's entry, or `missing` for a class not in
+    the dict."""
+    if not isinstance(thresholds, dict):
+        return np.full(len(classes), float(thresholds))
+    lookup = np.full(int(max([*thresholds, *classes, 0])) + 1, float(missing))
+    for class_id, threshold in thresholds.items():
         lookup[int(class_id)] = threshold
     return lookup[classes]

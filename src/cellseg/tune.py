@@ -1,21 +1,25 @@
-"""Threshold search on the validation set: per-class score thresholds, mask threshold, mask NMS.
+"""Threshold search on the validation set: per-class score and mask thresholds, mask NMS.
 
-The search is bounded: a grid over mask x NMS thresholds with all scores kept, then one
-coordinate pass over each class's score threshold at the best grid point, i.e.
-|mask| x |nms| + C x (|score| - 1) evaluations. Score filtering commutes with per-class greedy
-NMS (a lower score never affects a higher one), so the second stage only filters the cached
-post-processed sets. The defaults (score 0, mask 0.5, NMS off) are always the first trial and
-are replaced only by a strictly better score, so tuning never scores below them in-sample.
+The search is bounded: a grid over one mask threshold for all classes x NMS thresholds with
+all scores kept; then, at the best grid point, one coordinate pass over each class's mask
+threshold, then one over each class's score threshold, i.e. |mask| x |nms| + C x (|mask| - 1)
++ C x (|score| - 1) evaluations. Score filtering commutes with per-class greedy NMS (a lower
+score never affects a higher one), so the score pass only filters the cached post-processed
+sets. The defaults (score 0, mask 0.5, NMS off) are always the first trial and are replaced
+only by a strictly better score, so tuning never scores below them in-sample.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from cellseg.instances import InstanceSet
 from cellseg.metrics import DEFAULT_EVALUATOR, GroundTruth, metric_value, prepare_ground_truth
-from cellseg.postprocess import apply_thresholds, score_floor
+from cellseg.postprocess import apply_thresholds, per_instance
 
 DEFAULTS = {"score_threshold": 0.0, "mask_threshold": 0.5, "nms_threshold": 1.0}
 
@@ -29,46 +33,101 @@ def tune_thresholds(
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
 ) -> tuple[dict, pd.DataFrame]:
-    """Best thresholds for `metric` (`AP`, `AP50`, `sartorius`, `F1`) and every trial.
+    """Best thresholds for `metric` (one of `cellseg.metrics.METRICS`) and every trial.
 
     search: {score_thresholds: [...], mask_thresholds: [...], nms_thresholds: [...]}.
-    Returns best = {score_thresholds: {class id (1-based): float}, mask_threshold,
-    nms_threshold, metric, score} and trials (one row per evaluation: stage, class,
-    score_threshold, mask_threshold, nms_threshold, score).
+    Returns best = {score_thresholds: {class id (1-based): float}, mask_thresholds: {class id:
+    float}, nms_threshold, metric, score} and trials (one row per evaluation: stage (grid, mask
+    or score), class (a name, or `all` in the grid), score_threshold, mask_threshold (the
+    class's, or all classes' in the grid), nms_threshold, score).
     """
-    gt = prepare_ground_truth(labels_list, class_names)
-    score = _scorer(gt, metric, max_dets, evaluator)
+    score = _scorer(prepare_ground_truth(labels_list, class_names), metric, max_dets, evaluator)
+    trials = []
+    mask_threshold, nms_threshold, value, processed = _grid_stage(preds, search, score, trials)
+    grid_best = _Best({k + 1: mask_threshold for k in range(len(class_names))}, value, processed)
+    candidates = _with_default(search["mask_thresholds"], DEFAULTS["mask_threshold"])
+    masks_best = _mask_stage(preds, class_names, candidates, nms_threshold, score, grid_best, trials)
+    candidates = _with_default(search["score_thresholds"], DEFAULTS["score_threshold"])[1:]
+    thresholds, value = _score_stage(class_names, candidates, nms_threshold, score, masks_best, trials)
+    best = {
+        "score_thresholds": thresholds,
+        "mask_thresholds": masks_best.masks,
+        "nms_threshold": nms_threshold,
+        "metric": metric,
+        "score": value,
+    }
+    columns = ["stage", "class", "score_threshold", "mask_threshold", "nms_threshold", "score"]
+    return best, pd.DataFrame(trials, columns=columns)
+
+
+@dataclass(frozen=True)
+class _Best:
+    """The best per-class mask thresholds so far ({class id: float}), their score, and the
+    post-processed sets (masks binarised, NMS applied, every score kept) they give."""
+
+    masks: dict[int, float]
+    value: float
+    processed: list[InstanceSet]
+
+
+def _grid_stage(
+    preds: list[InstanceSet], search: dict, score: Callable, trials: list
+) -> tuple[float, float, float, list[InstanceSet]]:
+    """Best (mask threshold, NMS threshold, score, post-processed sets) over the grid, one mask
+    threshold for all classes and every score kept; the defaults come first. Appends its
+    trials."""
     masks = _with_default(search["mask_thresholds"], DEFAULTS["mask_threshold"])
     nms = _with_default(search["nms_thresholds"], DEFAULTS["nms_threshold"])
-    scores = _with_default(search["score_thresholds"], DEFAULTS["score_threshold"])[1:]
-
-    trials, best_key, best_sets = [], None, None
+    best = None
     for mask_threshold, nms_threshold in [(m, n) for m in masks for n in nms]:
         processed = [apply_thresholds(p, 0.0, mask_threshold, nms_threshold) for p in preds]
         value = score(processed)
         trials.append(("grid", "all", 0.0, mask_threshold, nms_threshold, value))
-        if best_key is None or _better(value, trials[best_key][-1]):
-            best_key, best_sets = len(trials) - 1, processed
-    _, _, _, mask_threshold, nms_threshold, best_value = trials[best_key]
+        if best is None or _better(value, best[2]):
+            best = (mask_threshold, nms_threshold, value, processed)
+    return best
 
-    thresholds = {k + 1: 0.0 for k in range(len(class_names))}
-    for class_id, name in zip(thresholds, class_names):
-        for candidate in scores:
+
+def _mask_stage(
+    preds: list[InstanceSet],
+    class_names: list[str],
+    candidates: list[float],
+    nms_threshold: float,
+    score: Callable,
+    best: _Best,
+    trials: list,
+) -> _Best:
+    """One coordinate pass over each class's mask threshold from `best`; appends its trials."""
+    for class_id, name in zip(list(best.masks), class_names):
+        for candidate in [c for c in candidates if c != best.masks[class_id]]:
+            masks = {**best.masks, class_id: candidate}
+            processed = [apply_thresholds(p, 0.0, masks, nms_threshold) for p in preds]
+            value = score(processed)
+            trials.append(("mask", name, 0.0, candidate, nms_threshold, value))
+            if _better(value, best.value):
+                best = _Best(masks, value, processed)
+    return best
+
+
+def _score_stage(
+    class_names: list[str],
+    candidates: list[float],
+    nms_threshold: float,
+    score: Callable,
+    best: _Best,
+    trials: list,
+) -> tuple[dict[int, float], float]:
+    """One coordinate pass over each class's score threshold, filtering `best.processed`.
+    Returns {class id: score threshold} and its score; appends its trials."""
+    thresholds, value = dict.fromkeys(best.masks, DEFAULTS["score_threshold"]), best.value
+    for class_id, name in zip(list(thresholds), class_names):
+        for candidate in candidates:
             trial = {**thresholds, class_id: candidate}
-            value = score([p.select(p.scores >= score_floor(p.classes, trial)) for p in best_sets])
-            trials.append(("score", name, candidate, mask_threshold, nms_threshold, value))
-            if _better(value, best_value):
-                thresholds, best_value = trial, value
-
-    best = {
-        "score_thresholds": thresholds,
-        "mask_threshold": mask_threshold,
-        "nms_threshold": nms_threshold,
-        "metric": metric,
-        "score": best_value,
-    }
-    columns = ["stage", "class", "score_threshold", "mask_threshold", "nms_threshold", "score"]
-    return best, pd.DataFrame(trials, columns=columns)
+            trial_value = score([p.select(p.scores >= per_instance(p.classes, trial, 0.0)) for p in best.processed])
+            trials.append(("score", name, candidate, best.masks[class_id], nms_threshold, trial_value))
+            if _better(trial_value, value):
+                thresholds, value = trial, trial_value
+    return thresholds, value
 
 
 def score_with(
@@ -82,7 +141,7 @@ def score_with(
 ) -> float:
     """`metric` of `preds` after applying the thresholds in `best` (as `tune_thresholds` returns)."""
     processed = [
-        apply_thresholds(p, best["score_thresholds"], best["mask_threshold"], best["nms_threshold"]) for p in preds
+        apply_thresholds(p, best["score_thresholds"], best["mask_thresholds"], best["nms_threshold"]) for p in preds
     ]
     gt = prepare_ground_truth(labels_list, class_names)
     return _scorer(gt, metric, max_dets, evaluator)(processed)

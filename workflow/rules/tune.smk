@@ -1,4 +1,5 @@
-# Score, mask and NMS thresholds chosen on the validation set's ensembled predictions.
+# Per-class score and mask thresholds and the NMS threshold, chosen on the validation set's
+# ensembled predictions.
 
 
 rule tune_thresholds:

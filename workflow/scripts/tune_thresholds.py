@@ -1,4 +1,5 @@
-"""Choose score, mask and NMS thresholds on the validation set's ensembled predictions."""
+"""Choose per-class score and mask thresholds and the NMS threshold on the validation set's
+ensembled predictions."""
 
 import json
 import sys

@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+
+from cellseg.evaluation import apply_tuned, read_thresholds, scoreboard
+from cellseg.instances import InstanceSet
+
+CLASSES = ["a", "b"]
+
+
+def test_thresholds_json_round_trip_and_per_class_masks(tmp_path):
+    # What the tune stage writes: json turns the int class ids into strings.
+    best = {"score_thresholds": {1: 0.2, 2: 0.0}, "mask_thresholds": {1: 0.3, 2: 0.6}, "nms_threshold": 1.0}
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(best))
+    thresholds = read_thresholds(path)
+    assert thresholds == best
+    soft = np.zeros((16, 16), np.float32)
+    soft[2:8, 2:8] = 0.4
+    soft[4:6, 4:6] = 0.9
+    preds = InstanceSet.from_dense(np.zeros((3, 4)), [0.9, 0.9, 0.1], [1, 2, 1], np.asarray([soft] * 3))
+    tuned = apply_tuned([preds], thresholds)[0]
+    # The class-1 instance scoring 0.1 is dropped; class 1 keeps the 0.4 rim, class 2 does not.
+    assert list(tuned.classes) == [1, 2]
+    np.testing.assert_array_equal(tuned.binary_mask(0, 0.5), soft >= 0.3)
+    np.testing.assert_array_equal(tuned.binary_mask(1, 0.5), soft >= 0.6)
+
+
+def test_scoreboard_has_the_panoptic_and_leaderboard_columns():
+    labels = np.zeros((2, 16, 16), np.int32)
+    labels[0, 2:8, 2:8] = 1
+    labels[1, 9:14, 9:14] = 1
+    masks = np.asarray([labels[0] == 1, labels[1] == 1])
+    preds = [InstanceSet.from_dense(np.zeros((2, 4)), [0.9, 0.8], [1, 2], masks)]
+    thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
+    table, _ = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster")
+    columns = ["AP50@100", "AP50@100_a", "AP50@100_b", "PQ", "SQ", "DQ", "PQ_a", "PQ_b", "AJI", "AJI_a"]
+    assert (table[columns] == 1.0).all().all()
+    assert list(table["model"]) == ["fold 0", "ensemble", "ensemble"]
