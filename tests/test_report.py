@@ -5,7 +5,17 @@ import pytest
 
 from cellseg.instances import InstanceSet
 from cellseg.metrics import evaluate_predictions
-from cellseg.report import CLASS_COLOURS, GT_COLOUR, best_and_worst, plot_class_ap, plot_overlay, plot_pr_curve, plot_table
+from cellseg.report import (
+    CLASS_COLOURS,
+    GT_COLOUR,
+    SUMMARY_METRICS,
+    best_and_worst,
+    plot_class_ap,
+    plot_overlay,
+    plot_pr_curve,
+    plot_scores_table,
+    plot_table,
+)
 
 CLASSES = ["a", "b"]
 
@@ -49,7 +59,16 @@ def test_charts_are_written_at_their_size(case, tmp_path):
     table = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
     plot_table(table, tmp_path / "sub" / "table.png")
     height, width = png_shape(tmp_path / "sub" / "table.png")
-    assert width == 600 and height == int(100 * (0.3 * (len(table) + 1) + 0.2))
+    assert width == 600 and height == round(100 * (0.3 * (len(table) + 1) + 0.2))
+
+
+def test_scores_table_has_a_row_per_metric(case, tmp_path):
+    image, labels, preds = case
+    metrics, _ = evaluate_predictions([labels], [preds], CLASSES)
+    scores = pd.DataFrame([{"model": "ensemble", "thresholds": t, **metrics} for t in ("default", "tuned")])
+    plot_scores_table(scores, CLASSES, tmp_path / "scores.png")
+    rows = len(SUMMARY_METRICS) + 2 * len(CLASSES)  # + per-class AP50@100 and PQ
+    assert png_shape(tmp_path / "scores.png") == (round(100 * (0.3 * (rows + 1) + 0.2)), 600)
 
 
 def test_best_and_worst_never_overlap():

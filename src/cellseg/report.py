@@ -1,4 +1,4 @@
-"""Figures for the Snakemake report: prediction overlays, per-class AP, PR curve, metric table.
+"""Figures for the Snakemake report: prediction overlays, per-class AP, PR curve, score table.
 
 Overlays are drawn at the image's own resolution (one figure pixel per image pixel, or an
 integer multiple for small images) so single cell contours stay readable; charts have a fixed
@@ -24,6 +24,8 @@ CHART_SIZE = (6.0, 4.0)
 MIN_OVERLAY_SIDE = 256
 GT_COLOUR = (1.0, 1.0, 1.0)
 CLASS_COLOURS = plt.get_cmap("tab10").colors
+# The scoreboard's columns shown in the score table, before the per-class AP50@100 and PQ.
+SUMMARY_METRICS = ("AP", "AP50@100", "PQ", "SQ", "DQ", "AJI", "F1", "sartorius")
 
 
 def plot_overlay(
@@ -99,7 +101,19 @@ def plot_table(table: pd.DataFrame, path: str | Path, digits: int = 3) -> None:
     shown = ax.table(cellText=text.values, colLabels=list(table.columns), loc="center")
     shown.auto_set_font_size(False)
     shown.set_fontsize(8)
+    shown.auto_set_column_width(range(len(table.columns)))  # long names stay inside their cells
     _save(fig, path)
+
+
+def plot_scores_table(scores: pd.DataFrame, class_names: list[str], path: str | Path) -> None:
+    """The scoreboard (`cellseg.evaluation.scoreboard`'s table) as a table figure: one row per
+    metric (`SUMMARY_METRICS`, then per class `AP50@100_<name>` and `PQ_<name>`), one column
+    per model (the tuned row named `<model> tuned`)."""
+    metrics = [*SUMMARY_METRICS, *(f"AP50@100_{n}" for n in class_names), *(f"PQ_{n}" for n in class_names)]
+    table = scores[metrics].T.reset_index(drop=True)
+    table.columns = [m if t == "default" else f"{m} {t}" for m, t in zip(scores["model"], scores["thresholds"])]
+    table.insert(0, "metric", metrics)
+    plot_table(table, path)
 
 
 def _label_edges(labels: np.ndarray) -> np.ndarray:

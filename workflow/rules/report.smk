@@ -1,4 +1,5 @@
-# Figures for `snakemake --report`: per-class AP, PR curve, best and worst validation images.
+# Figures for `snakemake --report`: per-class AP, PR curve, score table, best and worst
+# validation images.
 
 
 rule plot_report:
@@ -19,6 +20,11 @@ rule plot_report:
         pr_curve=report(
             "results/report/pr_curve.png",
             caption="../report/pr_curve.rst",
+            category="Evaluation",
+        ),
+        table=report(
+            "results/report/scores_table.png",
+            caption="../report/scores_table.rst",
             category="Evaluation",
         ),
         best=report(

@@ -1,4 +1,4 @@
-"""Figures for the report: per-class AP, PR curve, best and worst validation images."""
+"""Figures for the report: per-class AP, PR curve, score table, best and worst validation images."""
 
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ from cellseg.dataset import load_sample
 from cellseg.evaluation import apply_tuned, read_thresholds
 from cellseg.instances import load_instance_sets
 from cellseg.joblog import job_logging
-from cellseg.report import best_and_worst, plot_class_ap, plot_overlay, plot_pr_curve
+from cellseg.report import best_and_worst, plot_class_ap, plot_overlay, plot_pr_curve, plot_scores_table
 
 with job_logging(snakemake.log[0]):
     p = snakemake.params
@@ -19,6 +19,7 @@ with job_logging(snakemake.log[0]):
     tuned_row = scores[(scores["model"] == "ensemble") & (scores["thresholds"] == "tuned")]
     plot_class_ap(tuned_row.iloc[0].to_dict(), p.classes, snakemake.output.per_class)
     plot_pr_curve(pd.read_csv(snakemake.input.pr_curve, sep="\t"), snakemake.output.pr_curve)
+    plot_scores_table(scores, p.classes, snakemake.output.table)
     per_image = pd.read_csv(snakemake.input.per_image, sep="\t", dtype={"image_id": str})
     best, worst = best_and_worst(per_image.set_index("image_id")["sartorius"], 1)
     thresholds = read_thresholds(snakemake.input.thresholds)
