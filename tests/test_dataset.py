@@ -174,6 +174,8 @@ def test_load_ground_truth(tmp_path):
     with pytest.raises(DataError, match="t9: ground-truth folder not found"):
         load_ground_truth(tmp_path, "t9", CLASSES)
     assert load_ground_truth(tmp_path, "t1", CLASSES, image_size=(6, 7)).shape == (4, 6, 7)
+    empty = load_ground_truth(tmp_path, "t9", CLASSES, image_size=(5, 3))  # no folder: no cells
+    assert empty.shape == (4, 5, 3) and not empty.any()
     with pytest.raises(DataError, match=r"t1/class2.tif: mask shape \(6, 7\) differs from image shape \(6, 8\)"):
         load_ground_truth(tmp_path, "t1", CLASSES, image_size=(6, 8))
 

@@ -98,3 +98,52 @@ def test_instance_count_table_reads_the_demo(demo_source):
     first = load_sample(demo_source, ids[0])
     assert (table.loc[0, "height"], table.loc[0, "width"]) == first.image.shape[:2]
     assert table.loc[0, "n_class1"] == len(np.unique(first.labels[0])) - 1
+
+
+def grouped_table(n_groups=12, per_group=4, seed=0):
+    """Patches `slide<g>_<p>` of `n_groups` slides, with slide-dependent class counts."""
+    rng = np.random.default_rng(seed)
+    ids = [f"slide{g:02d}_{p}" for g in range(n_groups) for p in range(per_group)]
+    return pd.DataFrame({
+        "image_id": ids,
+        "height": 64,
+        "width": 64,
+        "n_common": rng.poisson(50, len(ids)),
+        "n_rare": np.repeat(rng.random(n_groups) < 0.3, per_group) * rng.poisson(5, len(ids)),
+    })
+
+
+def test_group_by_keeps_each_group_in_one_fold_or_the_validation_set():
+    table = grouped_table()
+    split = make_split(table, val_fraction=0.25, n_folds=3, seed=0, group_by=r"^(slide\d+)_")
+    assert split["group"].tolist() == [i.split("_")[0] for i in split["image_id"]]
+    # every group sits in exactly one place: one (subset, fold) pair per group
+    places = split.groupby("group")[["subset", "fold"]].nunique()
+    assert (places == 1).all().all()
+    assert split.loc[split["subset"] == "val", "group"].nunique() == 3  # round(0.25 * 12) groups
+    assert split.loc[split["subset"] == "train"].groupby("fold")["group"].nunique().tolist() == [3, 3, 3]
+
+
+def test_without_group_by_every_image_is_its_own_group():
+    table = unbalanced_table()
+    split = make_split(table, 0.2, 5, seed=1)
+    assert split["group"].tolist() == split["image_id"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("group_by", "message"),
+    [
+        (r"^(lung\d+)_", "does not match 48 of 48 image ids, e.g. slide00_0"),
+        (r"^slide\d+_", "has no capture group"),
+        (r"^(slide", "not a valid regex"),
+    ],
+)
+def test_bad_group_by_names_the_key(group_by, message):
+    with pytest.raises(ConfigError, match="split.group_by") as error:
+        make_split(grouped_table(), 0.25, 3, seed=0, group_by=group_by)
+    assert message in str(error.value)
+
+
+def test_too_few_groups_for_the_folds_names_split_folds():
+    with pytest.raises(ConfigError, match="split.folds = 3 needs at least 3 non-validation groups"):
+        make_split(grouped_table(n_groups=3), 0.25, 3, seed=0, group_by=r"^(slide\d+)_")

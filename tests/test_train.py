@@ -115,9 +115,21 @@ def test_same_config_gives_identical_weights(data, first_run, tmp_path):
     assert_same_weights(weights(first_run[0]), weights(tmp_path))
 
 
-def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path):
+# The rare-class recipe: every switch of issue 9 on, so that resume covers the EMA state, the
+# repeat-factor sampler and copy-paste draws.
+RARE_CLASS_RECIPE = {"ema_decay": 0.9, "repeat_factor_threshold": 0.9, "copy_paste": 0.5, "class_weighted_loss": True}
+
+
+@pytest.mark.parametrize("recipe", [{}, RARE_CLASS_RECIPE], ids=["plain", "rare_class_recipe"])
+def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path, recipe):
     folder, _, _ = data
-    cfg = resolve_train_config(TINY)
+    reference = first_run[0]
+    if recipe:
+        reference = tmp_path / "uninterrupted"
+        train(data, reference, **recipe)
+        tmp_path = tmp_path / "resumed"
+        tmp_path.mkdir()
+    cfg = resolve_train_config({**TINY, **recipe})
     args = [str(folder), str(tmp_path), json.dumps(cfg), json.dumps(CLASSES), json.dumps(TRAIN_IDS)]
     command = [sys.executable, "-c", RUN_SCRIPT, *args]
     env = {"PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PATH": "/usr/bin:/bin"}
@@ -128,12 +140,12 @@ def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path):
     _, stderr = process.communicate()
     assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
     assert not (tmp_path / "model_last.pt").exists()
-    summary = train(data, tmp_path)
+    summary = train(data, tmp_path, **recipe)
     assert summary["resumed_from_step"] == 3
-    assert_same_weights(weights(first_run[0]), weights(tmp_path))
-    assert_same_weights(weights(first_run[0], "model_best.pt"), weights(tmp_path, "model_best.pt"))
+    assert_same_weights(weights(reference), weights(tmp_path))
+    assert_same_weights(weights(reference, "model_best.pt"), weights(tmp_path, "model_best.pt"))
     history = pd.read_csv(tmp_path / "history.csv")
-    expected = pd.read_csv(first_run[0] / "history.csv")
+    expected = pd.read_csv(reference / "history.csv")
     pd.testing.assert_frame_equal(history.drop(columns="images_per_s"), expected.drop(columns="images_per_s"))
 
 
@@ -146,6 +158,14 @@ def test_nan_loss_stops_with_components_and_other_config_starts_over(data, first
                 class_weighted_loss=True,
             )
     assert "another config or other inputs, not resuming: starting over" in caplog.text
+
+
+def test_ema_weights_are_the_ones_saved(data, first_run, tmp_path):
+    summary = train(data, tmp_path, ema_decay=0.5)
+    assert summary["ema_decay"] == 0.5 and summary["steps"] == 6
+    plain, averaged = weights(first_run[0]), weights(tmp_path)
+    assert plain.keys() == averaged.keys()  # the EMA saves the model's own state-dict keys
+    assert any(not torch.equal(plain[k], averaged[k]) for k in plain)
 
 
 def test_class_weights_and_schedule():

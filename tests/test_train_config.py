@@ -42,6 +42,11 @@ def test_non_null_overrides_win_and_nothing_is_shared():
         ({"weights_path": "w.pt"}, "train.weights_path"),  # demo weights are none
         ({"backbone": "resnet50", "weights": "coco"}, "train.fpn_channels"),  # demo's 128 vs COCO's 256
         ({"fpn_channels": 0}, "train.fpn_channels"),
+        ({"ema_decay": 1.0}, "train.ema_decay"),
+        ({"ema_decay": 0}, "train.ema_decay"),
+        ({"repeat_factor_threshold": 0.0}, "train.repeat_factor_threshold"),
+        ({"repeat_factor_threshold": 2}, "train.repeat_factor_threshold"),
+        ({"copy_paste": 1.5}, "train.copy_paste"),
         ({"anchor_sizes": [8, 16, 32]}, "train.anchor_sizes"),
         ({"aspect_ratios": []}, "train.aspect_ratios"),
         ({"trainable_backbone_layers": 6}, "train.trainable_backbone_layers"),

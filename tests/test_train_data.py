@@ -7,10 +7,12 @@ from cellseg.augment import build_augment
 from cellseg.maps import compute_maps
 from cellseg.tiles import make_tiles, save_tiles
 from cellseg.train_data import (
+    EpochSampler,
     TileDataset,
     class_instance_counts,
     fold_image_ids,
     make_loader,
+    repeat_factors,
     start_epoch,
     training_tiles,
 )
@@ -139,3 +141,54 @@ def test_fold_ids_hold_out_the_fold_and_one_fold_validates_on_the_validation_set
     assert fold_image_ids(split, 0) == (["c"], ["b", "d"])
     single = split.assign(fold=[-1, 0, 0, 0])
     assert fold_image_ids(single, 0) == (["b", "c", "d"], ["a"])
+
+
+def test_repeat_factors_follow_the_rarest_class_of_each_tile():
+    # 10 tiles: class a in all, class b in 1 (f = 0.1), class c in 4 (f = 0.4), one tile empty.
+    index = pd.DataFrame({
+        "n_a": [3] * 9 + [0],
+        "n_b": [1] + [0] * 9,
+        "n_c": [0, 2, 2, 2, 2, 0, 0, 0, 0, 0],
+    })
+    r = repeat_factors(index, ["a", "b", "c"], threshold=0.4)
+    # tile 0: max(sqrt(0.4/0.9) -> 1, sqrt(0.4/0.1) = 2) = 2; tiles 1-4: sqrt(0.4/0.4) = 1.
+    assert r.tolist() == pytest.approx([2.0] + [1.0] * 9)
+    r = repeat_factors(index, ["a", "b", "c"], threshold=0.9)
+    assert r.tolist() == pytest.approx([3.0] + [1.5] * 4 + [1.0] * 5)
+
+
+def test_repeat_sampling_keeps_the_epoch_length_and_repeats_on_average():
+    repeat = np.array([3.0, 1.5, 1.5, 1.0, 1.0, 1.2])
+    sampler = EpochSampler(len(repeat), seed=0, repeat=repeat)
+    counts = np.zeros(len(repeat))
+    for epoch in range(400):
+        sampler.set_epoch(epoch)
+        keys = list(sampler)
+        assert len(keys) == len(sampler) == 9  # round(9.2)
+        assert all(e == epoch for e, _ in keys)
+        counts += np.bincount([i for _, i in keys], minlength=len(repeat))
+    per_epoch = counts / 400
+    assert per_epoch[0] == 3.0 and per_epoch[3] == per_epoch[4] == 1.0  # whole factors: exact
+    assert per_epoch[1:3].sum() + per_epoch[5] == pytest.approx(4.0)  # 9 - 3 - 2 drawn among fractions
+    assert per_epoch[1] == pytest.approx(1.45, abs=0.1) and per_epoch[5] == pytest.approx(1.1, abs=0.1)
+    sampler.set_epoch(7)
+    first = list(sampler)
+    sampler.set_epoch(7, skip=4)
+    assert list(sampler) == first[4:]
+
+
+def test_copy_paste_pastes_rare_instances_deterministically(tiles):
+    dataset = TileDataset(tiles, transform=None, seed=0, copy_paste=1.0, class_names=CLASSES)
+    plain = TileDataset(tiles, transform=None, seed=0)
+    changed = 0
+    for index in range(len(tiles)):
+        a, b = dataset[(0, index)], dataset[(0, index)]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1]["masks"], b[1]["masks"])
+        original = plain[(0, index)]
+        if not torch.equal(a[0], original[0]):
+            changed += 1
+            # every target still has one instance per label, with a box around its mask
+            for mask, box in zip(a[1]["masks"], a[1]["boxes"]):
+                ys, xs = torch.nonzero(mask, as_tuple=True)
+                assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert changed >= len(tiles) // 2

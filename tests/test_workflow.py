@@ -392,7 +392,22 @@ def test_missing_image_fails_at_dag_time(tmp_path):
     ), proc.stdout
 
 
-def test_test_ground_truth_without_a_test_image_fails_at_dag_time(tmp_path):
+def test_test_ground_truth_for_no_test_image_fails_at_dag_time(tmp_path):
+    from cellseg.demo import write_demo_dataset
+
+    data = tmp_path / "data"
+    write_demo_dataset(data, seed=0, n_train=3, n_test=2)
+    for folder in sorted((data / "test_gt").iterdir()):
+        shutil.rmtree(folder)
+    (data / "test_gt" / "someone_else").mkdir()
+    source = {"source": "reference", "path": str(data), "test_gt": str(data / "test_gt")}
+    config = write_config(tmp_path / "reference.yaml", {"data": source})
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, configs=[config], check=False)
+    _assert_failed_before_jobs(proc, workdir, "DataError", "data.test_gt", "demo_test_000")
+
+
+def test_a_test_image_without_its_ground_truth_folder_is_scored_as_empty(tmp_path):
     from cellseg.demo import write_demo_dataset
 
     data = tmp_path / "data"
@@ -400,7 +415,6 @@ def test_test_ground_truth_without_a_test_image_fails_at_dag_time(tmp_path):
     shutil.rmtree(sorted((data / "test_gt").iterdir())[0])
     source = {"source": "reference", "path": str(data), "test_gt": str(data / "test_gt")}
     config = write_config(tmp_path / "reference.yaml", {"data": source})
-    workdir = tmp_path / "work"
-    proc = snakemake(workdir, configs=[config], check=False)
-    _assert_failed_before_jobs(proc, workdir, "DataError", "data.test_gt", "demo_test_000")
+    proc = snakemake(tmp_path / "work", "-n", configs=[config])
+    assert "1 test images have no folder" in proc.stdout and "demo_test_000" in proc.stdout
 

@@ -114,11 +114,15 @@ def load_ground_truth(
     """Read held-out test labels `gt_dir/<image_name>/<class>.tif` as `(C, H, W) int32`.
 
     `image_name` is the test file name with or without `.tif`. An absent class file is an
-    all-zero plane. `image_size`: the test image's (H, W), which every class file must have;
-    without it, one class file (or an `image.tif` beside them) gives the size.
+    all-zero plane, and so, given `image_size`, is every plane of an absent folder (datasets
+    such as CoNSeP write no folder for an image without cells). `image_size`: the test image's
+    (H, W), which every class file must have; without it, one class file (or an `image.tif`
+    beside them) gives the size.
     """
     folder = Path(gt_dir) / image_name.removesuffix(".tif")
     if not folder.is_dir():
+        if image_size is not None:
+            return np.zeros((len(classes), *image_size), np.int32)
         raise DataError(f"{folder}: ground-truth folder not found")
     planes = {
         name: read_mask(folder / f"{name}.tif")

@@ -2,8 +2,8 @@
 
 torchvision's parts (ResNet-FPN backbone, RPN, RoI heads, transform) assembled explicitly so
 that every anchor, sampling and size setting comes from config, plus three additions that
-torchvision lacks: a class-weighted box classifier loss, an optional Dice term on the mask
-loss, and optional centre / boundary heads on the finest FPN level.
+torchvision lacks: class-weighted box classifier and mask losses, an optional Dice term on the
+mask loss, and optional centre / boundary heads on the finest FPN level.
 
 Train mode: `model(images, targets)` returns the loss dict. `images` are `(3, H, W)` float
 tensors in [0, 1]; each target holds `boxes` `(N, 4)` float32 xyxy, `labels` `(N,)` int64
@@ -63,7 +63,7 @@ def build_model(
     """Mask R-CNN for `num_classes` foreground classes (background excluded), from resolved `cfg`.
 
     `class_weights` `(num_classes + 1,)` float (index 0 = background) weights the box
-    classifier's cross-entropy; None = unweighted. Pretrained weights follow `cfg["weights"]` /
+    classifier's cross-entropy and each RoI's mask loss by its class; None = unweighted. Pretrained weights follow `cfg["weights"]` /
     `cfg["weights_path"]`; `model.weights_description` says which were used. `pretrained=False`
     builds the same architecture without loading them (inference loads trained weights anyway).
     `tile_size`: the training tiles' side S; when set, every image (tile, whole image or
@@ -221,10 +221,11 @@ class _Transform(GeneralizedRCNNTransform):
 
 
 class CellRoIHeads(RoIHeads):
-    """torchvision's box and mask heads (no keypoints) with a class-weighted classifier loss and Dice.
+    """torchvision's box and mask heads (no keypoints) with class-weighted losses and Dice.
 
     Losses: `loss_classifier` (cross-entropy weighted by the non-persistent `class_weights`
-    buffer when given), `loss_box_reg`, `loss_mask` (torchvision's BCE) and, when
+    buffer when given), `loss_box_reg`, `loss_mask` (torchvision's BCE, per RoI weighted by
+    its class's weight when `class_weights` is given) and, when
     `dice_loss_weight` > 0, `loss_mask_dice` = weight × (1 − soft Dice) on the same targets.
     """
 
@@ -251,6 +252,7 @@ class CellRoIHeads(RoIHeads):
             [t["masks"] for t in targets],
             [t["labels"] for t in targets],
             [m[pos] for m, pos in zip(matched_idxs, positive)],
+            self.class_weights,
         )
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
         if self.dice_loss_weight > 0:
@@ -271,12 +273,16 @@ class CellRoIHeads(RoIHeads):
         ]
 
 
-def mask_losses(mask_logits, proposals, gt_masks, gt_labels, matched_idxs) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_losses(
+    mask_logits, proposals, gt_masks, gt_labels, matched_idxs, class_weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(BCE, 1 − soft Dice) of each positive RoI's mask logits for its matched class.
 
     Targets are torchvision's (`project_masks_on_boxes`: the matched GT mask cropped to the
-    proposal and resized to the logits' `M × M`), so the BCE equals torchvision's
-    `maskrcnn_loss`. Dice is per RoI, then averaged. Both are 0 (with a graph) without RoIs.
+    proposal and resized to the logits' `M × M`), so without `class_weights` the BCE equals
+    torchvision's `maskrcnn_loss`. Dice is per RoI. With `class_weights` `(C + 1,)` both are
+    per-RoI means averaged with the weight of each RoI's class, else plain means. Both are 0
+    (with a graph) without RoIs.
     """
     size = mask_logits.shape[-1]
     labels = torch.cat([lab[idx] for lab, idx in zip(gt_labels, matched_idxs)])
@@ -285,11 +291,13 @@ def mask_losses(mask_logits, proposals, gt_masks, gt_labels, matched_idxs) -> tu
         zero = mask_logits.sum() * 0
         return zero, zero
     logits = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels].float()
-    bce = F.binary_cross_entropy_with_logits(logits, targets)
     probs = logits.sigmoid().flatten(1)
-    targets = targets.flatten(1)
-    dice = (2 * (probs * targets).sum(1) + 1) / (probs.sum(1) + targets.sum(1) + 1)
-    return bce, 1 - dice.mean()
+    dice = (2 * (probs * targets.flatten(1)).sum(1) + 1) / (probs.sum(1) + targets.flatten(1).sum(1) + 1)
+    if class_weights is None:
+        return F.binary_cross_entropy_with_logits(logits, targets), 1 - dice.mean()
+    weights = class_weights[labels]
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").flatten(1).mean(1)
+    return (weights * bce).sum() / weights.sum(), 1 - (weights * dice).sum() / weights.sum()
 
 
 class AuxHead(nn.Module):

@@ -27,12 +27,13 @@ import torch
 from cellseg.augment import build_augment
 from cellseg.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cellseg.dataset import Sample
+from cellseg.ema import make_ema
 from cellseg.errors import ConfigError
 from cellseg.io import atomic_path
 from cellseg.metrics import coco_mask_metrics
 from cellseg.model import build_model
 from cellseg.predict import predict_image
-from cellseg.train_data import TileDataset, class_instance_counts, make_loader, start_epoch
+from cellseg.train_data import TileDataset, class_instance_counts, make_loader, repeat_factors, start_epoch
 from cellseg.training_log import VAL_KEYS, Progress, plot_curve, write_history, write_summary
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,19 @@ class _Training:
         self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size).to(self.device)
         if self.cuda and cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
-        dataset = TileDataset(tiles, build_augment(cfg["augment"], cfg["augment_overrides"]), cfg["seed"])
-        self.loader = make_loader(dataset, cfg["batch_size"], num_workers, cfg["seed"])
-        self.n_batches = math.ceil(len(dataset) / cfg["batch_size"])
+        augment = build_augment(cfg["augment"], cfg["augment_overrides"])
+        dataset = TileDataset(tiles, augment, cfg["seed"], cfg["copy_paste"], class_names)
+        threshold = cfg["repeat_factor_threshold"]
+        repeat = repeat_factors(tiles, class_names, threshold) if threshold is not None else None
+        self.loader = make_loader(dataset, cfg["batch_size"], num_workers, cfg["seed"], repeat)
+        self.n_batches = math.ceil(len(self.loader.sampler) / cfg["batch_size"])
         self.total_steps = cfg["epochs"] * math.ceil(self.n_batches / cfg["grad_accum_steps"])
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=cfg["warmup_steps"], total=self.total_steps)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+        self.ema = make_ema(self.model, cfg["ema_decay"]) if cfg["ema_decay"] is not None else None
         self.state = {
             "step": 0, "epoch": 0, "batch_in_epoch": 0, "done": False, "history": [],
             "sums": {}, "epoch_images": 0, "epoch_seconds": 0.0, "elapsed": 0.0,
@@ -183,9 +188,15 @@ class _Training:
         self.elapsed_before = self.state["elapsed"]
         self.started = self.tic = time.perf_counter()
         log.info(
-            "fold training: %d tiles (%d batches of %d), %d held-out images, %d optimizer steps, device %s, amp %s",
-            len(dataset), self.n_batches, cfg["batch_size"], len(val_samples), self.total_steps, self.device, self.amp,
+            "fold training: %d tiles, %d per epoch (%d batches of %d), %d held-out images, %d optimizer steps, "
+            "device %s, amp %s", len(dataset), len(self.loader.sampler), self.n_batches, cfg["batch_size"],
+            len(val_samples), self.total_steps, self.device, self.amp,
         )
+
+    @property
+    def scored_model(self) -> torch.nn.Module:
+        """The weights validated and saved: the EMA's when `ema_decay` is set, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _resume(self) -> int | None:
         """Load the checkpoint when it exists and matches this run; the step resumed from, or None."""
@@ -200,6 +211,8 @@ class _Training:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
         set_rng_state(saved["rng"])
         self.state = saved["state"]
         log.info("resuming from %s at step %d (epoch %d)", path, self.state["step"], self.state["epoch"] + 1)
@@ -214,6 +227,7 @@ class _Training:
             "fingerprint": self.fingerprint, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "state": self.state,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         })
 
     def run(self) -> dict:
@@ -268,6 +282,8 @@ class _Training:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.state["step"] += 1
 
     def _end_epoch(self) -> None:
@@ -278,7 +294,7 @@ class _Training:
         row.update({name: total / self.n_batches for name, total in state["sums"].items()})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         due = (epoch + 1) % self.cfg["val_every_epochs"] == 0 or epoch + 1 == self.cfg["epochs"]
-        metrics = validate(self.model, self.val_samples, self.class_names, self.cfg, self.device, self.overlap) \
+        metrics = validate(self.scored_model, self.val_samples, self.class_names, self.cfg, self.device, self.overlap) \
             if due and self.val_samples else {}
         row.update({f"val_{key}": metrics.get(key) for key in VAL_KEYS})
         row["images_per_s"] = state["epoch_images"] / max(state["epoch_seconds"], 1e-9)
@@ -295,7 +311,7 @@ class _Training:
         state = self.state
         if state["best_ap"] is None or ap > state["best_ap"]:
             state.update(best_ap=ap, best_epoch=epoch, validations_since_best=0)
-            state["best_model"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            state["best_model"] = {k: v.detach().cpu().clone() for k, v in self.scored_model.state_dict().items()}
             return
         state["validations_since_best"] += 1
         patience = self.cfg["early_stopping_patience"]
@@ -305,13 +321,14 @@ class _Training:
 
     def _write_outputs(self) -> dict:
         state, outputs = self.state, self.outputs
-        last = self.model.state_dict()
+        last = self.scored_model.state_dict()
         _save_state_dict(outputs.last, last)
         _save_state_dict(outputs.best, state["best_model"] or last)
         write_history(outputs.history, state["history"])
         plot_curve(outputs.curve, state["history"])
         summary = {
             "weights": self.model.weights_description, "device": str(self.device), "amp": self.amp,
+            "ema_decay": self.cfg["ema_decay"],
             "steps": state["step"], "total_steps": self.total_steps, "epochs": state["epoch"],
             "stopped_early": state["epoch"] < self.cfg["epochs"],
             "wall_time_s": round(time.perf_counter() - self.started, 2),

@@ -57,6 +57,9 @@ TRAIN_PRESETS = {
         "amp": "none",
         "channels_last": False,
         "class_weighted_loss": False,
+        "repeat_factor_threshold": None,
+        "copy_paste": 0.0,
+        "ema_decay": None,
         "val_every_epochs": 2,
         "val_tile_size": 512,
         "early_stopping_patience": 0,
@@ -101,6 +104,9 @@ TRAIN_PRESETS = {
         "amp": "bf16",
         "channels_last": True,
         "class_weighted_loss": False,
+        "repeat_factor_threshold": None,
+        "copy_paste": 0.0,
+        "ema_decay": None,
         "val_every_epochs": 2,
         "val_tile_size": 512,
         "early_stopping_patience": 5,
@@ -195,8 +201,20 @@ def _validate(cfg: dict) -> None:
         _fail("min_size", f"must be a positive integer or null (native resolution), got {cfg['min_size']!r}")
     if cfg["min_size"] is not None and cfg["min_size"] > cfg["max_size"]:
         _fail("min_size", f"{cfg['min_size']} exceeds train.max_size {cfg['max_size']}")
+    _validate_rare_class_keys(cfg)
     _validate_lists(cfg)
     _validate_augment_overrides(cfg["augment_overrides"])
+
+
+def _validate_rare_class_keys(cfg: dict) -> None:
+    threshold = cfg["repeat_factor_threshold"]
+    if threshold is not None and (not _is_number(threshold) or not 0 < threshold <= 1):
+        _fail("repeat_factor_threshold", f"must lie in (0, 1] or be null (off), got {threshold!r}")
+    if not _is_number(cfg["copy_paste"]) or not 0 <= cfg["copy_paste"] <= 1:
+        _fail("copy_paste", f"must be a probability in [0, 1] (0 = off), got {cfg['copy_paste']!r}")
+    decay = cfg["ema_decay"]
+    if decay is not None and (not _is_number(decay) or not 0 < decay < 1):
+        _fail("ema_decay", f"must lie in (0, 1) or be null (off), got {decay!r}")
 
 
 def _validate_lists(cfg: dict) -> None:

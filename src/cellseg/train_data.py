@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cellseg.augment import augment_tile
+from cellseg.copy_paste import CopyPaste
 from cellseg.tiles import load_tile, read_index
 
 MIN_INSTANCE_AREA = 4  # px; smaller remnants left by augmentation are dropped
@@ -62,6 +63,17 @@ def fold_image_ids(split: pd.DataFrame, fold: int) -> tuple[list[str], list[str]
     if own.all():
         return sorted(train["image_id"]), sorted(split.loc[split["subset"] == "val", "image_id"])
     return sorted(train.loc[~own, "image_id"]), sorted(train.loc[own, "image_id"])
+
+
+def repeat_factors(tiles: pd.DataFrame, class_names: Sequence[str], threshold: float) -> np.ndarray:
+    """LVIS repeat factor of each tile (Gupta et al. 2019): `r = max(1, max_c sqrt(t / f_c))` over
+    the classes c in the tile, where `f_c` is the fraction of training tiles that hold class c
+    and `t` is `threshold`. Returns `(N,)` float64; a tile without instances gets 1.
+    """
+    present = tiles[[f"n_{name}" for name in class_names]].to_numpy() > 0
+    frequency = present.mean(axis=0)
+    per_class = np.maximum(1.0, np.sqrt(threshold / np.where(frequency > 0, frequency, np.inf)))
+    return np.where(present, per_class, 1.0).max(axis=1, initial=1.0)
 
 
 def class_instance_counts(tiles: pd.DataFrame, class_names: Sequence[str]) -> list[int]:
@@ -104,22 +116,33 @@ class TileDataset(Dataset):
     `tiles` has one row per tile with `npz` (tiles file) and `tile` (k). `transform` is an
     augmentation pipeline from `cellseg.augment.build_augment` or None. Make one dataset per
     use: a validation dataset is never this object with its transform switched off.
+    `copy_paste`: the probability that a tile gets instances of another tile pasted in
+    (`cellseg.copy_paste`, before the transform); `class_names` name the index's `n_<class>`
+    columns, from which it picks rare-class donors.
     Items are `(image (3, S, S) float32 in [0, 1], target)`, target as Mask R-CNN takes it plus
     `center` and `boundary` `(S, S) float32`.
     """
 
-    def __init__(self, tiles: pd.DataFrame, transform, seed: int):
+    def __init__(
+        self, tiles: pd.DataFrame, transform, seed: int, copy_paste: float = 0.0, class_names: Sequence[str] = ()
+    ):
         self.paths = tiles["npz"].astype(str).tolist()
         self.ks = tiles["tile"].astype(int).tolist()
         self.transform = transform
         self.seed = seed
+        self.copy_paste = CopyPaste(tiles, class_names, copy_paste, self._load) if copy_paste > 0 else None
+
+    def _load(self, index: int) -> dict[str, np.ndarray]:
+        return load_tile(self.paths[index], self.ks[index])
 
     def __len__(self) -> int:
         return len(self.ks)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         epoch, index = key
-        tile = load_tile(self.paths[index], self.ks[index])
+        tile = self._load(index)
+        if self.copy_paste is not None:
+            tile = self.copy_paste(tile, np.random.default_rng(derived_seed(self.seed, epoch, index, 1)))
         if self.transform is not None:
             tile = augment_tile(self.transform, **tile, seed=derived_seed(self.seed, epoch, index))
         target = instances_from_labels(tile["labels"])
@@ -129,24 +152,41 @@ class TileDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields `(epoch, index)` keys: a permutation seeded by (seed, epoch), minus `skip` leading items."""
+    """Yields `(epoch, index)` keys: a permutation seeded by (seed, epoch), minus `skip` leading items.
 
-    def __init__(self, n_items: int, seed: int):
+    With `repeat` (`(N,)` repeat factors, see `repeat_factors`), an epoch holds
+    `round(sum(repeat))` items: each index `floor(r)` times, plus one more for indices drawn
+    (without replacement, weighted by the fractional parts) from the same seeded generator, so
+    that an index appears about `r` times per epoch and every epoch has the same length.
+    """
+
+    def __init__(self, n_items: int, seed: int, repeat: np.ndarray | None = None):
         self.n_items = n_items
         self.seed = seed
         self.epoch = 0
         self.skip = 0
+        self.repeat = None if repeat is None else np.asarray(repeat, np.float64)
+        self.epoch_length = n_items if repeat is None else int(round(self.repeat.sum()))
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch))
-        order = torch.randperm(self.n_items, generator=generator).tolist()
+        if self.repeat is None:
+            order = torch.randperm(self.n_items, generator=generator).tolist()
+        else:
+            base = np.floor(self.repeat)
+            items = torch.from_numpy(np.repeat(np.arange(self.n_items), base.astype(np.int64)))
+            extra = self.epoch_length - len(items)
+            if extra > 0:
+                fraction = torch.from_numpy(self.repeat - base)
+                items = torch.cat([items, torch.multinomial(fraction, extra, replacement=False, generator=generator)])
+            order = items[torch.randperm(len(items), generator=generator)].tolist()
         return iter([(self.epoch, i) for i in order[self.skip :]])
 
     def __len__(self) -> int:
-        return self.n_items - self.skip
+        return self.epoch_length - self.skip
 
 
 def collate(batch):
@@ -162,12 +202,15 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset: TileDataset, batch_size: int, num_workers: int, seed: int) -> DataLoader:
-    """A shuffling DataLoader over `dataset`; call `start_epoch` before iterating each epoch."""
+def make_loader(
+    dataset: TileDataset, batch_size: int, num_workers: int, seed: int, repeat: np.ndarray | None = None
+) -> DataLoader:
+    """A shuffling DataLoader over `dataset` (each tile about `repeat[i]` times per epoch, see
+    `EpochSampler`); call `start_epoch` before iterating each epoch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed),
+        sampler=EpochSampler(len(dataset), seed, repeat),
         num_workers=num_workers,
         collate_fn=collate,
         worker_init_fn=_seed_worker,

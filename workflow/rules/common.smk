@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cellseg.codehash import code_digest
 from cellseg.dataset import index_dataset
 from cellseg.errors import ConfigError, DataError
+from cellseg.split import image_groups, split_sizes
 from cellseg.train_config import resolve_train_config
 
 PACKAGE_DIR = Path(workflow.basedir) / "src" / "cellseg"
@@ -66,6 +68,15 @@ except (DataError, ConfigError) as error:
 FOLDS = list(range(config["split"]["folds"]))
 if len(TRAIN_IDS) < 2:
     raise _user_error(DataError(f"{SOURCE.get('path')}: need at least 2 training images"))
+try:
+    split_sizes(
+        len(set(image_groups(TRAIN_IDS, config["split"]["group_by"]))),
+        config["split"]["val_fraction"],
+        config["split"]["folds"],
+        "groups" if config["split"]["group_by"] else "images",
+    )
+except ConfigError as error:
+    raise _user_error(error)
 
 
 wildcard_constraints:
@@ -135,16 +146,22 @@ def test_ground_truth_files(wildcards=None):
 
 
 def _check_test_ground_truth():
-    """Fail while building the DAG when `data.test_gt` lacks a test image's folder."""
+    """Fail while building the DAG when `data.test_gt` holds no test image's folder (a wrong
+    path); a test image without its folder is scored as an image without cells, and said so."""
     if DEMO or not SOURCE.get("test_gt"):
         return
     folder = Path(SOURCE["test_gt"])
     if not folder.is_dir():
         raise _user_error(DataError(f"data.test_gt: {folder} is not a folder"))
     missing = [name for name in TEST_NAMES if not (folder / name).is_dir()]
-    if missing:
+    if len(missing) == len(TEST_NAMES):
         raise _user_error(
-            DataError(f"data.test_gt: {folder} has no folder for test images {missing[:5]}")
+            DataError(f"data.test_gt: {folder} has a folder for none of the test images, e.g. {missing[:3]}")
+        )
+    if missing:
+        logger.warning(
+            f"data.test_gt: {len(missing)} test images have no folder in {folder} and are scored "
+            f"as images without cells: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
 
 

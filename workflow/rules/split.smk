@@ -12,6 +12,7 @@ rule split_dataset:
         val_fraction=config["split"]["val_fraction"],
         folds=config["split"]["folds"],
         seed=config["split"]["seed"],
+        group_by=config["split"]["group_by"],
         code=script_digest("split_dataset.py"),
     log:
         "logs/split/split_dataset.log",

@@ -12,7 +12,7 @@ from cellseg.split import instance_count_table, make_split
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
     counts = instance_count_table(p.source, p.image_ids)
-    table = make_split(counts, p.val_fraction, p.folds, p.seed)
+    table = make_split(counts, p.val_fraction, p.folds, p.seed, p.group_by)
     with atomic_path(snakemake.output[0]) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     log.info("split %d images:\n%s", len(table), table.groupby(["subset", "fold"]).size())
