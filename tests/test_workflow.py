@@ -304,17 +304,20 @@ def test_added_image_reaches_only_its_own_maps_and_tiles(finished_run, tmp_path)
 
 @pytest.mark.slow
 def test_second_workdir_takes_trained_folds_from_the_cache(finished_run, tmp_path):
-    """The shared run stored each fold's outputs under SNAKEMAKE_OUTPUT_CACHE; a fresh workdir
-    with the same config prepares its data but trains no fold."""
+    """The shared run stored each fold's outputs, and the split, maps and tiles, under
+    SNAKEMAKE_OUTPUT_CACHE; a fresh workdir with the same config takes all of them from there
+    and trains no fold."""
     stored = sorted(p.name for p in finished_run.cache.iterdir())
-    hashes = {name.rsplit("_", 1)[0] for name in stored}
+    hashes = {name.rsplit("_", 1)[0] for name in stored if name.endswith("_best.pt")}
     assert len(hashes) == len(FOLDS), f"one cache entry per fold expected: {stored}"
-    assert len(stored) == len(FOLDS) * len(TRAIN_OUTPUTS)
+    assert len([n for n in stored if n.rsplit("_", 1)[0] in hashes]) == len(FOLDS) * len(TRAIN_OUTPUTS)
 
     workdir = tmp_path / "work"
     proc = snakemake(
         workdir, "--cache", *FOLD_MODELS, repo=finished_run.repo, env=finished_run.env
     )
+    for path in ["results/split/split.tsv", "results/maps/demo_train_000.npz", "results/tiles/demo_train_000.tsv"]:
+        assert f"Symlinking output file {path} from cache" in proc.stdout
     for fold in FOLDS:
         assert f"Symlinking output file results/train/fold{fold}/model_best.pt from cache" in (
             proc.stdout

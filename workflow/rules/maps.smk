@@ -10,14 +10,16 @@ rule compute_maps:
         source=SOURCE,
         center_sigma=config["maps"]["center_sigma"],
         boundary_width=config["maps"]["boundary_width"],
+        # The image id, so that the output cache (whose hash ignores wildcards) never hands one
+        # image's outputs to another with identical files.
+        image=lambda wildcards: wildcards.image,
         code=script_digest("compute_maps.py"),
     log:
         "logs/maps/{image}.log",
-    benchmark:
-        "results/benchmarks/maps/{image}.tsv"
     conda:
         f"{ENVS}/data.yaml"
     resources:
         **job_resources("default"),
+    cache: "omit-software"
     script:
         "../scripts/compute_maps.py"

@@ -16,11 +16,10 @@ rule split_dataset:
         code=script_digest("split_dataset.py"),
     log:
         "logs/split/split_dataset.log",
-    benchmark:
-        "results/benchmarks/split/split_dataset.tsv"
     conda:
         f"{ENVS}/data.yaml"
     resources:
         **job_resources("default"),
+    cache: "omit-software"
     script:
         "../scripts/split_dataset.py"

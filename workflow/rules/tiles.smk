@@ -14,14 +14,16 @@ rule make_tiles:
         overlap=config["tiles"]["overlap"],
         skip_empty=config["tiles"]["skip_empty"],
         min_instance_area=config["tiles"]["min_instance_area"],
+        # The image id, so that the output cache (whose hash ignores wildcards) never hands one
+        # image's outputs to another with identical files.
+        image=lambda wildcards: wildcards.image,
         code=script_digest("make_tiles.py"),
     log:
         "logs/tiles/{image}.log",
-    benchmark:
-        "results/benchmarks/tiles/{image}.tsv"
     conda:
         f"{ENVS}/data.yaml"
     resources:
         **job_resources("default"),
+    cache: "omit-software"
     script:
         "../scripts/make_tiles.py"
