@@ -198,7 +198,14 @@ def test_lint_reports_nothing(tmp_path):
     "override, expected, per_image",
     [
         pytest.param({"tune": {"mask_thresholds": [0.4]}}, FROM_TUNE, [], id="tune"),
+        pytest.param({"tune": {"metric": "PQ"}}, FROM_TUNE, [], id="tune-metric"),
         pytest.param({"train": {"lr": 0.0005}}, FROM_TRAIN, [], id="train"),
+        pytest.param({"train": {"ema_decay": 0.9}}, FROM_TRAIN, [], id="train-ema"),
+        pytest.param({"train": {"repeat_factor_threshold": 0.5}}, FROM_TRAIN, [], id="train-repeat-factor"),
+        pytest.param({"train": {"copy_paste": 0.5}}, FROM_TRAIN, [], id="train-copy-paste"),
+        pytest.param(
+            {"split": {"group_by": r"^demo_train_00(\d)"}}, {"split_dataset": 1, **FROM_TRAIN}, [], id="split-group-by"
+        ),
         pytest.param(
             {"tiles": {"min_instance_area": 4}},
             {"make_tiles": N_IMAGES, **FROM_TRAIN},
@@ -374,6 +381,21 @@ def test_config_error_names_the_key(tmp_path, override, expected):
     workdir = tmp_path / "work"
     proc = snakemake(workdir, configs=[extra], check=False)
     _assert_failed_before_jobs(proc, workdir, "Error validating config file", *expected)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        pytest.param({"split": {"group_by": "^(slide\\d+)_"}}, "does not match 8 of 8 image ids", id="group-by"),
+        pytest.param({"train": {"ema_decay": 1.5}}, "train.ema_decay: must lie in (0, 1)", id="ema-decay"),
+        pytest.param({"split": {"folds": 7}}, "split.folds = 7 needs at least 7 non-validation images", id="folds"),
+    ],
+)
+def test_bad_value_found_at_dag_time_names_the_key(tmp_path, override, expected):
+    extra = write_config(tmp_path / "bad.yaml", override)
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, configs=[extra], check=False)
+    _assert_failed_before_jobs(proc, workdir, "ConfigError", expected)
 
 
 def test_missing_image_fails_at_dag_time(tmp_path):
