@@ -1,5 +1,8 @@
 """Reading real-file variants of images and masks, bad files, and atomic writes."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import tifffile
@@ -159,6 +162,18 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with np.load(target) as data:
         np.testing.assert_array_equal(data["a"], np.arange(3))
         assert data["b"].dtype == np.float16
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_the_umask_allows(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        save_npz_atomic(tmp_path / "a.npz", a=np.arange(3))
+        write_tiff(tmp_path / "b.tif", np.zeros((4, 4), np.uint8))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.npz").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "b.tif").stat().st_mode) == mode
 
 
 def test_write_tiff_round_trip_is_byte_identical(tmp_path):

@@ -143,7 +143,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     A failure (or an interrupted run) therefore never leaves a partial output that a later run
     would take for finished. The temporary name keeps `path`'s suffix, so writers that add or
-    check extensions (`np.savez`, tifffile) behave. Parent folders are created.
+    check extensions (`np.savez`, tifffile) behave. Parent folders are created. The file gets
+    the mode a plain `open` would give it (0644 under umask 022), not mkstemp's private 0600,
+    so collaborators on a shared cluster can read the outputs.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,9 +154,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask; reading it means setting it, so it is set straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
