@@ -200,6 +200,8 @@ def test_lint_reports_nothing(tmp_path):
         pytest.param({"tune": {"mask_thresholds": [0.4]}}, FROM_TUNE, [], id="tune"),
         pytest.param({"tune": {"metric": "PQ"}}, FROM_TUNE, [], id="tune-metric"),
         pytest.param({"train": {"lr": 0.0005}}, FROM_TRAIN, [], id="train"),
+        # Without aux heads nothing reads the maps: no maps job, tiles with empty maps.
+        pytest.param({"train": {"aux_heads": False}}, {"make_tiles": N_IMAGES, **FROM_TRAIN}, ["make_tiles"], id="no-aux-heads"),
         pytest.param({"train": {"ema_decay": 0.9}}, FROM_TRAIN, [], id="train-ema"),
         pytest.param({"train": {"repeat_factor_threshold": 0.5}}, FROM_TRAIN, [], id="train-repeat-factor"),
         pytest.param({"train": {"copy_paste": 0.5}}, FROM_TRAIN, [], id="train-copy-paste"),

@@ -4,7 +4,9 @@
 rule make_tiles:
     input:
         sample=sample_files,
-        maps="results/maps/{image}.npz",
+        # The centre/boundary maps are the aux heads' targets and nothing else reads them:
+        # without train.aux_heads no job computes them.
+        maps=lambda wildcards: f"results/maps/{wildcards.image}.npz" if TRAIN_CFG["aux_heads"] else [],
     output:
         tiles="results/tiles/{image}.npz",
         index="results/tiles/{image}.tsv",
@@ -14,6 +16,7 @@ rule make_tiles:
         overlap=config["tiles"]["overlap"],
         skip_empty=config["tiles"]["skip_empty"],
         min_instance_area=config["tiles"]["min_instance_area"],
+        with_maps=TRAIN_CFG["aux_heads"],
         # The image id, so that the output cache (whose hash ignores wildcards) never hands one
         # image's outputs to another with identical files.
         image=lambda wildcards: wildcards.image,

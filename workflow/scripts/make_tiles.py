@@ -14,18 +14,23 @@ from cellseg.tiles import make_tiles, save_tiles
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
     sample = load_sample(p.source, snakemake.wildcards.image)
-    with np.load(snakemake.input.maps) as maps:
-        tiles, index = make_tiles(
-            sample.image,
-            sample.labels,
-            maps["center"],
-            maps["boundary"],
-            p.size,
-            p.overlap,
-            p.skip_empty,
-            p.min_instance_area,
-            image_id=sample.image_id,
-            class_names=p.source["classes"],
-        )
+    if p.with_maps:
+        with np.load(snakemake.input.maps) as maps:
+            center, boundary = maps["center"], maps["boundary"]
+    else:  # no aux heads: nothing reads the maps, so the tiles carry empty ones
+        center = np.zeros(sample.image.shape[:2], np.float16)
+        boundary = np.zeros(sample.image.shape[:2], np.uint8)
+    tiles, index = make_tiles(
+        sample.image,
+        sample.labels,
+        center,
+        boundary,
+        p.size,
+        p.overlap,
+        p.skip_empty,
+        p.min_instance_area,
+        image_id=sample.image_id,
+        class_names=p.source["classes"],
+    )
     save_tiles(snakemake.output.tiles, snakemake.output.index, tiles, index)
     log.info("%d tiles from %s", len(tiles), sample.image_id)
