@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 from cellseg.codehash import code_digest, imported_modules
@@ -40,3 +41,23 @@ def test_workflow_scripts_reach_their_modules():
     modules = imported_modules(script, root / "src" / "cellseg")
     assert {"cellseg.maps", "cellseg.dataset", "cellseg.io"} <= modules
     assert "cellseg.model" not in modules
+
+
+# Modules only training uses: a change to them must not alter the predict stage's digest.
+TRAINING_ONLY = ["train", "augment", "training_log", "train_data", "checkpoint", "ema", "copy_paste"]
+
+
+def test_predict_digest_covers_no_training_module(tmp_path):
+    root = Path(__file__).parents[1]
+    package = tmp_path / "cellseg"
+    shutil.copytree(root / "src" / "cellseg", package, ignore=shutil.ignore_patterns("__pycache__"))
+    script = root / "workflow" / "scripts" / "predict_fold.py"
+    assert not {f"cellseg.{name}" for name in TRAINING_ONLY} & imported_modules(script, package)
+    before = code_digest(script, package)
+    for name in TRAINING_ONLY:
+        with open(package / f"{name}.py", "a") as source:
+            source.write("\n# a training-only change\n")
+    assert code_digest(script, package) == before
+    assert code_digest(root / "workflow" / "scripts" / "train_fold.py", package) != code_digest(
+        root / "workflow" / "scripts" / "train_fold.py", root / "src" / "cellseg"
+    )

@@ -67,7 +67,7 @@ def test_index_reference(ref_dir):
         ("t2.tif", 7, 8, 40),
     ]
     assert index.test_images[0].path == ref_dir / "test_release" / "t1.tif"
-    assert load_test_image(_ref(ref_dir), index.test_images[1]).shape == (8, 40, 3)
+    assert load_test_image(index.test_images[1]).shape == (8, 40, 3)
 
 
 def test_load_reference_sample(ref_dir):
@@ -160,7 +160,7 @@ def test_test_image_size_differs_from_id_map(ref_dir):
     _edit_id_map(ref_dir, lambda m: [m[0], {**m[1], "height": 15}])
     test_image = index_dataset(_ref(ref_dir)).test_images[0]
     with pytest.raises(DataError, match="t1.tif: image is 16x17"):
-        load_test_image(_ref(ref_dir), test_image)
+        load_test_image(test_image)
 
 
 def test_load_ground_truth(tmp_path):
@@ -192,7 +192,7 @@ def test_monuseg_reference_data():
     assert 200 < sample.labels[0].max() < 700 and not sample.labels[1:].any()
     assert len(np.unique(sample.labels[0])) == sample.labels[0].max() + 1  # consecutive ids
     first = index.test_images[0]
-    assert load_test_image(source, first).shape == (first.height, first.width, 3)
+    assert load_test_image(first).shape == (first.height, first.width, 3)
     truth = load_ground_truth(MONUSEG / "test_gt", first.file_name, CLASSES)
     assert truth.shape == (4, first.height, first.width) and truth[0].max() > 100
 

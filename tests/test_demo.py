@@ -79,7 +79,7 @@ def test_classes_differ_in_colour_and_size(demo_source):
 
 def test_test_images_and_ground_truth(demo_dir, demo_source):
     for test_image in index_dataset(demo_source).test_images:
-        image = load_test_image(demo_source, test_image)
+        image = load_test_image(test_image)
         truth = load_ground_truth(
             demo_dir / "test_gt", test_image.file_name, demo_source["classes"]
         )

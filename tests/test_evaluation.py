@@ -1,9 +1,10 @@
 import json
 
 import numpy as np
+import pytest
 
-from cellseg.evaluation import apply_tuned, read_thresholds, scoreboard
-from cellseg.instances import InstanceSet
+from cellseg.evaluation import apply_tuned, load_predictions, read_thresholds, scoreboard
+from cellseg.instances import InstanceSet, save_instance_sets
 
 CLASSES = ["a", "b"]
 
@@ -37,3 +38,15 @@ def test_scoreboard_has_the_panoptic_and_leaderboard_columns():
     columns = ["AP50@100", "AP50@100_a", "AP50@100_b", "PQ", "SQ", "DQ", "PQ_a", "PQ_b", "AJI", "AJI_a"]
     assert (table[columns] == 1.0).all().all()
     assert list(table["model"]) == ["fold 0", "ensemble", "ensemble"]
+
+
+def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
+    def one(score):
+        return InstanceSet.from_dense(np.zeros((1, 4)), [score], [1], np.ones((1, 4, 4), bool))
+
+    for folder, score in [("f0", 0.1), ("f2", 0.2), ("ens", 0.3)]:
+        save_instance_sets(tmp_path / folder, {"x": one(score), "y": one(score + 0.5)})
+    folds, ensemble = load_predictions({0: tmp_path / "f0", 2: tmp_path / "f2"}, tmp_path / "ens", ["y", "x"])
+    assert list(folds) == [0, 2]
+    assert [float(p.scores[0]) for p in folds[2]] == pytest.approx([0.7, 0.2])
+    assert [float(p.scores[0]) for p in ensemble] == pytest.approx([0.8, 0.3])

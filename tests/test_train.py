@@ -28,7 +28,7 @@ TINY = {
     "min_size": 64, "max_size": 128, "rpn_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100,
     "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 16, "box_detections_per_img": 30,
     "epochs": 3, "batch_size": 1, "grad_accum_steps": 2, "warmup_steps": 2, "val_every_epochs": 2,
-    "checkpoint_every_steps": 3,
+    "checkpoint_every_steps": 3, "min_steps": 0,
 }
 
 # Runs one training in a fresh process (argv: tiles folder, output folder, config JSON).
@@ -94,6 +94,7 @@ def test_training_writes_weights_table_curve_and_summary(first_run):
     assert summary["steps"] == summary["total_steps"] == 6 and summary["epochs"] == 3
     assert summary["device"] == "cpu" and summary["weights"] == "random initialisation"
     assert summary["resumed_from_step"] is None and summary["best_epoch"] in (2, 3)
+    assert summary["epoch_repeat"] == 1 and summary["warnings"] == []
     assert json.loads((out / "train_summary.json").read_text()) == summary
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3] and list(history["step"]) == [2, 4, 6]
@@ -120,7 +121,9 @@ def test_same_config_gives_identical_weights(data, first_run, tmp_path):
 RARE_CLASS_RECIPE = {"ema_decay": 0.9, "repeat_factor_threshold": 0.9, "copy_paste": 0.5, "class_weighted_loss": True}
 
 
-@pytest.mark.parametrize("recipe", [{}, RARE_CLASS_RECIPE], ids=["plain", "rare_class_recipe"])
+@pytest.mark.parametrize(
+    "recipe", [{}, RARE_CLASS_RECIPE, {"min_steps": 10}], ids=["plain", "rare_class_recipe", "repeated_epochs"]
+)
 def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path, recipe):
     folder, _, _ = data
     reference = first_run[0]
@@ -147,6 +150,20 @@ def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path, reci
     history = pd.read_csv(tmp_path / "history.csv")
     expected = pd.read_csv(reference / "history.csv")
     pd.testing.assert_frame_equal(history.drop(columns="images_per_s"), expected.drop(columns="images_per_s"))
+
+
+def test_few_steps_repeat_each_epoch_up_to_min_steps_and_warn(data, tmp_path, caplog):
+    """3 epochs of 2 steps fall short of 10 steps: each epoch runs twice (12 steps), validation
+    every 2 x 2 passes and after the last, and the summary says why."""
+    with caplog.at_level(logging.WARNING, logger="cellseg"):
+        summary = train(data, tmp_path, min_steps=10)
+    assert summary["steps"] == summary["total_steps"] == 12
+    assert summary["epochs"] == 6 and summary["epoch_repeat"] == 2
+    assert len(summary["warnings"]) == 1 and "train.min_steps = 10" in summary["warnings"][0]
+    assert "WARNING: few optimizer steps" in caplog.text
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["step"]) == [2, 4, 6, 8, 10, 12]
+    assert history["val_AP"].notna().tolist() == [False, False, False, True, False, True]
 
 
 def test_nan_loss_stops_with_components_and_other_config_starts_over(data, first_run, tmp_path, caplog):

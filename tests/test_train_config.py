@@ -1,7 +1,9 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from cellseg.errors import ConfigError
 from cellseg.train_config import TRAIN_PRESETS, resolve_train_config
@@ -9,7 +11,7 @@ from cellseg.train_config import TRAIN_PRESETS, resolve_train_config
 
 def test_empty_config_is_the_demo_preset():
     cfg = resolve_train_config({})
-    assert cfg == {"preset": "demo", **TRAIN_PRESETS["demo"]}
+    assert cfg == {"preset": "demo", **TRAIN_PRESETS["demo"], "val_tile_size": 0}
     assert cfg["backbone"] == "resnet18" and cfg["anchor_sizes"] == [8, 16, 32, 64, 128]
     assert resolve_train_config(None)["preset"] == "demo"
 
@@ -20,6 +22,27 @@ def test_presets_have_the_same_keys_and_documented_values():
     assert gpu["backbone"] == "resnet50" and gpu["weights"] == "imagenet"
     assert gpu["multiscale_sizes"] == [448, 512, 576] and gpu["rpn_post_nms_top_n_train"] == 2000
     assert gpu["optimizer"] == "sgd" and gpu["lr"] == 0.02 and gpu["amp"] == "bf16"
+
+
+def test_validation_tiles_follow_predict_tile_size_unless_set():
+    assert resolve_train_config({}, predict_tile_size=256)["val_tile_size"] == 256
+    assert resolve_train_config({"val_tile_size": 128}, predict_tile_size=256)["val_tile_size"] == 128
+
+
+def test_docs_table_holds_every_key_with_the_presets_values():
+    """docs/train_keys.md and TRAIN_PRESETS cannot disagree, nor the schema's train keys."""
+    root = Path(__file__).parents[1]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in (root / "docs" / "train_keys.md").read_text().splitlines()
+        if line.startswith("| ") and not line.startswith(("| key ", "| ---", "| preset "))
+    ]
+    documented = {key: (yaml.safe_load(demo.strip("`")), yaml.safe_load(gpu.strip("`"))) for key, _, demo, gpu in rows}
+    assert list(documented) == list(TRAIN_PRESETS["demo"])
+    for key, values in documented.items():
+        assert values == (TRAIN_PRESETS["demo"][key], TRAIN_PRESETS["gpu"][key]), key
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(schema["properties"]["train"]["properties"]) == {"preset", *TRAIN_PRESETS["demo"]}
 
 
 def test_non_null_overrides_win_and_nothing_is_shared():

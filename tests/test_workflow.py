@@ -275,6 +275,19 @@ def test_code_change_reruns_its_rules_onward(finished_run, run_copy, tmp_path, c
 
 
 @pytest.mark.slow
+def test_training_only_change_leaves_predicts_own_trigger_alone(finished_run, run_copy, tmp_path):
+    """A change to a module only training imports re-runs train_fold through its code digest;
+    predict_fold re-runs after it only because its input (the model) changes, never through its
+    own digest: `--list-changes params` names train outputs and no predict output."""
+    repo = copy_repo(tmp_path / "repo", finished_run.repo)
+    with open(repo / "src" / "cellseg" / "augment.py", "a") as source:
+        source.write("\n# a training-only change\n")
+    proc = snakemake(run_copy, "--list-changes", "params", repo=repo)
+    assert "results/train/fold0/model_best.pt" in proc.stdout, proc.stdout
+    assert "results/predict/" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
 def test_added_image_reaches_only_its_own_maps_and_tiles(finished_run, tmp_path):
     """A reference-format dataset of 5 demo images, run through training; then a sixth image
     folder is added. The dry run (default target) must re-split, compute maps and tiles of the
@@ -391,6 +404,19 @@ def test_config_error_names_the_key(tmp_path, override, expected):
         pytest.param({"split": {"group_by": "^(slide\\d+)_"}}, "does not match 8 of 8 image ids", id="group-by"),
         pytest.param({"train": {"ema_decay": 1.5}}, "train.ema_decay: must lie in (0, 1)", id="ema-decay"),
         pytest.param({"split": {"folds": 7}}, "split.folds = 7 needs at least 7 non-validation images", id="folds"),
+        pytest.param(
+            {"predict": {"overlap": 128}}, "predict.overlap = 128 must be smaller than predict.tile_size = 128",
+            id="predict-overlap",
+        ),
+        pytest.param({"tiles": {"overlap": 200}}, "tiles.overlap = 200 must be smaller than tiles.size = 128", id="tiles-overlap"),
+        pytest.param(
+            {"ensemble": {"weights": [1, 1, 1]}}, "ensemble.weights has 3 values but split.folds = 2", id="ensemble-weights"
+        ),
+        pytest.param(
+            {"train": {"val_tile_size": 64}}, "train.val_tile_size = 64 differs from predict.tile_size = 128",
+            id="val-tile-size",
+        ),
+        pytest.param({"split": {"folds": 1}}, "split.folds = 1 leaves the fold no held-out images", id="single-fold"),
     ],
 )
 def test_bad_value_found_at_dag_time_names_the_key(tmp_path, override, expected):

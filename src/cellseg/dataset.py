@@ -93,11 +93,10 @@ def _format(source: dict) -> str:
     return kind
 
 
-def load_test_image(source: dict, test_image: TestImage) -> np.ndarray:
+def load_test_image(test_image: TestImage) -> np.ndarray:
     """Read a test image as `(H, W, 3) uint8`; `DataError` when its size differs from the listing.
 
-    `source` is taken for the same calling convention as `load_sample`; `test_image.path`
-    already says where the file is in either format.
+    `test_image.path` says where the file is in either format.
     """
     image = read_image(test_image.path)
     if image.shape[:2] != (test_image.height, test_image.width):
@@ -124,11 +123,7 @@ def load_ground_truth(
         if image_size is not None:
             return np.zeros((len(classes), *image_size), np.int32)
         raise DataError(f"{folder}: ground-truth folder not found")
-    planes = {
-        name: read_mask(folder / f"{name}.tif")
-        for name in classes
-        if (folder / f"{name}.tif").is_file()
-    }
+    planes = _read_class_masks(folder, classes)
     if image_size is not None:
         shape = tuple(image_size)
     elif planes:
@@ -138,6 +133,11 @@ def load_ground_truth(
     else:
         raise DataError(f"{folder}: no ground-truth file for any of the classes {classes}")
     return _stack_planes(folder, planes, classes, shape)
+
+
+def _read_class_masks(folder: Path, classes: list[str]) -> dict[str, np.ndarray]:
+    """`{class name: (H, W) int32 mask}` of the class files present in `folder` (`<name>.tif`)."""
+    return {name: read_mask(folder / f"{name}.tif") for name in classes if (folder / f"{name}.tif").is_file()}
 
 
 def _stack_planes(
@@ -206,11 +206,7 @@ def _load_reference_sample(source: dict, image_id: str) -> Sample:
         raise DataError(f"{folder}: image folder not found")
     image = read_image(folder / "image.tif")
     classes = source["classes"]
-    planes = {
-        name: read_mask(folder / f"{name}.tif")
-        for name in classes
-        if (folder / f"{name}.tif").is_file()
-    }
+    planes = _read_class_masks(folder, classes)
     return Sample(image_id, image, _stack_planes(folder, planes, classes, image.shape[:2]))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cellseg.instances import InstanceSet
+from cellseg.instances import InstanceSet, load_instance_sets
 from cellseg.metrics import evaluate_predictions, prepare_ground_truth, sartorius_per_image
 from cellseg.postprocess import apply_thresholds
 
@@ -26,6 +26,15 @@ def read_thresholds(path: str | Path) -> dict:
     for key in ("score_thresholds", "mask_thresholds"):
         thresholds[key] = {int(k): float(v) for k, v in thresholds[key].items()}
     return thresholds
+
+
+def load_predictions(
+    fold_folders: dict[int, str | Path], ensemble_folder: str | Path, names: list[str]
+) -> tuple[dict[int, list[InstanceSet]], list[InstanceSet]]:
+    """Each fold's and the ensemble's `InstanceSet`s of the images `names`, in that order, as
+    `scoreboard` takes them. `fold_folders`: `{fold: its predict folder}`."""
+    folds = {fold: list(load_instance_sets(folder, names).values()) for fold, folder in fold_folders.items()}
+    return folds, list(load_instance_sets(ensemble_folder, names).values())
 
 
 def apply_tuned(preds: list[InstanceSet], thresholds: dict) -> list[InstanceSet]:

@@ -27,14 +27,15 @@ import torch
 from cellseg.augment import build_augment
 from cellseg.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cellseg.dataset import Sample
+from cellseg.device import select_device
 from cellseg.ema import make_ema
-from cellseg.errors import ConfigError
 from cellseg.io import atomic_path
 from cellseg.metrics import coco_mask_metrics
 from cellseg.model import build_model
 from cellseg.predict import predict_image
 from cellseg.train_data import TileDataset, class_instance_counts, make_loader, repeat_factors, start_epoch
-from cellseg.training_log import VAL_KEYS, Progress, plot_curve, write_history, write_summary
+from cellseg.progress import Progress
+from cellseg.training_log import VAL_KEYS, plot_curve, write_history, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PROGRESS_LINES = 50  # about this many progress lines per run
 
 
-class NonFiniteLossError(ConfigError):
+class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message lists every loss component."""
 
 
@@ -70,16 +71,6 @@ class TrainOutputs:
         )
 
 
-def select_device(requested: str = "auto") -> torch.device:
-    """`auto`: CUDA when available, else CPU with a warning in the log; or a torch device name."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    log.warning("no CUDA device: training on CPU, which is slow; AMP and channels_last are off")
-    return torch.device("cpu")
-
-
 def class_weights(counts: list[int]) -> torch.Tensor:
     """`(C + 1,)` classifier weights: background 1, class k ∝ 1 / its instance count, with mean 1
     over the classes present; an absent class gets 1.
@@ -97,6 +88,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def epoch_repeat(epochs: int, steps_per_epoch: int, min_steps: int) -> int:
+    """How many times each epoch is run so that the schedule reaches `min_steps` optimizer
+    steps: 1 when `epochs` already do, else the smallest repeat that does (0 = no minimum)."""
+    return max(1, math.ceil(min_steps / (epochs * steps_per_epoch)))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -172,7 +169,16 @@ class _Training:
         repeat = repeat_factors(tiles, class_names, threshold) if threshold is not None else None
         self.loader = make_loader(dataset, cfg["batch_size"], num_workers, cfg["seed"], repeat)
         self.n_batches = math.ceil(len(self.loader.sampler) / cfg["batch_size"])
-        self.total_steps = cfg["epochs"] * math.ceil(self.n_batches / cfg["grad_accum_steps"])
+        steps_per_epoch = math.ceil(self.n_batches / cfg["grad_accum_steps"])
+        # A small dataset repeats each epoch (validation follows) rather than train a few steps.
+        self.repeat = epoch_repeat(cfg["epochs"], steps_per_epoch, cfg["min_steps"])
+        self.epochs, self.val_every = cfg["epochs"] * self.repeat, cfg["val_every_epochs"] * self.repeat
+        self.total_steps = self.epochs * steps_per_epoch
+        self.warnings = [] if self.repeat == 1 else [
+            f"few optimizer steps: {cfg['epochs']} epochs of {steps_per_epoch} steps are fewer than "
+            f"train.min_steps = {cfg['min_steps']}; each epoch runs {self.repeat} times ({self.total_steps} steps). "
+            "A dataset this small gives a weak model"
+        ]
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, partial(lr_factor, warmup=cfg["warmup_steps"], total=self.total_steps)
@@ -187,6 +193,8 @@ class _Training:
         self.resumed_from = self._resume()
         self.elapsed_before = self.state["elapsed"]
         self.started = self.tic = time.perf_counter()
+        for warning in self.warnings:
+            log.warning("WARNING: %s", warning)
         log.info(
             "fold training: %d tiles, %d per epoch (%d batches of %d), %d held-out images, %d optimizer steps, "
             "device %s, amp %s", len(dataset), len(self.loader.sampler), self.n_batches, cfg["batch_size"],
@@ -232,7 +240,7 @@ class _Training:
 
     def run(self) -> dict:
         progress = Progress(log, self.total_steps, self.state["step"], self.total_steps // PROGRESS_LINES)
-        while self.state["epoch"] < self.cfg["epochs"] and not self.state["done"]:
+        while self.state["epoch"] < self.epochs and not self.state["done"]:
             start_epoch(self.loader, self.state["epoch"], self.state["batch_in_epoch"])
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
@@ -240,7 +248,7 @@ class _Training:
             for images, targets in self.loader:
                 self._train_batch(images, targets, progress)
             self._end_epoch()
-            if self.state["done"] or self.state["epoch"] == self.cfg["epochs"]:
+            if self.state["done"] or self.state["epoch"] == self.epochs:
                 self.state["done"] = True
                 self._checkpoint()
         return self._write_outputs()
@@ -270,7 +278,7 @@ class _Training:
         state["epoch_images"] += len(images)
         if state["batch_in_epoch"] - group_start == group_size:
             self._optimizer_step()
-            progress.update(state["step"], values["loss"], self.optimizer.param_groups[0]["lr"])
+            progress.update(state["step"], f"loss {values['loss']:.4f}  lr {self.optimizer.param_groups[0]['lr']:.3g}")
             if state["step"] % self.cfg["checkpoint_every_steps"] == 0:
                 self._checkpoint()
 
@@ -293,14 +301,14 @@ class _Training:
         row = {"epoch": epoch + 1, "step": state["step"]}
         row.update({name: total / self.n_batches for name, total in state["sums"].items()})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
-        due = (epoch + 1) % self.cfg["val_every_epochs"] == 0 or epoch + 1 == self.cfg["epochs"]
+        due = (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs
         metrics = validate(self.scored_model, self.val_samples, self.class_names, self.cfg, self.device, self.overlap) \
             if due and self.val_samples else {}
         row.update({f"val_{key}": metrics.get(key) for key in VAL_KEYS})
         row["images_per_s"] = state["epoch_images"] / max(state["epoch_seconds"], 1e-9)
         row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda else None
         state["history"].append(row)
-        log.info("epoch %d/%d: loss %.4f, val AP %s", epoch + 1, self.cfg["epochs"], row["loss"], metrics.get("AP"))
+        log.info("epoch %d/%d: loss %.4f, val AP %s", epoch + 1, self.epochs, row["loss"], metrics.get("AP"))
         if metrics:
             self._track_best(epoch + 1, metrics["AP"])
         state.update(epoch=epoch + 1, batch_in_epoch=0, sums={}, epoch_images=0, epoch_seconds=0.0)
@@ -319,6 +327,14 @@ class _Training:
             log.info("early stopping: val AP has not improved for %d validations", patience)
             state["done"] = True
 
+    def _early_stop_warning(self) -> list[str]:
+        if self.state["step"] >= self.cfg["min_steps"]:
+            return []
+        warning = f"few optimizer steps: early stopping ended training after {self.state['step']} steps, " \
+            f"fewer than train.min_steps = {self.cfg['min_steps']}"
+        log.warning("WARNING: %s", warning)
+        return [warning]
+
     def _write_outputs(self) -> dict:
         state, outputs = self.state, self.outputs
         last = self.scored_model.state_dict()
@@ -330,13 +346,14 @@ class _Training:
             "weights": self.model.weights_description, "device": str(self.device), "amp": self.amp,
             "ema_decay": self.cfg["ema_decay"],
             "steps": state["step"], "total_steps": self.total_steps, "epochs": state["epoch"],
-            "stopped_early": state["epoch"] < self.cfg["epochs"],
+            "epoch_repeat": self.repeat, "stopped_early": state["epoch"] < self.epochs,
             "wall_time_s": round(time.perf_counter() - self.started, 2),
             "wall_time_all_runs_s": round(state["elapsed"], 2),
             "best_val_ap": state["best_ap"],
             "best_epoch": state["best_epoch"],
             "best_weights": "best validation AP" if state["best_model"] else "last (never validated)",
             "resumed_from_step": self.resumed_from, "fingerprint": self.fingerprint,
+            "warnings": self.warnings + self._early_stop_warning(),
         }
         write_summary(outputs.summary, summary)
         return summary
@@ -350,7 +367,7 @@ def train_fold(
     outputs: TrainOutputs,
     *,
     tile_size: int,
-    overlap: int = 0,
+    val_overlap: int = 0,
     num_workers: int = 0,
     device: str = "auto",
 ) -> dict:
@@ -363,11 +380,11 @@ def train_fold(
     cfg: the resolved `train:` section (`train_config.resolve_train_config`).
     tile_size: the tiles' side S (`tiles.size`), so that validation sees cells at the training
         magnification; 0 for whole-image tiles.
-    overlap: the tiles' overlap (`tiles.overlap`), also that of validation tiles.
+    val_overlap: the overlap of validation tiles (`predict.overlap`, as the predict stage).
     num_workers: DataLoader worker processes (does not change the result).
     device: `auto` (CUDA if available, else CPU) or a torch device name.
 
     Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs.
     Raises `NonFiniteLossError` when the loss diverges.
     """
-    return _Training(tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap).run()
+    return _Training(tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap).run()

@@ -50,6 +50,7 @@ TRAIN_PRESETS = {
         "weight_decay": 1e-4,
         "momentum": 0.9,
         "epochs": 6,
+        "min_steps": 50,
         "batch_size": 4,
         "grad_accum_steps": 1,
         "warmup_steps": 10,
@@ -61,7 +62,7 @@ TRAIN_PRESETS = {
         "copy_paste": 0.0,
         "ema_decay": None,
         "val_every_epochs": 2,
-        "val_tile_size": 512,
+        "val_tile_size": None,
         "early_stopping_patience": 0,
         "checkpoint_every_steps": 50,
         "seed": 0,
@@ -97,6 +98,7 @@ TRAIN_PRESETS = {
         "weight_decay": 1e-4,
         "momentum": 0.9,
         "epochs": 24,
+        "min_steps": 1000,
         "batch_size": 8,
         "grad_accum_steps": 1,
         "warmup_steps": 500,
@@ -108,7 +110,7 @@ TRAIN_PRESETS = {
         "copy_paste": 0.0,
         "ema_decay": None,
         "val_every_epochs": 2,
-        "val_tile_size": 512,
+        "val_tile_size": None,
         "early_stopping_patience": 5,
         "checkpoint_every_steps": 200,
         "seed": 0,
@@ -128,7 +130,7 @@ _POSITIVE_INTS = (
     "box_batch_size_per_image", "box_detections_per_img", "mask_roi_size", "epochs",
     "batch_size", "grad_accum_steps", "val_every_epochs", "checkpoint_every_steps",
 )  # fmt: skip
-_NON_NEGATIVE_INTS = ("val_tile_size", "warmup_steps", "early_stopping_patience", "seed")
+_NON_NEGATIVE_INTS = ("val_tile_size", "min_steps", "warmup_steps", "early_stopping_patience", "seed")
 _NON_NEGATIVE_FLOATS = (
     "center_loss_weight", "boundary_loss_weight", "dice_loss_weight", "weight_decay",
     "momentum", "clip_grad_norm", "box_score_thresh",
@@ -136,11 +138,13 @@ _NON_NEGATIVE_FLOATS = (
 _BOOLS = ("aux_heads", "channels_last", "class_weighted_loss")
 
 
-def resolve_train_config(user: dict) -> dict:
+def resolve_train_config(user: dict, predict_tile_size: int = 0) -> dict:
     """The named preset (`user["preset"]`, default `demo`) overridden by every non-null user key.
 
-    Returns a new dict with every key of `docs/train_keys.md` (plus `preset`). Raises
-    `ConfigError` naming `train.<key>` for an unknown key or a value that cannot work.
+    Returns a new dict with every key of `docs/train_keys.md` (plus `preset`); a null
+    `val_tile_size` becomes `predict_tile_size` (the pipeline passes `predict.tile_size`, so
+    validation tiles as the predict stage does; 0 = whole images). Raises `ConfigError` naming
+    `train.<key>` for an unknown key or a value that cannot work.
     """
     user = dict(user or {})
     preset = user.pop("preset", None) or "demo"
@@ -152,6 +156,8 @@ def resolve_train_config(user: dict) -> dict:
             raise ConfigError(f"train.{key}: unknown key (known: {', '.join(sorted(cfg))})")
         if value is not None:
             cfg[key] = copy.deepcopy(value)
+    if cfg["val_tile_size"] is None:
+        cfg["val_tile_size"] = predict_tile_size
     _validate(cfg)
     return {"preset": preset, **cfg}
 

@@ -1,17 +1,14 @@
-"""What a training run tells its user: progress lines, the per-epoch table, the curve, the summary.
+"""What a training run writes for its user: the per-epoch table, the curve, the summary.
 
-The job's log is a file, so progress is a line every few steps (step/total, loss, it/s, ETA)
-rather than a terminal bar. The table, curve and summary are written atomically; the curve
-uses matplotlib's Agg canvas directly, so no display or global backend is involved.
+Progress lines come from `cellseg.progress`. The table, curve and summary are written
+atomically; the curve uses matplotlib's Agg canvas directly, so no display or global backend
+is involved.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import os
-import time
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,32 +18,6 @@ from matplotlib.ticker import MaxNLocator
 from cellseg.io import atomic_path
 
 VAL_KEYS = ("AP", "AP50", "AP75")
-
-
-class Progress:
-    """Logs `step/total loss it/s ETA` every `every` optimizer steps, timed from this run's start."""
-
-    def __init__(self, log: logging.Logger, total: int, start_step: int, every: int):
-        self.log, self.total, self.start_step, self.every = log, total, start_step, max(1, every)
-        self.started = time.perf_counter()
-
-    def update(self, step: int, loss: float, lr: float) -> None:
-        if step % self.every and step != self.total:
-            return
-        done = step - self.start_step
-        rate = done / max(time.perf_counter() - self.started, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else math.inf
-        self.log.info(
-            "step %d/%d  loss %.4f  lr %.3g  %.2f it/s  ETA %s", step, self.total, loss, lr, rate, _duration(eta)
-        )
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def write_history(path: str | os.PathLike, rows: list[dict]) -> pd.DataFrame:

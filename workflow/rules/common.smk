@@ -10,6 +10,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cellseg.codehash import code_digest
+from cellseg.config_checks import check_cross_keys
 from cellseg.dataset import index_dataset
 from cellseg.errors import ConfigError, DataError
 from cellseg.split import image_groups, split_sizes
@@ -53,7 +54,8 @@ def resolve_source():
 SOURCE = resolve_source()
 
 try:
-    TRAIN_CFG = resolve_train_config(config["train"])
+    check_cross_keys(config)
+    TRAIN_CFG = resolve_train_config(config["train"], predict_tile_size=config["predict"]["tile_size"])
     if DEMO:
         from cellseg.demo import demo_ids
 

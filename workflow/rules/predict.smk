@@ -16,6 +16,7 @@ rule predict_fold:
         tile_size=config["predict"]["tile_size"],
         overlap=config["predict"]["overlap"],
         tta=config["predict"]["tta"],
+        tta_fusion=config["predict"]["tta_fusion"],
         batch_size=config["predict"]["batch_size"],
         code=script_digest("predict_fold.py"),
     log:

@@ -25,7 +25,7 @@ rule train_fold:
         source=SOURCE,
         classes=CLASSES,
         tile_size=config["tiles"]["size"],
-        overlap=config["tiles"]["overlap"],
+        val_overlap=config["predict"]["overlap"],
         code=script_digest("train_fold.py"),
     log:
         "logs/train/fold{fold}.log",

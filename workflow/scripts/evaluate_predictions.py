@@ -6,8 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from cellseg.dataset import load_sample
-from cellseg.evaluation import apply_tuned, per_image_scores, read_thresholds, scoreboard
-from cellseg.instances import load_instance_sets
+from cellseg.evaluation import apply_tuned, load_predictions, per_image_scores, read_thresholds, scoreboard
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 from cellseg.split import read_split, validation_ids
@@ -16,11 +15,7 @@ with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
     ids = validation_ids(read_split(snakemake.input.split))
     labels = [load_sample(p.source, image_id).labels for image_id in ids]
-    folds = {
-        fold: list(load_instance_sets(folder, ids).values())
-        for fold, folder in zip(p.folds, snakemake.input.folds)
-    }
-    ensemble = list(load_instance_sets(snakemake.input.ensemble, ids).values())
+    folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, ids)
     thresholds = read_thresholds(snakemake.input.thresholds)
     scores, curve = scoreboard(
         labels, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator

@@ -6,8 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from cellseg.dataset import index_dataset, load_ground_truth
-from cellseg.evaluation import read_thresholds, scoreboard
-from cellseg.instances import load_instance_sets
+from cellseg.evaluation import load_predictions, read_thresholds, scoreboard
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 
@@ -16,11 +15,7 @@ with job_logging(snakemake.log[0]) as log:
     tests = index_dataset(p.source).test_images
     names = [t.name for t in tests]
     labels = [load_ground_truth(p.source["test_gt"], t.name, p.classes, (t.height, t.width)) for t in tests]
-    folds = {
-        fold: list(load_instance_sets(folder, names).values())
-        for fold, folder in zip(p.folds, snakemake.input.folds)
-    }
-    ensemble = list(load_instance_sets(snakemake.input.ensemble, names).values())
+    folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, names)
     scores, _ = scoreboard(
         labels, folds, ensemble, read_thresholds(snakemake.input.thresholds), p.classes, p.max_dets, p.evaluator
     )

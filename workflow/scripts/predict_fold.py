@@ -8,10 +8,11 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import torch
 
 from cellseg.dataset import index_dataset, load_sample, load_test_image
+from cellseg.device import select_device
 from cellseg.joblog import job_logging
 from cellseg.predict import load_model_for_inference, predict_images
+from cellseg.progress import Progress
 from cellseg.split import read_split, validation_ids
-from cellseg.train import select_device
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
@@ -21,7 +22,8 @@ with job_logging(snakemake.log[0]) as log:
         images = ((i, load_sample(p.source, i).image) for i in ids)
     else:
         tests = index_dataset(p.source).test_images
-        images = ((t.name, load_test_image(p.source, t)) for t in tests)
+        ids = [t.name for t in tests]
+        images = ((t.name, load_test_image(t)) for t in tests)
     device = select_device()
     model = load_model_for_inference(
         snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size
@@ -29,9 +31,10 @@ with job_logging(snakemake.log[0]) as log:
     out = Path(snakemake.output[0])
     out.mkdir(parents=True, exist_ok=True)
     found = predict_images(
-        model, images, tile_size=p.tile_size, overlap=p.overlap, tta=p.tta,
+        model, images, tile_size=p.tile_size, overlap=p.overlap, tta=p.tta, tta_fusion=p.tta_fusion,
         device=device, batch_size=p.batch_size,
     )
-    for name, instances in found:
+    progress = Progress(log, len(ids), every=len(ids) // 50, label="image", unit="images")
+    for done, (name, instances) in enumerate(found, 1):
         instances.save(out / f"{name}.npz")
-        log.info("%s: %d instances", name, len(instances))
+        progress.update(done, f"{name}: {len(instances)} instances")

@@ -31,7 +31,7 @@ with job_logging(snakemake.log[0]) as log:
         p.classes,
         outputs,
         tile_size=p.tile_size,
-        overlap=p.overlap,
+        val_overlap=p.val_overlap,
         num_workers=snakemake.threads - 1,
     )
     # A finished run leaves no resume state: a later re-run (e.g. after a code change) starts over.

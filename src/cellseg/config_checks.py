@@ -1,0 +1,53 @@
+"""Constraints between config keys, checked while the DAG is built, before any job runs.
+
+The schema checks each key on its own; a value that only fails against another key's value
+would otherwise surface inside a job (or, for the ensemble, after every fold has trained).
+Each check raises `ConfigError` with one line naming both keys. Imports no torch.
+"""
+
+from cellseg.errors import ConfigError
+
+
+def check_cross_keys(config: dict) -> None:
+    """Raise `ConfigError` for the first pair of keys in the validated `config` that cannot
+    work together (schema defaults filled in)."""
+    _check_overlap(config["tiles"], "tiles.size", "tiles.overlap", config["tiles"]["size"])
+    _check_overlap(config["predict"], "predict.tile_size", "predict.overlap", config["predict"]["tile_size"])
+    _check_val_tile_size(config["train"].get("val_tile_size"), config["predict"]["tile_size"])
+    _check_ensemble_weights(config["ensemble"]["weights"], config["split"]["folds"])
+    _check_single_fold(config["split"])
+    demo = config["demo"]
+    if config["data"]["source"] == "demo" and demo["min_size"] > demo["max_size"]:
+        raise ConfigError(f"demo.min_size = {demo['min_size']} exceeds demo.max_size = {demo['max_size']}")
+
+
+def _check_overlap(section: dict, size_key: str, overlap_key: str, size: int) -> None:
+    overlap = section[overlap_key.split(".")[1]]
+    if size > 0 and overlap >= size:
+        raise ConfigError(f"{overlap_key} = {overlap} must be smaller than {size_key} = {size} (0 = no tiling)")
+
+
+def _check_val_tile_size(val_tile_size: int | None, predict_tile_size: int) -> None:
+    # Validation picks the best epoch; on other tiles than the predict stage's, it would pick
+    # it on something the pipeline never scores.
+    if val_tile_size is not None and val_tile_size != predict_tile_size:
+        raise ConfigError(
+            f"train.val_tile_size = {val_tile_size} differs from predict.tile_size = {predict_tile_size}; "
+            "leave train.val_tile_size null (it then equals predict.tile_size)"
+        )
+
+
+def _check_ensemble_weights(weights: list | None, folds: int) -> None:
+    if weights is not None and len(weights) != folds:
+        raise ConfigError(f"ensemble.weights has {len(weights)} values but split.folds = {folds} (one weight per fold)")
+
+
+def _check_single_fold(split: dict) -> None:
+    # One fold has no held-out images of its own: it would be validated on the validation set
+    # (split.val_fraction), which also tunes the thresholds and reports the scores.
+    if split["folds"] == 1:
+        raise ConfigError(
+            f"split.folds = 1 leaves the fold no held-out images apart from the validation set "
+            f"(split.val_fraction = {split['val_fraction']}), which tunes and scores the ensemble; "
+            "use split.folds >= 2"
+        )
