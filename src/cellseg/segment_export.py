@@ -1,0 +1,226 @@
+"""What `cellseg.segment` found, in the forms other tools read: QuPath GeoJSON, a per-cell
+table, an overlay picture, and a summary over images.
+
+Coordinates: the table uses array indices (pixel (row r, column c) is at x = c, y = r, as
+`np.nonzero(labels[k] == id)` gives them); the GeoJSON uses image coordinates in which pixel
+(r, c) covers [c, c + 1) x [r, r + 1), as QuPath does, so a pixel's centre is at (c + 0.5,
+r + 0.5). Polygons are contourpy's marching-squares contours of each cell's binary mask at
+level 0.5: each passes between the centres of the cell's pixels and of its neighbours, so a
+pixel's centre lies inside the polygon exactly when the pixel belongs to the cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import contourpy
+import matplotlib
+import numpy as np
+import pandas as pd
+import tifffile
+
+from cellseg.io import atomic_path
+from cellseg.segment import Cells, segment_image, write_labels
+from cellseg.segment_input import BAND_ROWS, ImageReader, open_image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+
+
+def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
+    """One (r, g, b) 0-255 colour per class, from matplotlib's tab10."""
+    return [tuple(int(round(255 * v)) for v in plt.get_cmap("tab10")(k % 10)[:3]) for k in range(n_classes)]
+
+
+def mask_polygons(mask: np.ndarray, x0: float = 0.0, y0: float = 0.0) -> list[list[np.ndarray]]:
+    """Polygons of a 2-D bool mask: one list per connected piece, its outer ring first, then
+    its holes; rings are closed (K, 2) float64 x, y arrays in image coordinates (module doc),
+    the mask's pixel (0, 0) being at x0, y0."""
+    padded = np.pad(mask, 1).astype(np.float64)
+    points, offsets = contourpy.contour_generator(z=padded, fill_type=contourpy.FillType.OuterOffset).filled(0.5, 2.0)
+    shift = np.array([x0 - 0.5, y0 - 0.5])  # padded index c -> pixel c - 1, whose centre is at c - 0.5
+    return [
+        [_oriented(pts[a:b] + shift, hole=k > 0) for k, (a, b) in enumerate(zip(offs[:-1], offs[1:]))]
+        for pts, offs in zip(points, offsets)
+    ]
+
+
+def _oriented(ring: np.ndarray, hole: bool) -> np.ndarray:
+    """The ring with a positive shoelace area as an outer ring, negative as a hole (RFC 7946's
+    right-hand rule read with y pointing up)."""
+    x, y = ring[:, 0], ring[:, 1]
+    area = np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])
+    return ring[::-1] if (area < 0) != hole else ring
+
+
+def cell_table(cells: Cells, class_names: list[str], reader: ImageReader | None = None) -> pd.DataFrame:
+    """One row per cell: `id` (1..N, as the GeoJSON's), `class_id`, `class`, `label` (its value
+    in the class's plane of labels.tif), `score`, `area_px`, `centroid_x`, `centroid_y`
+    (array indices), `bbox_x0`, `bbox_y0`, `bbox_x1`, `bbox_y1` (exclusive ends), and with a
+    `reader` the mean `mean_r`, `mean_g`, `mean_b` (0-255) and `mean_od` (optical density
+    -log10((I + 1) / 256), averaged over the three channels) over the cell's pixels."""
+    area = np.array([m.sum() for m in cells.masks], np.int64)
+    cx, cy = np.zeros(len(cells)), np.zeros(len(cells))
+    for i, mask in enumerate(cells.masks):
+        rows, cols = np.nonzero(mask)
+        cx[i], cy[i] = cols.mean() + cells.windows[i, 0], rows.mean() + cells.windows[i, 1]
+    table = pd.DataFrame({
+        "id": np.arange(1, len(cells) + 1),
+        "class_id": cells.classes,
+        "class": [class_names[c - 1] for c in cells.classes],
+        "label": cells.labels,
+        "score": cells.scores.round(4),
+        "area_px": area,
+        "centroid_x": cx.round(2),
+        "centroid_y": cy.round(2),
+        **{f"bbox_{k}": cells.windows[:, i] for i, k in enumerate(("x0", "y0", "x1", "y1"))},
+    })
+    if reader is not None:
+        sums = _intensity_sums(cells, reader)
+        for k, column in enumerate(("mean_r", "mean_g", "mean_b", "mean_od")):
+            table[column] = (sums[:, k] / np.maximum(area, 1)).round(3)
+    return table
+
+
+def _intensity_sums(cells: Cells, reader: ImageReader) -> np.ndarray:
+    """(N, 4) sums of R, G, B and optical density over each cell's pixels, reading the image
+    in row bands so that it is never whole in memory."""
+    sums = np.zeros((len(cells), 4))
+    height, width = reader.size
+    top, bottom = cells.windows[:, 1], cells.windows[:, 3]
+    for b0 in range(0, height, BAND_ROWS):
+        b1 = min(b0 + BAND_ROWS, height)
+        members = np.flatnonzero((top < b1) & (bottom > b0))
+        if not len(members):
+            continue
+        band = reader.read(b0, b1, 0, width)
+        for i in members.tolist():
+            x0, y0, x1, y1 = cells.windows[i].tolist()
+            r0, r1 = max(y0, b0), min(y1, b1)
+            pixels = band[r0 - b0 : r1 - b0, x0:x1][cells.masks[i][r0 - y0 : r1 - y0]].astype(np.float64)
+            sums[i, :3] += pixels.sum(0)
+            sums[i, 3] += (-np.log10((pixels + 1) / 256)).mean(1).sum()
+    return sums
+
+
+def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str]) -> dict:
+    """A FeatureCollection QuPath imports as detections: per cell a Polygon (MultiPolygon when
+    its mask is in pieces) with `objectType: detection`, `classification: {name, color}` and
+    `measurements` {score, area_px}; `id` and `label` as in `table` (from `cell_table`)."""
+    colours = class_colours(len(class_names))
+    features = []
+    names = table["class"].tolist()
+    for i, row in enumerate(table.itertuples(index=False)):
+        x0, y0 = cells.windows[i, :2].tolist()
+        pieces = [[_ring(r) for r in piece] for piece in mask_polygons(cells.masks[i], x0, y0)]
+        geometry = (
+            {"type": "Polygon", "coordinates": pieces[0]}
+            if len(pieces) == 1
+            else {"type": "MultiPolygon", "coordinates": pieces}
+        )
+        features.append({
+            "type": "Feature",
+            "id": int(row.id),
+            "geometry": geometry,
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": names[i], "color": list(colours[row.class_id - 1])},
+                "measurements": {"score": float(row.score), "area_px": int(row.area_px)},
+                "label": int(row.label),
+            },
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _ring(points: np.ndarray) -> list[list[float]]:
+    return np.round(points, 3).tolist()
+
+
+def write_geojson(path: str | os.PathLike, collection: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(collection, separators=(",", ":")))
+
+
+def write_table(path: str | os.PathLike, table: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def thumbnail(reader: ImageReader, max_side: int) -> tuple[np.ndarray, int]:
+    """The image subsampled by an integer step so that its longer side is at most `max_side`,
+    read in row bands; returns (h, w, 3) uint8 and the step."""
+    height, width = reader.size
+    step = max(1, -(-max(height, width) // max_side))
+    rows = []
+    band = BAND_ROWS - BAND_ROWS % step or step
+    for b0 in range(0, height, band):
+        rows.append(reader.read(b0, min(b0 + band, height), 0, width)[::step, ::step])
+    return np.concatenate(rows), step
+
+
+def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: Cells, class_names: list[str], max_side: int = 2000) -> None:
+    """overlay.png: the image (subsampled to at most `max_side` px) with each cell's outline in
+    its class's colour, and a legend with the counts per class beside the image."""
+    image, step = thumbnail(reader, max_side)
+    colours = class_colours(len(class_names))
+    height, width = image.shape[:2]
+    fig_w = width / 100 + 2.2
+    fig, ax = plt.subplots(figsize=(fig_w, height / 100 + 0.4), dpi=100)
+    ax.imshow(image, extent=(0, reader.size[1], reader.size[0], 0), interpolation="nearest")
+    for k, name in enumerate(class_names):
+        segments = [
+            ring
+            for i in np.flatnonzero(cells.classes == k + 1).tolist()
+            for piece in mask_polygons(cells.masks[i], *cells.windows[i, :2].tolist())
+            for ring in piece
+        ]
+        colour = np.array(colours[k]) / 255
+        ax.add_collection(LineCollection(segments, colors=[colour], linewidths=0.8 if step == 1 else 0.4))
+        ax.plot([], [], color=colour, lw=3, label=f"{name} ({len(np.flatnonzero(cells.classes == k + 1))})")
+    ax.set_axis_off()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    fig.subplots_adjust(left=0.01, right=(width / 100 + 0.1) / fig_w, top=0.99, bottom=0.01)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def summary_table(folders: dict[str, str | os.PathLike], class_names: list[str]) -> pd.DataFrame:
+    """One row per image (`{name: results/segment/<name> folder}`): `image`, `height`,
+    `width`, `megapixels`, then per class `n_<class>` and `per_mpx_<class>` (cells per
+    million pixels), from each folder's cells.csv and labels.tif header."""
+    rows = []
+    for name, folder in folders.items():
+        with tifffile.TiffFile(Path(folder) / "labels.tif") as tif:
+            _, height, width = tif.series[0].shape
+        table = pd.read_csv(Path(folder) / "cells.csv")
+        mpx = height * width / 1e6
+        row = {"image": name, "height": height, "width": width, "megapixels": round(mpx, 4)}
+        for k, class_name in enumerate(class_names, 1):
+            n = int((table["class_id"] == k).sum())
+            row[f"n_{class_name}"] = n
+            row[f"per_mpx_{class_name}"] = round(n / mpx, 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def export_cells(outputs: dict, reader: ImageReader, cells: Cells, class_names: list[str], overlay_size: int) -> pd.DataFrame:
+    """Write `outputs` {labels, geojson, csv, overlay: path} of one segmented image; returns
+    the cell table."""
+    write_labels(outputs["labels"], cells, len(class_names))
+    table = cell_table(cells, class_names, reader)
+    write_table(outputs["csv"], table)
+    write_geojson(outputs["geojson"], geojson(cells, table, class_names))
+    write_overlay(outputs["overlay"], reader, cells, class_names, overlay_size)
+    return table
+
+
+def segment_file(image_path, outputs: dict, models, class_names: list[str], overlay_size: int = 2000, **segment) -> pd.DataFrame:
+    """Segment one image file (`segment_image(reader, models, **segment)`) and write its
+    `outputs` (`export_cells`); returns the cell table."""
+    reader = open_image(image_path)
+    cells = segment_image(reader, models, name=Path(image_path).name, **segment)
+    return export_cells(outputs, reader, cells, class_names, overlay_size)
