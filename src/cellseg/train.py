@@ -108,9 +108,8 @@ def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, de
     """COCO mask metrics of `model` on `samples` (labels `(C, H, W)`, 0 = background).
 
     Images larger than `val_tile_size` are predicted in overlapping tiles, as the predict stage
-    does (`cellseg.predict.predict_image`, no TTA): whole, a 1000 px image meets proposal and
-    detection caps sized for a tile (MoNuSeg, demo preset, the same weights and held-out
-    images: AP 0.064 and 0.090 whole, 0.104 and 0.140 in 512 px tiles).
+    does (`cellseg.predict.predict_image`, no TTA): whole, a large image meets proposal and
+    detection caps sized for a tile (docs/train_keys.md, `val_tile_size`, has the measurement).
     """
     model.eval()
     preds = [

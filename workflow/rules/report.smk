@@ -9,6 +9,7 @@ rule plot_report:
         pr_curve="results/evaluate/pr_curve.tsv",
         ensemble="results/ensemble/val",
         thresholds="results/tune/thresholds.json",
+        summaries=expand("results/train/fold{fold}/train_summary.json", fold=FOLDS),
         split="results/split/split.tsv",
         samples=all_sample_files,
     output:
@@ -40,6 +41,7 @@ rule plot_report:
     params:
         source=SOURCE,
         classes=CLASSES,
+        folds=FOLDS,
         code=script_digest("plot_report.py"),
     log:
         "logs/report/plot_report.log",

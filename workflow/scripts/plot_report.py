@@ -5,21 +5,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
+import json
+
 import pandas as pd
 
 from cellseg.dataset import load_sample
 from cellseg.evaluation import apply_tuned, read_thresholds
 from cellseg.instances import load_instance_sets
 from cellseg.joblog import job_logging
-from cellseg.report import best_and_worst, plot_class_ap, plot_overlay, plot_pr_curve, plot_scores_table
+from cellseg.report import (
+    best_and_worst, plot_class_ap, plot_overlay, plot_pr_curve, plot_scores_table, training_warnings,
+)
 
-with job_logging(snakemake.log[0]):
+with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
     scores = pd.read_csv(snakemake.input.scores, sep="\t")
     tuned_row = scores[(scores["model"] == "ensemble") & (scores["thresholds"] == "tuned")]
     plot_class_ap(tuned_row.iloc[0].to_dict(), p.classes, snakemake.output.per_class)
     plot_pr_curve(pd.read_csv(snakemake.input.pr_curve, sep="\t"), snakemake.output.pr_curve)
-    plot_scores_table(scores, p.classes, snakemake.output.table)
+    summaries = {fold: json.loads(Path(path).read_text()) for fold, path in zip(p.folds, snakemake.input.summaries)}
+    warnings = training_warnings(summaries)
+    for warning in warnings:
+        log.warning("%s", warning)
+    plot_scores_table(scores, p.classes, snakemake.output.table, notes=warnings)
     per_image = pd.read_csv(snakemake.input.per_image, sep="\t", dtype={"image_id": str})
     best, worst = best_and_worst(per_image.set_index("image_id")["sartorius"], 1)
     thresholds = read_thresholds(snakemake.input.thresholds)
