@@ -20,6 +20,7 @@ include: "workflow/rules/tune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/submission.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/segment.smk"
 
 
 rule all:

@@ -222,5 +222,8 @@ def segment_file(image_path, outputs: dict, models, class_names: list[str], over
     """Segment one image file (`segment_image(reader, models, **segment)`) and write its
     `outputs` (`export_cells`); returns the cell table."""
     reader = open_image(image_path)
-    cells = segment_image(reader, models, name=Path(image_path).name, **segment)
-    return export_cells(outputs, reader, cells, class_names, overlay_size)
+    try:
+        cells = segment_image(reader, models, name=Path(image_path).name, **segment)
+        return export_cells(outputs, reader, cells, class_names, overlay_size)
+    finally:
+        reader.close()

@@ -49,9 +49,24 @@ def list_images(folder: str | os.PathLike) -> dict[str, Path]:
 
 
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image from its header only; `DataError` naming the file when it is not
-    readable, holds another dtype than uint8/uint16, or not 1-4 channels."""
-    return open_image(path).size
+    """(H, W) of an image from its header (a PNG / JPEG is verified, not decoded); `DataError`
+    naming the file when it is not readable, holds another dtype than uint8/uint16, or not 1-4
+    channels."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        reader = open_image(path)
+        reader.close()
+        return reader.size
+    try:
+        with Image.open(path) as image:
+            if image.mode not in _PIL_MODES:
+                raise DataError(f"{path}: unsupported image mode {image.mode}; expected 8- or 16-bit grey, RGB or RGBA")
+            image.verify()
+            return image.height, image.width
+    except DataError:
+        raise
+    except (*_READ_ERRORS, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"{path}: cannot read as an image ({type(error).__name__}: {error})") from None
 
 
 def open_image(path: str | os.PathLike) -> ImageReader:
@@ -128,6 +143,9 @@ class ArrayReader(ImageReader):
 
     def _raw(self, y0, y1, x0, x1):
         return self.array[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        pass
 
 
 def _read_pil(path: Path) -> np.ndarray:

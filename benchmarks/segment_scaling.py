@@ -1,0 +1,128 @@
+"""Time and peak memory of `cellseg.segment` against image size, on synthetic slides tiled from
+real tissue (MoNuSeg's 1000 px training images, mirrored alternately so that seams are smooth).
+
+Each size runs in its own process (so that its peak RSS, `ru_maxrss`, is its own): the slide is
+written as a tiled, zlib-compressed TIFF tile by tile, then segmented block by block from the
+file and its outputs written (labels.tif, GeoJSON, CSV, overlay). The model is resnet18-FPN
+with random weights unless `--weights` names trained ones: time and memory depend on the
+network and the number of detections, not on accuracy; `--max-dets` caps the detections per
+tile as a trained model's would be. Run from the repository root:
+
+    PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 2000
+    PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 4000 16000 20000 --device cuda
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+MONUSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg" / "train"
+
+
+def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
+    """A (size, size, 3) uint8 tiled TIFF made of the source images, one tile at a time."""
+    from cellseg.io import read_image
+
+    pieces = [read_image(folder / "image.tif") for folder in sorted(source.iterdir())[:4]]
+    side = pieces[0].shape[0]
+
+    def pixel_block(y0, x0):
+        out = np.zeros((tile, tile, 3), np.uint8)
+        for y in range(y0, min(y0 + tile, size)):
+            row_piece, ry = divmod(y, side)
+            xs = np.arange(x0, min(x0 + tile, size))
+            col_piece, cx = np.divmod(xs, side)
+            piece = (row_piece + col_piece) % len(pieces)
+            ry = ry if row_piece % 2 == 0 else side - 1 - ry
+            cx = np.where(col_piece % 2 == 0, cx, side - 1 - cx)
+            out[y - y0, : len(xs)] = np.stack([pieces[p][ry, c] for p, c in zip(piece.tolist(), cx.tolist())])
+        return out
+
+    tiles = (pixel_block(y, x) for y in range(0, size, tile) for x in range(0, size, tile))
+    tifffile.imwrite(path, tiles, shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
+                     photometric="rgb", compression="zlib", bigtiff=size * size * 3 > 2**31)
+
+
+def run_one(args) -> dict:
+    """Segment one synthetic slide of `args.one` px square; its seconds and peak RSS."""
+    from cellseg.model import build_model
+    from cellseg.segment_export import segment_file
+    from cellseg.train_config import resolve_train_config
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = resolve_train_config({
+        "preset": "demo", "backbone": "resnet18", "weights": "none", "fpn_channels": 128,
+        "box_detections_per_img": args.max_dets,
+    })
+    models = []
+    for k in range(args.folds):
+        torch.manual_seed(k)
+        model = build_model(cfg, 1, tile_size=args.tile_size, pretrained=False)
+        if args.weights:
+            model.load_state_dict(torch.load(args.weights[k], map_location="cpu", weights_only=True))
+        models.append(model.to(device).eval())
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        tmp = Path(tmp)
+        start = time.monotonic()
+        write_slide(tmp / "slide.tif", args.one, MONUSEG)
+        written = time.monotonic() - start
+        outputs = {k: tmp / f for k, f in [("labels", "labels.tif"), ("geojson", "cells.geojson"),
+                                            ("csv", "cells.csv"), ("overlay", "overlay.png")]}
+        start = time.monotonic()
+        table = segment_file(
+            tmp / "slide.tif", outputs, models, ["nucleus"], predict={
+                "tile_size": args.tile_size, "overlap": 64, "tta": [], "batch_size": 4,
+                "tta_fusion": {"iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}},
+            ensemble={"weights": None, "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg", "absent_as_zero": False},
+            thresholds={"score_thresholds": {1: args.score}, "mask_thresholds": {1: 0.5}, "nms_threshold": 0.5},
+            device=device, block=args.block, margin=128,
+        )
+        seconds = time.monotonic() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"px": args.one, "megapixels": args.one**2 / 1e6, "seconds": round(seconds, 1),
+            "s_per_mpx": round(seconds / (args.one**2 / 1e6), 2), "peak_rss_mb": round(peak_mb),
+            "cells": len(table), "slide_written_s": round(written, 1), "device": args.device,
+            "threads": args.threads, "folds": args.folds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=1)
+    parser.add_argument("--weights", nargs="*", help="one state dict per fold (resnet18-FPN-128 demo preset, 1 class)")
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--block", type=int, default=2048)
+    parser.add_argument("--max-dets", type=int, default=300, help="detections per tile at most")
+    parser.add_argument("--score", type=float, default=0.0, help="score threshold")
+    parser.add_argument("--workdir", default=None, help="where the synthetic slide is written")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args)))
+        return
+    rows = []
+    for size in args.sizes:
+        command = [sys.executable, __file__, *sys.argv[1:], "--one", str(size)]
+        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print("| px | megapixels | seconds | s / Mpx | peak RSS (MB) | cells |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['px']}² | {r['megapixels']:.0f} | {r['seconds']} | {r['s_per_mpx']} | {r['peak_rss_mb']} | {r['cells']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Per-image cell counts and densities per class over the segmented images."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from cellseg.io import atomic_path
+from cellseg.joblog import job_logging
+from cellseg.segment_export import summary_table
+
+with job_logging(snakemake.log[0]) as log:
+    p = snakemake.params
+    folders = {Path(f).parent.name: Path(f).parent for f in snakemake.input if f.endswith("labels.tif")}
+    table = summary_table(folders, p.classes)
+    with atomic_path(snakemake.output[0]) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("%d images summarised", len(table))
