@@ -93,7 +93,7 @@ def test_training_warnings_reach_the_scores_table(case, tmp_path):
     plot_scores_table(scores, CLASSES, tmp_path / "plain.png")
     plot_scores_table(scores, CLASSES, tmp_path / "noted.png", notes=notes)
     plain, noted = mpimg.imread(tmp_path / "plain.png"), mpimg.imread(tmp_path / "noted.png")[..., :3]
-    assert noted.shape[0] == plain.shape[0] + 18  # one note line
+    assert noted.shape[0] == plain.shape[0] + 18  # one short note, one line
     red = (noted[..., 0] > 0.5) & (noted[..., 1] < 0.3) & (noted[..., 2] < 0.3)
     assert red[plain.shape[0] - 10 :].any()
 

@@ -26,6 +26,8 @@ from pycocotools import mask as mask_utils
 from workflow_helpers import (
     copy_repo,
     copy_workdir,
+    job_reasons,
+    parse_dry_run,
     rule_counts,
     scheduled_jobs,
     snakemake,
@@ -278,13 +280,18 @@ def test_code_change_reruns_its_rules_onward(finished_run, run_copy, tmp_path, c
 def test_training_only_change_leaves_predicts_own_trigger_alone(finished_run, run_copy, tmp_path):
     """A change to a module only training imports re-runs train_fold through its code digest;
     predict_fold re-runs after it only because its input (the model) changes, never through its
-    own digest: `--list-changes params` names train outputs and no predict output."""
+    own digest (its script imports nothing of the training stack)."""
     repo = copy_repo(tmp_path / "repo", finished_run.repo)
     with open(repo / "src" / "cellseg" / "augment.py", "a") as source:
         source.write("\n# a training-only change\n")
-    proc = snakemake(run_copy, "--list-changes", "params", repo=repo)
-    assert "results/train/fold0/model_best.pt" in proc.stdout, proc.stdout
-    assert "results/predict/" not in proc.stdout, proc.stdout
+    proc = snakemake(run_copy, "--dry-run", repo=repo)
+    reasons = job_reasons(proc.stdout)
+    assert rule_counts(parse_dry_run(proc.stdout)) == FROM_TRAIN
+    for (rule, _), reason in reasons.items():
+        if rule == "train_fold":
+            assert "Params have changed" in reason, reason
+        if rule == "predict_fold":
+            assert "Input files updated by another job" in reason and "Params" not in reason, reason
 
 
 @pytest.mark.slow

@@ -144,6 +144,23 @@ def parse_dry_run(output: str) -> Counter[Job]:
     return jobs
 
 
+def job_reasons(output: str) -> dict[Job, str]:
+    """The `reason:` Snakemake gives for each job of a dry run's listing, by (rule, wildcards)."""
+    reasons, rule, fields = {}, None, {}
+    for line in output.splitlines() + [""]:
+        field = _JOB_FIELD.match(line) if rule else None
+        if field:
+            fields[field.group(1)] = field.group(2).strip()
+            continue
+        if rule:
+            reasons[(rule, fields.get("wildcards", ""))] = fields.get("reason", "")
+            rule, fields = None, {}
+        header = _JOB_HEADER.match(line)
+        if header:
+            rule = header.group(1)
+    return reasons
+
+
 def _job_stats(lines: list[str]) -> dict[str, int]:
     """Snakemake's `Job stats:` table as {rule: count}; {} when nothing is to be done."""
     try:

@@ -8,6 +8,7 @@ stay readable, with the title and legend in bands of their own; charts have a fi
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +27,7 @@ CHART_SIZE = (6.0, 4.0)
 MIN_OVERLAY_SIDE, MAX_OVERLAY_SIDE = 256, 1024
 HEADER_PX, MARGIN_PX, LEGEND_ROW_PX, LEGEND_ENTRY_PX = 48, 10, 22, 110
 FONT_SIZE = 10
-NOTE_LINE_INCHES = 0.18
+NOTE_LINE_INCHES, NOTE_LINE_CHARS = 0.18, 140
 CLASS_COLOURS = plt.get_cmap("tab10").colors
 # The scoreboard's columns shown in the score table, before the per-class AP50@100 and PQ.
 SUMMARY_METRICS = ("AP", "AP50@100", "PQ", "SQ", "DQ", "AJI", "F1", "sartorius")
@@ -138,8 +139,9 @@ def plot_pr_curve(curve: pd.DataFrame, path: str | Path) -> None:
 
 def plot_table(table: pd.DataFrame, path: str | Path, digits: int = 3, notes: list[str] = ()) -> None:
     """A table figure of `table` (numbers rounded to `digits`), e.g. the evaluation metrics,
-    with `notes` (warnings the reader must see) in red lines below it."""
+    with `notes` (warnings the reader must see) in red below it, wrapped to the width."""
     text = table.map(lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+    notes = [line for note in notes for line in textwrap.wrap(note, NOTE_LINE_CHARS)]
     notes_height = NOTE_LINE_INCHES * len(notes)
     fig, ax = plt.subplots(figsize=(CHART_SIZE[0], 0.3 * (len(table) + 1) + 0.2 + notes_height), dpi=DPI)
     fig.subplots_adjust(bottom=notes_height / fig.get_figheight())

@@ -174,9 +174,9 @@ class _Training:
         self.epochs, self.val_every = cfg["epochs"] * self.repeat, cfg["val_every_epochs"] * self.repeat
         self.total_steps = self.epochs * steps_per_epoch
         self.warnings = [] if self.repeat == 1 else [
-            f"few optimizer steps: {cfg['epochs']} epochs of {steps_per_epoch} steps are fewer than "
-            f"train.min_steps = {cfg['min_steps']}; each epoch runs {self.repeat} times ({self.total_steps} steps). "
-            "A dataset this small gives a weak model"
+            f"few optimizer steps: train.epochs = {cfg['epochs']} of {steps_per_epoch} steps each fall short of "
+            f"train.min_steps = {cfg['min_steps']}, so each epoch runs {self.repeat} times ({self.total_steps} steps); "
+            "a dataset this small gives a weak model"
         ]
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
