@@ -134,13 +134,13 @@ def test_empty_tiles_are_kept(tmp_path):
     assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 64, 64)
 
 
-def test_fold_ids_hold_out_the_fold_and_one_fold_validates_on_the_validation_set():
+def test_fold_ids_hold_out_the_fold():
     split = pd.DataFrame(
         {"image_id": ["a", "b", "c", "d"], "subset": ["val", "train", "train", "train"], "fold": [-1, 0, 1, 0]}
     )
     assert fold_image_ids(split, 0) == (["c"], ["b", "d"])
-    single = split.assign(fold=[-1, 0, 0, 0])
-    assert fold_image_ids(single, 0) == (["b", "c", "d"], ["a"])
+    with pytest.raises(ValueError, match="at least one other fold"):
+        fold_image_ids(split.assign(fold=[-1, 0, 0, 0]), 0)
 
 
 def test_repeat_factors_follow_the_rarest_class_of_each_tile():

@@ -53,15 +53,14 @@ def training_tiles(tsv_paths: Iterable[str | os.PathLike], image_ids: Iterable[s
 
 def fold_image_ids(split: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
     """(training, held-out) image ids of `fold`, from `split.tsv`: the fold's model trains on the
-    other folds' images and is validated on the fold's own. With a single fold (`split.folds: 1`)
-    the one model trains on every training image and is validated on the validation set.
+    other folds' images and is validated on the fold's own (`split.folds` is at least 2, so that
+    the validation set stays unseen until tuning).
     """
     train = split[split["subset"] == "train"]
-    if fold not in set(train["fold"]):
-        raise ValueError(f"fold {fold} does not exist in the split (folds: {sorted(set(train['fold']))})")
+    folds = sorted(set(train["fold"]))
+    if fold not in folds or len(folds) < 2:
+        raise ValueError(f"fold {fold}: the split must hold it and at least one other fold (folds: {folds})")
     own = train["fold"] == fold
-    if own.all():
-        return sorted(train["image_id"]), sorted(split.loc[split["subset"] == "val", "image_id"])
     return sorted(train.loc[~own, "image_id"]), sorted(train.loc[own, "image_id"])
 
 
