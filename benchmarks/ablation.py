@@ -2,7 +2,8 @@
 
 Each variant runs the whole pipeline in its own work directory (`OUT/<variant>/`), from one
 snapshot of the repository's code taken when the benchmark starts (`OUT/repo/`), so that edits
-made while it runs cannot change what it measures. All variants share one Snakemake output
+made while it runs cannot change what it measures; `--keep-snapshot` runs more variants from
+an earlier snapshot, adding rows to its table. All variants share one Snakemake output
 cache (`OUT/cache/`, `--cache`): the split, maps and tiles are computed once, and a variant
 whose training settings equal an earlier one's (a tuning-only variant, say) takes the trained
 folds from the cache.
@@ -78,8 +79,9 @@ def snapshot_repo(out: Path) -> tuple[Path, str]:
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True)  # fmt: skip
-    commit = head.stdout.strip() or "unknown"
-    return repo, commit + ("+uncommitted changes" if dirty.stdout.strip() else "")
+    commit = (head.stdout.strip() or "unknown") + ("+uncommitted changes" if dirty.stdout.strip() else "")
+    (repo / "SNAPSHOT").write_text(commit + "\n")
+    return repo, commit
 
 
 def run_variant(repo: Path, workdir: Path, config: dict, cache: Path, cores: int) -> float:
@@ -142,6 +144,10 @@ def main() -> None:
     parser.add_argument("--rare-class", default="class1", help="class whose AP50@100 gets its own column")
     parser.add_argument("--out", type=Path, default=Path("ablation"), help="work directories, cache and table")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--keep-snapshot", action="store_true",
+        help="reuse OUT/repo from an earlier run (its cache entries stay valid) instead of a new snapshot",
+    )  # fmt: skip
     args = parser.parse_args()
 
     variants = yaml.safe_load(args.variants.read_text())
@@ -152,9 +158,13 @@ def main() -> None:
     base = load_configs(args.config, Path.cwd())
     out = args.out.resolve()
     (out / "cache").mkdir(parents=True, exist_ok=True)
-    repo, commit = snapshot_repo(out)
+    if args.keep_snapshot:
+        repo, commit = out / "repo", (out / "repo" / "SNAPSHOT").read_text().strip()
+    else:
+        repo, commit = snapshot_repo(out)
     print(f"code: {commit}; configs: {', '.join(map(str, args.config))}; variants: {args.variants}", flush=True)
-    rows = []
+    rows = [] if not args.keep_snapshot or not (out / "results.tsv").exists() else \
+        pd.read_csv(out / "results.tsv", sep="\t").query("variant not in @names").to_dict("records")
     for name in names:
         seconds = run_variant(repo, out / name, merge(base, variants[name]), out / "cache", args.cores)
         rows.append(variant_row(name, out / name, seconds, args.rare_class))
