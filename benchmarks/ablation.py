@@ -95,7 +95,9 @@ def run_variant(repo: Path, workdir: Path, config: dict, cache: Path, cores: int
     ]  # fmt: skip
     start = time.perf_counter()
     with open(workdir / "snakemake.log", "w") as log:
-        env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": str(cache)}
+        # The snapshot's library, also where the venv has the checkout's installed (editable).
+        pythonpath = os.pathsep.join(filter(None, [str(repo / "src"), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": str(cache), "PYTHONPATH": pythonpath}
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:

@@ -294,6 +294,19 @@ def test_training_only_change_leaves_predicts_own_trigger_alone(finished_run, ru
             assert "Input files updated by another job" in reason and "Params" not in reason, reason
 
 
+def test_jobs_run_the_library_of_their_own_checkout(tmp_path):
+    """A job imports `cellseg` from its own checkout's src/, not from wherever the package is
+    installed (the venv holds this checkout's, editable): a copied repository whose make_split
+    fails with a marker must fail with it."""
+    repo = copy_repo(tmp_path / "repo")
+    with open(repo / "src" / "cellseg" / "split.py", "a") as source:
+        source.write('\n\ndef make_split(*args, **kwargs):\n    raise RuntimeError("the copied checkout\'s library")\n')
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, "results/split/split.tsv", repo=repo, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "the copied checkout's library" in (workdir / "logs" / "split" / "split_dataset.log").read_text()
+
+
 @pytest.mark.slow
 def test_added_image_reaches_only_its_own_maps_and_tiles(finished_run, tmp_path):
     """A reference-format dataset of 5 demo images, run through training; then a sixth image
