@@ -5,12 +5,18 @@ would otherwise surface inside a job (or, for the ensemble, after every fold has
 Each check raises `ConfigError` with one line naming both keys. Imports no torch.
 """
 
+import difflib
+
 from cellseg.errors import ConfigError
+
+# The keys each data source reads its files through.
+_SOURCE_KEYS = {"reference": ("path",), "coco": ("train_json", "image_dir")}
 
 
 def check_cross_keys(config: dict) -> None:
     """Raise `ConfigError` for the first pair of keys in the validated `config` that cannot
     work together (schema defaults filled in)."""
+    _check_data_keys(config["data"])
     _check_overlap(config["tiles"], "tiles.size", "tiles.overlap", config["tiles"]["size"])
     _check_overlap(config["predict"], "predict.tile_size", "predict.overlap", config["predict"]["tile_size"])
     _check_val_tile_size(config["train"].get("val_tile_size"), config["predict"]["tile_size"])
@@ -51,3 +57,31 @@ def _check_single_fold(split: dict) -> None:
             f"(split.val_fraction = {split['val_fraction']}), which tunes and scores the ensemble; "
             "use split.folds >= 2"
         )
+
+
+def _check_data_keys(data: dict) -> None:
+    for key in _SOURCE_KEYS.get(data["source"], ()):
+        if not data.get(key):
+            raise ConfigError(f"data.{key} is required with data.source: {data['source']}; see the README, Your own data")
+
+
+def schema_error_line(error) -> str:
+    """One line naming the key, the bad value and what is allowed, for a jsonschema
+    `ValidationError` of the config (jsonschema's own message dumps the whole schema)."""
+    path = list(error.absolute_path)
+    key = ".".join(str(part) for part in path)
+    if error.validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        extra = [name for name in error.instance if name not in known]
+        where = f"{key}.{extra[0]}" if key else extra[0]
+        close = difflib.get_close_matches(str(extra[0]), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        section = f"{key} takes" if key else "top-level sections are"
+        return f"{where}: unknown key{hint}; {section} {', '.join(known)}"
+    if error.validator == "enum":
+        allowed = ", ".join("null" if v is None else str(v) for v in error.validator_value)
+        return f"{key} = {error.instance!r} is not one of: {allowed}"
+    if error.validator == "type":
+        kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"{key} = {error.instance!r} is not of type {' or '.join(kinds)}"
+    return f"{key or 'config'} = {error.instance!r}: {error.message}"

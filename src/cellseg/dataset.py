@@ -11,9 +11,10 @@ Format 2 (`format: coco`, the LIVECell layout): a COCO instance JSON with polygo
 (compressed or not) segmentations plus an image folder; an optional test JSON (COCO with
 `images`, or a plain list like the id map) lists the test images.
 
-`index_dataset` runs while Snakemake builds its DAG: it lists files and reads no pixels, and
-every problem it can see without pixels raises one `DataError` naming the file or folder.
-`load_sample` and `load_test_image` read pixels and check what only pixels can show.
+`index_dataset` and `check_headers` run while Snakemake builds its DAG: they list files and
+read TIFF headers but no pixels, and every problem they can see without pixels raises one
+`DataError` naming the file or folder. `load_sample` and `load_test_image` read pixels and
+check what only pixels can show (mask values, NaN).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from cellseg.errors import DataError
-from cellseg.io import read_image, read_mask, relabel_consecutive
+from cellseg.io import read_image, read_mask, read_tiff_header, relabel_consecutive
 
 ID_MAP = "test_image_name_to_ids.json"
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Snakemake wildcards cannot carry braces: an id holding one would end in a bare WildcardError.
+_WILDCARD_BREAKERS = "{}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,53 @@ def load_sample(source: dict, image_id: str) -> Sample:
     if _format(source) == "reference":
         return _load_reference_sample(source, image_id)
     return _load_coco_sample(source, image_id)
+
+
+def check_headers(source: dict, index: DatasetIndex) -> None:
+    """Check from TIFF headers alone (no pixels decoded) what reading the pixels would find
+    only inside a job: unreadable or truncated files, stacks of planes, 2 channels without
+    alpha, a mask of another size than its image or of more than one channel, a test image of
+    another size than its listing, test ground truth of another size than its test image.
+    Meant for DAG time (about 0.3 ms per file); `DataError` names the file."""
+    classes = source["classes"]
+    if _format(source) == "reference":
+        train = Path(source["path"]) / "train"
+        for image_id in index.train_ids:
+            header = read_tiff_header(train / image_id / "image.tif")
+            _check_mask_headers(train / image_id, classes, (header.height, header.width))
+        listing = Path(source["path"]) / ID_MAP
+    else:
+        coco = _parse_coco(source)
+        for image_id in index.train_ids:
+            record = coco.images[image_id]
+            path = Path(source["image_dir"]) / record["file_name"]
+            _check_size(path, read_tiff_header(path), (record["height"], record["width"]), source["train_json"])
+        listing = source.get("test_json")
+    for test in index.test_images:
+        _check_size(test.path, read_tiff_header(test.path), (test.height, test.width), listing)
+        if source.get("test_gt") and (Path(source["test_gt"]) / test.name).is_dir():
+            _check_mask_headers(Path(source["test_gt"]) / test.name, classes, (test.height, test.width))
+
+
+def _check_size(path: Path, header, size: tuple[int, int], listing) -> None:
+    if (header.height, header.width) != tuple(size):
+        raise DataError(
+            f"{path}: image is {header.height}x{header.width} (HxW) but {listing} says {size[0]}x{size[1]}"
+        )
+
+
+def _check_mask_headers(folder: Path, classes: list[str], size: tuple[int, int]) -> None:
+    for name in classes:
+        path = folder / f"{name}.tif"
+        if not path.is_file():
+            continue
+        header = read_tiff_header(path)
+        if header.channels != 1:
+            raise DataError(f"{path}: mask has {header.channels} channels; expected one plane of instance ids")
+        if (header.height, header.width) != tuple(size):
+            raise DataError(
+                f"{path}: mask shape {(header.height, header.width)} differs from image shape {tuple(size)}"
+            )
 
 
 def _format(source: dict) -> str:
@@ -169,21 +220,59 @@ def _index_reference(source: dict) -> DatasetIndex:
     train = root / "train"
     if not train.is_dir():
         raise DataError(f"{train}: training folder not found (expected train/<id>/image.tif)")
-    ids = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(p for p in train.iterdir() if p.is_dir())
+    for folder in folders:
+        # Hidden folders (.ipynb_checkpoints) are skipped, unless they hold an image.
+        if folder.name.startswith(".") and (folder / "image.tif").exists():
+            raise DataError(f"{folder}: a hidden (dot-named) image folder is skipped; rename it or move it out of train/")
+    ids = [p.name for p in folders if not p.name.startswith(".")]
     if not ids:
         raise DataError(f"{train}: no image folders (expected train/<id>/image.tif)")
     allowed = {"image.tif"} | {f"{name}.tif" for name in source["classes"]}
+    n_masks = 0
     for image_id in ids:
         folder = train / image_id
+        _check_name(folder, image_id)
         if not (folder / "image.tif").is_file():
-            raise DataError(f"{folder}: image.tif not found")
-        for path in sorted(folder.glob("*.tif")):
-            if path.name not in allowed:
-                raise DataError(
-                    f"{path}: unexpected file; an image folder holds image.tif and one file per "
-                    f"configured class ({', '.join(sorted(allowed - {'image.tif'}))})"
-                )
+            raise DataError(f"{folder}: image.tif not found{_near_miss(folder, 'image.tif')}")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in TIFF_SUFFIXES or path.name in allowed:
+                continue
+            hint = next((f"; rename it to {name} (names are case-sensitive)" for name in sorted(allowed)
+                         if _same_tiff_name(path.name, name)), "")
+            raise DataError(
+                f"{path}: unexpected file{hint}; an image folder holds image.tif and one file per "
+                f"configured class ({', '.join(sorted(allowed - {'image.tif'}))})"
+            )
+        n_masks += sum((folder / name).is_file() for name in allowed - {"image.tif"})
+    if not n_masks:
+        raise DataError(
+            f"{train}: no image folder holds a mask file ({', '.join(sorted(allowed - {'image.tif'}))}); "
+            "check classes: in config against the file names"
+        )
     return DatasetIndex(ids, _index_reference_test(root))
+
+
+def _same_tiff_name(name: str, expected: str) -> bool:
+    """Whether `name` is `expected` (`<stem>.tif`) but for case or a `.tiff` suffix."""
+    stem, suffix = os.path.splitext(name)
+    return suffix.lower() in TIFF_SUFFIXES and stem.lower() == Path(expected).stem.lower()
+
+
+def _near_miss(folder: Path, expected: str) -> str:
+    """A hint naming a file in `folder` that is `expected` but for case or suffix, or ''."""
+    if not folder.is_dir():
+        return ""
+    for path in sorted(folder.iterdir()):
+        if _same_tiff_name(path.name, expected):
+            return f"; found {path.name}: rename it to {expected} (names are case-sensitive)"
+    return ""
+
+
+def _check_name(where: Path, name: str) -> None:
+    """`DataError` for an image id or test name that Snakemake's wildcards cannot carry."""
+    if any(c in name for c in _WILDCARD_BREAKERS):
+        raise DataError(f"{where}: the name {name!r} holds {{ or }}, which Snakemake file patterns cannot carry; rename it")
 
 
 def _index_reference_test(root: Path) -> list[TestImage]:
@@ -228,12 +317,15 @@ def _parse_test_listing(listing: Path, entries, image_dir: Path) -> list[TestIma
     images, seen_ids, seen_names = [], set(), set()
     for entry in entries:
         try:
-            file_name, image_id = str(entry["file_name"]), int(entry["id"])
-            height, width = int(entry["height"]), int(entry["width"])
-        except (KeyError, TypeError, ValueError) as err:
+            file_name = str(entry["file_name"])
+            image_id, height, width = (_integer(listing, entry, key) for key in ("id", "height", "width"))
+        except (KeyError, TypeError) as err:
             raise DataError(
                 f"{listing}: entry {entry!r} lacks file_name, id, height or width"
             ) from err
+        _check_name(listing, Path(file_name).stem)
+        if height <= 0 or width <= 0:
+            raise DataError(f"{listing}: entry {entry!r} has a height or width below 1")
         if image_id in seen_ids or file_name in seen_names:
             raise DataError(
                 f"{listing}: duplicate test image id {image_id} or file name {file_name!r}"
@@ -242,9 +334,23 @@ def _parse_test_listing(listing: Path, entries, image_dir: Path) -> list[TestIma
         seen_names.add(file_name)
         path = image_dir / file_name
         if not path.is_file():
-            raise DataError(f"{path}: test image listed in {listing} not found")
+            raise DataError(f"{path}: test image listed in {listing} not found{_near_miss(image_dir, file_name)}")
         images.append(TestImage(file_name, image_id, height, width, path))
     return sorted(images, key=lambda t: t.id)
+
+
+def _integer(listing: Path, entry: dict, key: str) -> int:
+    """`entry[key]` as an int; `DataError` for a value such as 1.7 that int() would cut."""
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(key)
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"{listing}: entry {entry!r}: {key} {value!r} is not an integer") from None
+    if not number.is_integer():
+        raise DataError(f"{listing}: entry {entry!r}: {key} {value!r} is not an integer")
+    return int(number)
 
 
 # ---------------------------------------------------------------- format 2: COCO layout
@@ -267,7 +373,8 @@ def _index_coco(source: dict) -> DatasetIndex:
     for record in coco.images.values():
         if not (image_dir / record["file_name"]).is_file():
             missing = image_dir / record["file_name"]
-            raise DataError(f"{missing}: image listed in {source['train_json']} not found")
+            hint = _near_miss(missing.parent, missing.name)
+            raise DataError(f"{missing}: image listed in {source['train_json']} not found{hint}")
     test_images = []
     if source.get("test_json"):
         listing = Path(source["test_json"])
@@ -309,6 +416,7 @@ def _index_coco_records(path: Path, data: dict, classes: list[str]) -> _Coco:
     images, name_of_id = {}, {}
     for record in data["images"]:
         name = Path(record["file_name"]).stem
+        _check_name(path, name)
         if name in images or record["id"] in name_of_id:
             raise DataError(
                 f"{path}: duplicate image id {record['id']} or file name {record['file_name']!r}"
@@ -332,6 +440,8 @@ def _index_coco_records(path: Path, data: dict, classes: list[str]) -> _Coco:
                 f"{path}: annotation {ann.get('id')} has unknown category id {ann['category_id']}"
             )
         annotations[name_of_id[ann["image_id"]]].append(ann)
+    if not any(not ann.get("iscrowd", 0) for anns in annotations.values() for ann in anns):
+        raise DataError(f"{path}: holds no (non-crowd) annotation: nothing to train on")
     return _Coco(images, annotations, class_of_category)
 
 

@@ -13,6 +13,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +28,78 @@ _READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, IndexError, KeyErro
 _PERCENTILES = (0.1, 99.9)
 
 
-def _read_tiff(path: str | os.PathLike) -> np.ndarray:
-    """Read the first image of a TIFF; `DataError` when it is missing, not a TIFF or truncated.
+@dataclass(frozen=True)
+class TiffHeader:
+    """What a TIFF's header says about its first image, read without decoding the pixels."""
 
-    A truncated LZW file may decode to garbage instead of failing, so every strip or tile must
-    lie inside the file before anything is decoded.
-    """
+    height: int
+    width: int
+    channels: int  # samples per pixel, alpha included
+    dtype: np.dtype
+    alpha: bool  # the extra sample is declared (associated or unassociated) alpha
+
+
+def _first_page(path: Path, tif: tifffile.TiffFile):
+    """The one image of an open TIFF; `DataError` for no image, a stack of planes (a 2-channel
+    or multi-page file keeps only its first plane otherwise), or image data beyond the file's
+    end (a truncated LZW file may decode to garbage instead of failing)."""
+    if not tif.pages:
+        raise DataError(f"{path}: TIFF file holds no image")
+    page = tif.pages.first
+    planes = len(tif.series[0].pages) if tif.series else 1
+    if planes > 1 or page.shaped[1] != 1:
+        raise DataError(
+            f"{path}: holds a stack of {max(planes, page.shaped[1])} planes (shape {tif.series[0].shape}); "
+            "expected one 2-D image (grey, grey + alpha, RGB or RGBA): save the channels as one image"
+        )
+    size = path.stat().st_size
+    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+        if offset + count > size:
+            raise DataError(
+                f"{path}: file is truncated (image data ends at byte {offset + count}, "
+                f"file has {size} bytes)"
+            )
+    return page
+
+
+def _header_of(path: Path, page) -> TiffHeader:
+    samples_separate, _, height, width, samples_contig = page.shaped
+    alpha = any(int(kind) in (1, 2) for kind in page.extrasamples)  # associated, unassociated
+    header = TiffHeader(height, width, samples_separate * samples_contig, page.dtype, alpha)
+    if header.channels == 2 and not header.alpha:
+        raise DataError(
+            f"{path}: 2 channels that are not grey + alpha (no alpha ExtraSamples tag); cellseg reads "
+            "grey, grey + alpha, RGB or RGBA: merge the channels into one RGB image"
+        )
+    return header
+
+
+def read_tiff_header(path: str | os.PathLike) -> TiffHeader:
+    """Size, channels and dtype of a TIFF's image from its header, checking what `read_image` /
+    `read_mask` would reject before decoding: a missing, unreadable or truncated file, a stack
+    of planes, 2 channels without alpha. Raises `DataError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with tifffile.TiffFile(path) as tif:
-            if not tif.pages:
-                raise DataError(f"{path}: TIFF file holds no image")
-            page = tif.pages.first
-            size = path.stat().st_size
-            for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
-                if offset + count > size:
-                    raise DataError(
-                        f"{path}: file is truncated (image data ends at byte {offset + count}, "
-                        f"file has {size} bytes)"
-                    )
+            return _header_of(path, _first_page(path, tif))
+    except DataError:
+        raise
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: cannot read as TIFF ({type(err).__name__}: {err})") from err
+
+
+def _read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """Read the one image of a TIFF; `DataError` when it is missing, not a TIFF, truncated, or
+    not one image (see `_first_page`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = _first_page(path, tif)
+            _header_of(path, page)
             return page.asarray()
     except DataError:
         raise
@@ -69,12 +121,15 @@ def _to_channels_last(path: Path, array: np.ndarray) -> np.ndarray:
 
 
 def _stretch_to_uint8(path: Path, array: np.ndarray) -> np.ndarray:
-    """Map the 0.1-99.9 percentile range (over all channels) linearly onto 0-255, clipped."""
+    """Map the 0.1-99.9 percentile range (over all channels) linearly onto 0-255, clipped; the
+    min-max range when those percentiles coincide; a constant image maps to all zeros."""
     values = array.astype(np.float32)
     if not np.isfinite(values).all():
         raise DataError(f"{path}: image contains NaN or infinite values")
     low, high = np.percentile(values, _PERCENTILES)
-    if high <= low:
+    if high <= low:  # fewer than 0.1 % of the pixels differ: stretch the full range instead
+        low, high = values.min(), values.max()
+    if high <= low:  # a constant image holds nothing to segment; it reads as all black
         return np.zeros(array.shape, np.uint8)
     scaled = (values - low) * (255.0 / (high - low))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
@@ -84,7 +139,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a TIFF image as `(H, W, 3) uint8` RGB.
 
     Accepts RGBA (the reference files: uint8, LZW with a horizontal predictor, which needs
-    `imagecodecs`), RGB, grayscale (replicated to 3 channels), grey+alpha, and channel-first
+    `imagecodecs`), RGB, grayscale (replicated to 3 channels), grey+alpha (2 channels whose
+    second is declared alpha; other 2-channel files are rejected), and channel-first
     `(3 or 4, H, W)` arrays; alpha is dropped. uint8 values are kept as they are; any other
     dtype (16-bit, float, ...) is normalised by stretching the image's 0.1-99.9 percentile range,
     computed over all colour channels together, linearly onto 0-255 and clipping. Raises

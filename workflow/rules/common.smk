@@ -10,8 +10,8 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cellseg.codehash import code_digest
-from cellseg.config_checks import check_cross_keys
-from cellseg.dataset import index_dataset
+from cellseg.config_checks import check_cross_keys, schema_error_line
+from cellseg.dataset import check_headers, index_dataset
 from cellseg.errors import ConfigError, DataError
 from cellseg.split import image_groups, split_sizes
 from cellseg.train_config import resolve_train_config
@@ -21,20 +21,26 @@ SCRIPTS_DIR = Path(workflow.basedir) / "workflow" / "scripts"
 ENVS = "../../envs"
 DEMO_DIR = "results/demo"
 
-validate(config, "../schemas/config.schema.yaml")
+
+def _user_error(error):
+    """Bad input found while building the DAG, before any job runs: its one line (naming the
+    file or key) is printed first, and the returned SystemExit stops the run without
+    Snakemake's header line and traceback (Snakemake catches Exceptions only)."""
+    print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    return SystemExit(1)
+
+
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as error:
+    if error.__context__ is None:
+        raise
+    raise _user_error(ConfigError(schema_error_line(error.__context__)))
 
 CLASSES = list(config["classes"])
 DEMO = config["data"]["source"] == "demo"
 if DEMO and CLASSES != [f"class{k}" for k in range(1, len(CLASSES) + 1)][:4]:
-    raise WorkflowError(
-        "ConfigError: classes: the demo dataset draws up to 4 classes named class1..class4; "
-        f"got {CLASSES}"
-    )
-
-
-def _user_error(error):
-    """One clear line for bad input found while building the DAG, before any job runs."""
-    return WorkflowError(f"{type(error).__name__}: {error}")
+    raise _user_error(ConfigError(f"classes: the demo dataset draws up to 4 classes named class1..class4; got {CLASSES}"))
 
 
 def resolve_source():
@@ -62,8 +68,17 @@ try:
         TRAIN_IDS, TEST_NAMES = demo_ids(config["demo"]["n_train"], config["demo"]["n_test"])
     else:
         DATASET = index_dataset(SOURCE)
+        check_headers(SOURCE, DATASET)
         TRAIN_IDS = DATASET.train_ids
         TEST_NAMES = [Path(t.file_name).stem for t in DATASET.test_images]
+    # The file `snakemake download_weights` writes, for hosts without internet.
+    WEIGHTS_DOWNLOAD = f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth"
+    _weights = TRAIN_CFG["weights_path"]
+    if _weights and not Path(_weights).is_file() and Path(_weights) != Path(WEIGHTS_DOWNLOAD):
+        raise ConfigError(
+            f"train.weights_path: {_weights} not found; run `snakemake download_weights` where there is "
+            f"internet and set the key to the file it writes ({WEIGHTS_DOWNLOAD}), or set it to null"
+        )
 except (DataError, ConfigError) as error:
     raise _user_error(error)
 
@@ -95,6 +110,12 @@ def script_digest(script):
 def job_resources(kind):
     """Resources of a job kind from config: read by local runs and the SLURM executor alike."""
     return dict(config["resources"].get(kind, config["resources"]["default"]))
+
+
+def train_weights_file(wildcards=None):
+    """`train.weights_path` as an input of training (other weights retrain); `download_weights`
+    writes it when it is that rule's output."""
+    return [TRAIN_CFG["weights_path"]] if TRAIN_CFG["weights_path"] else []
 
 
 def sample_files(wildcards):

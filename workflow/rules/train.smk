@@ -6,6 +6,7 @@ rule train_fold:
         split="results/split/split.tsv",
         tiles=tiles_of(TRAIN_IDS),
         samples=all_sample_files,
+        weights=train_weights_file,
     output:
         best="results/train/fold{fold}/model_best.pt",
         last="results/train/fold{fold}/model_last.pt",
@@ -43,7 +44,7 @@ rule download_weights:
     """Fetch the configured pretrained weights once on the submitting host, for compute nodes
     without internet: run `snakemake download_weights`, then set train.weights_path to the file."""
     output:
-        f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth",
+        WEIGHTS_DOWNLOAD,
     params:
         train=TRAIN_CFG,
     log:
