@@ -1,9 +1,11 @@
 """Cross-key constraints: each pair that cannot work fails with one line naming both keys."""
 
+from pathlib import Path
+
 import pytest
 from test_config_files import schema_defaults
 
-from cellseg.config_checks import check_cross_keys
+from cellseg.config_checks import check_cross_keys, schema_error_line
 from cellseg.errors import ConfigError
 
 
@@ -42,3 +44,36 @@ def test_each_constraint_names_both_keys_in_one_line(sections, keys):
 
 def test_demo_sizes_are_not_checked_for_other_data():
     check_cross_keys(config(data={"source": "reference", "path": "x"}, demo={"min_size": 300}))
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [({"source": "reference"}, "data.path"), ({"source": "coco", "image_dir": "x"}, "data.train_json"),
+     ({"source": "coco", "train_json": "x.json"}, "data.image_dir")],
+)
+def test_a_source_without_its_path_names_the_key(data, key):
+    with pytest.raises(ConfigError, match=rf"^{key} is required with data.source: {data['source']}"):
+        check_cross_keys(config(data=data))
+
+
+def _schema_error(cfg: dict):
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    return jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(cfg))
+
+
+@pytest.mark.parametrize(
+    "cfg, line",
+    [
+        ({"trian": {}}, "trian: unknown key (did you mean train?); top-level sections are data, classes,"),
+        ({"split": {"foldz": 3}}, "split.foldz: unknown key (did you mean folds?); split takes val_fraction, folds,"),
+        ({"tune": {"metric": "mAP"}}, "tune.metric = 'mAP' is not one of: AP, "),
+        ({"split": {"folds": "x"}}, "split.folds = 'x' is not of type integer"),
+        ({"split": {"folds": 0}}, "split.folds = 0: 0 is less than the minimum of 1"),
+    ],
+)
+def test_schema_errors_are_one_line_naming_the_key(cfg, line):
+    message = schema_error_line(_schema_error(cfg))
+    assert message.startswith(line) and "\n" not in message, message

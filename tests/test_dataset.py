@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from pycocotools import mask as mask_utils
 
-from cellseg.dataset import index_dataset, load_ground_truth, load_sample, load_test_image
+from cellseg.dataset import check_headers, index_dataset, load_ground_truth, load_sample, load_test_image
 from cellseg.errors import DataError
 
 CLASSES = ["class1", "class2", "class3", "class4"]
@@ -316,3 +316,107 @@ def test_coco_errors(coco_dir):
     (coco_dir / "bad.json").write_text(json.dumps(data))
     with pytest.raises(DataError, match="bad.json: annotation 1 has unknown category id 77"):
         index_dataset(_coco(coco_dir, train_json=str(coco_dir / "bad.json")))
+
+
+# ---------------------------------------------------------------- issue 16: bad input by name
+
+
+def _entries(root):
+    return json.loads((root / "test_image_name_to_ids.json").read_text())
+
+
+def _set_entries(root, entries):
+    (root / "test_image_name_to_ids.json").write_text(json.dumps(entries))
+
+
+def test_headers_of_good_data_pass(ref_dir):
+    source = {**_ref(ref_dir), "test_gt": str(ref_dir / "gt")}
+    _write_mask_at(ref_dir / "gt" / "t1" / "class1.tif", np.zeros((16, 17)))
+    check_headers(source, index_dataset(source))
+
+
+def _write_mask_at(path, mask):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_mask(path, mask)
+
+
+def test_id_map_size_differing_from_the_image_header(ref_dir):
+    entries = _entries(ref_dir)
+    entries[0]["height"] = 9
+    _set_entries(ref_dir, entries)
+    with pytest.raises(DataError, match=r"t2.tif: image is 8x40 \(HxW\) but .*test_image_name_to_ids.json says 9x40"):
+        check_headers(_ref(ref_dir), index_dataset(_ref(ref_dir)))
+
+
+@pytest.mark.parametrize("key, value", [("id", 1.7), ("height", "8.5"), ("width", float("nan"))])
+def test_id_map_value_that_is_not_an_integer(ref_dir, key, value):
+    entries = _entries(ref_dir)
+    entries[0][key] = value
+    _set_entries(ref_dir, entries)
+    with pytest.raises(DataError, match=rf"test_image_name_to_ids.json: entry .*: {key} .* is not an integer"):
+        index_dataset(_ref(ref_dir))
+
+
+def test_truncated_test_image_found_from_its_header(ref_dir):
+    path = ref_dir / "test_release" / "t1.tif"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DataError, match="t1.tif: file is truncated"):
+        check_headers(_ref(ref_dir), index_dataset(_ref(ref_dir)))
+
+
+def test_train_mask_and_test_gt_shape_found_from_headers(ref_dir):
+    _write_mask(ref_dir / "train" / "b" / "class2.tif", np.zeros((12, 10)))
+    with pytest.raises(DataError, match=r"train/b/class2.tif: mask shape \(12, 10\) differs from image shape \(12, 9\)"):
+        check_headers(_ref(ref_dir), index_dataset(_ref(ref_dir)))
+    _write_mask(ref_dir / "train" / "b" / "class2.tif", np.zeros((12, 9)))
+    _write_mask_at(ref_dir / "gt" / "t1" / "class3.tif", np.zeros((16, 18)))
+    source = {**_ref(ref_dir), "test_gt": str(ref_dir / "gt")}
+    with pytest.raises(DataError, match=r"gt/t1/class3.tif: mask shape \(16, 18\) differs from image shape \(16, 17\)"):
+        check_headers(source, index_dataset(source))
+
+
+def test_braces_in_an_image_id_or_test_name(ref_dir):
+    (ref_dir / "train" / "a").rename(ref_dir / "train" / "a{1}")
+    with pytest.raises(DataError, match=r"train/a\{1\}: the name 'a\{1\}' holds \{ or \}"):
+        index_dataset(_ref(ref_dir))
+    (ref_dir / "train" / "a{1}").rename(ref_dir / "train" / "a")
+    (ref_dir / "test_release" / "t1.tif").rename(ref_dir / "test_release" / "t}.tif")
+    entries = _entries(ref_dir)
+    entries[1]["file_name"] = "t}.tif"
+    _set_entries(ref_dir, entries)
+    with pytest.raises(DataError, match=r"test_image_name_to_ids.json: the name 't\}' holds"):
+        index_dataset(_ref(ref_dir))
+
+
+def test_a_dataset_without_any_mask_file(ref_dir):
+    for path in (ref_dir / "train").glob("*/class*.tif"):
+        path.unlink()
+    with pytest.raises(DataError, match=r"train: no image folder holds a mask file"):
+        index_dataset(_ref(ref_dir))
+
+
+def test_a_dot_named_image_folder_fails_and_other_hidden_folders_are_skipped(ref_dir):
+    (ref_dir / "train" / ".ipynb_checkpoints").mkdir()
+    assert index_dataset(_ref(ref_dir)).train_ids == ["a", "b"]
+    (ref_dir / "train" / "b").rename(ref_dir / "train" / ".b")
+    with pytest.raises(DataError, match=r"train/\.b: a hidden \(dot-named\) image folder is skipped"):
+        index_dataset(_ref(ref_dir))
+
+
+@pytest.mark.parametrize("name", ["image.TIF", "Image.tif", "image.tiff"])
+def test_near_miss_of_image_tif_gets_a_hint(ref_dir, name):
+    (ref_dir / "train" / "a" / "image.tif").rename(ref_dir / "train" / "a" / name)
+    with pytest.raises(DataError, match=rf"train/a: image.tif not found; found {name}: rename it to image.tif"):
+        index_dataset(_ref(ref_dir))
+
+
+def test_near_miss_of_a_class_file_gets_a_hint(ref_dir):
+    (ref_dir / "train" / "a" / "class1.tif").rename(ref_dir / "train" / "a" / "Class1.TIF")
+    with pytest.raises(DataError, match=r"Class1.TIF: unexpected file; rename it to class1.tif"):
+        index_dataset(_ref(ref_dir))
+
+
+def test_near_miss_of_a_test_image_gets_a_hint(ref_dir):
+    (ref_dir / "test_release" / "t1.tif").rename(ref_dir / "test_release" / "t1.TIF")
+    with pytest.raises(DataError, match=r"t1.tif: test image listed in .* not found; found t1.TIF"):
+        index_dataset(_ref(ref_dir))

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from cellseg.errors import DataError
-from cellseg.io import atomic_path, read_image, read_mask, save_npz_atomic, write_tiff
+from cellseg.io import atomic_path, read_image, read_mask, read_tiff_header, save_npz_atomic, write_tiff
 
 
 def _rgba(height, width, seed=0):
@@ -182,3 +182,37 @@ def test_write_tiff_round_trip_is_byte_identical(tmp_path):
     write_tiff(tmp_path / "b.tif", image, compression="lzw", predictor=True)
     assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
     np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), image[..., :3])
+
+
+def test_two_channels_are_grey_plus_alpha_only_when_declared(tmp_path):
+    grey_alpha = np.stack([np.arange(48, dtype=np.uint8).reshape(6, 8), np.full((6, 8), 255, np.uint8)], -1)
+    tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, extrasamples=("unassalpha",))
+    np.testing.assert_array_equal(read_image(tmp_path / "ga.tif"), np.repeat(grey_alpha[..., :1], 3, axis=2))
+    assert read_tiff_header(tmp_path / "ga.tif").alpha
+    tifffile.imwrite(tmp_path / "two.tif", grey_alpha, photometric="minisblack", planarconfig="contig")
+    for read in (read_image, read_tiff_header):
+        with pytest.raises(DataError, match=r"two.tif: 2 channels that are not grey \+ alpha"):
+            read(tmp_path / "two.tif")
+
+
+def test_a_stack_of_planes_is_rejected_not_cut_to_its_first(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 6, 8), np.uint8))  # 2 pages
+    for read in (read_image, read_mask, read_tiff_header):
+        with pytest.raises(DataError, match="stack.tif: holds a stack of 2 planes"):
+            read(tmp_path / "stack.tif")
+
+
+def test_header_gives_size_channels_and_dtype_without_decoding(tmp_path):
+    tifffile.imwrite(tmp_path / "x.tif", _rgba(20, 30), photometric="rgb", extrasamples=("unassalpha",))
+    header = read_tiff_header(tmp_path / "x.tif")
+    assert (header.height, header.width, header.channels, header.dtype, header.alpha) == (20, 30, 4, np.uint8, True)
+
+
+def test_constant_float_image_is_black_and_a_sparse_one_keeps_its_pixels(tmp_path):
+    tifffile.imwrite(tmp_path / "flat.tif", np.full((8, 9), 0.5, np.float32))
+    assert (read_image(tmp_path / "flat.tif") == 0).all()  # documented: nothing to segment
+    sparse = np.zeros((50, 50), np.float32)
+    sparse[3, 4] = 2.0  # 1 pixel in 2500: the 0.1-99.9 percentiles are both 0
+    tifffile.imwrite(tmp_path / "sparse.tif", sparse)
+    out = read_image(tmp_path / "sparse.tif")
+    assert out[3, 4, 0] == 255 and out.sum() == 3 * 255
