@@ -111,3 +111,25 @@ def test_fingerprint_follows_config_files_and_arrays(tmp_path):
     assert fingerprint({"lr": 1e-3, "seed": 0}, [data], [np.ones(3)]) != base
     data.write_bytes(b"two")
     assert fingerprint({"lr": 1e-3, "seed": 0}, [data], [np.zeros(3)]) != base
+
+
+def test_cuda_rng_states_restore_only_on_visible_gpus(monkeypatch):
+    """A checkpoint of a 2-GPU node resumed on 1 GPU (or none): the states of devices that do
+    not exist are dropped, where torch.cuda.set_rng_state_all raised for the missing device."""
+    state = rng_state()
+    state["cuda"] = [torch.full((4,), 1, dtype=torch.uint8), torch.full((4,), 2, dtype=torch.uint8)]
+    restored = []
+
+    def set_one(new_state, device):
+        if device >= 1:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        restored.append((device, int(new_state[0])))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_one)
+    set_rng_state(state)
+    assert restored == [(0, 1)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    set_rng_state(state)  # a GPU run resumed on the CPU
+    assert restored == [(0, 1)]

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,11 @@ from test_predict import Oracle, draw
 from test_train_data import CLASSES, synthetic_image, write_tiles
 
 from cellseg.dataset import Sample
-from cellseg.train import NonFiniteLossError, TrainOutputs, class_weights, lr_factor, train_fold, validate
+from cellseg.errors import DataError
+from cellseg.model import build_model
+from cellseg.train import (
+    NonFiniteLossError, Preempted, TrainOutputs, _Training, class_weights, lr_factor, train_fold, validate,
+)
 from cellseg.train_config import resolve_train_config
 from cellseg.train_data import training_tiles
 
@@ -122,9 +127,14 @@ RARE_CLASS_RECIPE = {"ema_decay": 0.9, "repeat_factor_threshold": 0.9, "copy_pas
 
 
 @pytest.mark.parametrize(
-    "recipe", [{}, RARE_CLASS_RECIPE, {"min_steps": 10}], ids=["plain", "rare_class_recipe", "repeated_epochs"]
+    "recipe, kill",
+    [({}, signal.SIGKILL), (RARE_CLASS_RECIPE, signal.SIGKILL), ({"min_steps": 10}, signal.SIGKILL),
+     ({}, signal.SIGTERM)],
+    ids=["plain", "rare_class_recipe", "repeated_epochs", "sigterm"],
 )
-def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path, recipe):
+def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path, recipe, kill):
+    """SIGKILL loses the steps since the last checkpoint; SIGTERM (SLURM's warning before a
+    time-limit kill) checkpoints at the next step boundary and exits 143 (`Preempted`)."""
     folder, _, _ = data
     reference = first_run[0]
     if recipe:
@@ -139,12 +149,16 @@ def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path, reci
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     while not (tmp_path / "checkpoint.pt").exists() and process.poll() is None:
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(kill)
     _, stderr = process.communicate()
-    assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    expected_code = -signal.SIGKILL if kill == signal.SIGKILL else 128 + signal.SIGTERM
+    assert process.returncode == expected_code, stderr.decode()[-2000:]
     assert not (tmp_path / "model_last.pt").exists()
     summary = train(data, tmp_path, **recipe)
-    assert summary["resumed_from_step"] == 3
+    if kill == signal.SIGKILL:
+        assert summary["resumed_from_step"] == 3
+    else:  # the checkpoint of the step after the signal, not the periodic one of step 3
+        assert 3 < summary["resumed_from_step"] < 6
     assert_same_weights(weights(reference), weights(tmp_path))
     assert_same_weights(weights(reference, "model_best.pt"), weights(tmp_path, "model_best.pt"))
     history = pd.read_csv(tmp_path / "history.csv")
@@ -203,3 +217,104 @@ def test_validation_predicts_large_images_in_tiles(val_tile_size, expected_sizes
     metrics = validate(oracle, [Sample("x", image, planes)], ["class1", "class2"], cfg, torch.device("cpu"), overlap=24)
     assert set(oracle.sizes) == expected_sizes
     assert metrics["AP"] == pytest.approx(1.0)
+
+
+# --- precision paths (issue 12): every `amp` mode and channels_last, forced onto the CPU ---
+
+# 2 epochs of 2 steps, no validation, a checkpoint every 3 steps: enough real optimizer steps
+# to move the weights and to resume mid-epoch.
+SHORT = {**TINY, "epochs": 2, "val_every_epochs": 2}
+
+
+def train_amp(data, out, amp="none", channels_last=False, **overrides):
+    """A SHORT run without held-out images, in `amp` with `channels_last`, on the CPU."""
+    _, tiles, _ = data
+    cfg = resolve_train_config({**SHORT, "amp": amp, "channels_last": channels_last, **overrides})
+    return train_fold(tiles, [], cfg, CLASSES, TrainOutputs.in_folder(out), tile_size=64, amp_on_cpu=True)
+
+
+def preempt_at_step(monkeypatch, step, signum=signal.SIGTERM):
+    """Send this process `signum` right after optimizer step `step`, as SLURM would mid-run."""
+    original = _Training._optimizer_step
+
+    def step_then_signal(self):
+        original(self)
+        if self.state["step"] == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(_Training, "_optimizer_step", step_then_signal)
+
+
+@pytest.fixture(scope="module")
+def fp32_short(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32_short")
+    train_amp(data, out)
+    return weights(out)
+
+
+@pytest.mark.parametrize("amp, channels_last", [("bf16", False), ("fp16", False), ("fp16", True), ("none", True)])
+def test_each_precision_trains_on_cpu(data, fp32_short, tmp_path, amp, channels_last):
+    summary = train_amp(data, tmp_path, amp, channels_last)
+    assert summary["amp"] == amp and summary["steps"] == 4
+    trained = weights(tmp_path)
+    assert all(torch.isfinite(t).all() for t in trained.values() if t.is_floating_point())
+    conv = trained["backbone.body.conv1.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.manual_seed(0)  # the run's seed: its initial weights
+    initial = build_model(resolve_train_config(SHORT), len(CLASSES), tile_size=64).state_dict()
+    assert not torch.equal(trained["roi_heads.mask_predictor.mask_fcn_logits.weight"],
+                           initial["roi_heads.mask_predictor.mask_fcn_logits.weight"])  # optimizer steps ran
+    if amp != "none":  # autocast really ran: the same seed and data reach other weights than fp32
+        assert any(not torch.equal(trained[k], fp32_short[k]) for k in trained)
+    scaler = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["scaler"]
+    assert bool(scaler) == (amp == "fp16")  # only fp16 keeps a loss scale
+    if scaler:
+        assert scaler["scale"] > 0
+
+
+def test_amp_is_off_on_cpu_unless_asked(data, tmp_path):
+    _, tiles, _ = data
+    cfg = resolve_train_config({**SHORT, "epochs": 1, "amp": "fp16", "channels_last": True})
+    summary = train_fold(tiles, [], cfg, CLASSES, TrainOutputs.in_folder(tmp_path), tile_size=64)
+    assert summary["amp"] == "none"
+    assert not weights(tmp_path)["backbone.body.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_sigterm_in_fp16_resumes_to_identical_weights(data, tmp_path, monkeypatch):
+    """Preempted after step 2 (checkpoints are due every 3): the checkpoint is written at that
+    step, the run exits 143, and the resumed run ends where an uninterrupted one does."""
+    train_amp(data, tmp_path / "whole", "fp16", True)
+    with monkeypatch.context() as patch:
+        preempt_at_step(patch, 2)
+        with pytest.raises(Preempted) as stopped:
+            train_amp(data, tmp_path / "cut", "fp16", True)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert not (tmp_path / "cut" / "model_last.pt").exists()
+    summary = train_amp(data, tmp_path / "cut", "fp16", True)
+    assert summary["resumed_from_step"] == 2
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+
+
+@pytest.mark.parametrize("before, after", [("none", "fp16"), ("fp16", "bf16"), ("bf16", "none")])
+def test_checkpoint_resumes_under_another_precision(data, tmp_path, monkeypatch, before, after):
+    """none -> fp16 loads the empty state dict of a disabled GradScaler, which GradScaler refuses."""
+    with monkeypatch.context() as patch:
+        preempt_at_step(patch, 1, signal.SIGUSR1)
+        with pytest.raises(Preempted, match=str(128 + signal.SIGUSR1)):
+            train_amp(data, tmp_path, before)
+    summary = train_amp(data, tmp_path, after, channels_last=after == "fp16")
+    assert summary["resumed_from_step"] == 1 and summary["steps"] == 4 and summary["amp"] == after
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path).values() if t.is_floating_point())
+
+
+def test_matching_checkpoint_that_cannot_load_is_a_clear_error(data, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        preempt_at_step(patch, 1)
+        with pytest.raises(Preempted):
+            train_amp(data, tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del saved["model"]["roi_heads.box_predictor.cls_score.weight"]
+    torch.save(saved, tmp_path / "checkpoint.pt")
+    with pytest.raises(DataError, match=r"checkpoint.pt: matches this run's config .* delete it to start over"):
+        train_amp(data, tmp_path)

@@ -42,7 +42,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` returned."""
+    """Restore what `rng_state` returned; CUDA states only for the GPUs visible now."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["mt"].tolist()), py["gauss_next"]))
     npy = state["numpy"]
@@ -50,8 +50,11 @@ def set_rng_state(state: dict) -> None:
         (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # A run may resume with fewer (or no) visible GPUs than it saved, e.g. pinned to one GPU
+    # after running on a node with four: restore the devices that exist, drop the rest.
+    visible = torch.cuda.device_count() if state["cuda"] and torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(state["cuda"][:visible]):
+        torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _check_plain(value, where: str) -> None:

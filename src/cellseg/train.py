@@ -6,7 +6,14 @@ run. The input pipeline's randomness is a function of (seed, epoch, index) (`tra
 model's (RoI sampling, multi-scale draws) comes from torch's global RNG, whose state the
 checkpoint restores together with the model, optimizer, scheduler, AMP scaler, position in the
 epoch, running epoch sums, history and best weights. A checkpoint whose fingerprint (config +
-inputs) differs is not resumed: training starts over and the log says why.
+inputs) differs is not resumed: training starts over and the log says why. Device, `amp` and
+`channels_last` are not in the fingerprint: a run checkpointed on one GPU in fp16 may resume
+on another machine, in bf16 or on the CPU (not bit-identical then, but the same schedule).
+
+Preemption: SIGTERM (what SLURM sends before a time-limit or preemption kill, and what
+`scancel` sends) or SIGUSR1 makes the run write a checkpoint at the next optimizer-step
+boundary and exit with 128 + the signal's number, so that Snakemake's `retries` (or a SLURM
+requeue) starts the job again and it resumes there, losing no steps.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,7 +37,8 @@ import torch
 from cellseg.augment import build_augment
 from cellseg.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cellseg.dataset import Sample
-from cellseg.device import select_device
+from cellseg.device import autocast, resolve_amp, select_device
+from cellseg.errors import DataError
 from cellseg.ema import make_ema
 from cellseg.io import atomic_path
 from cellseg.metrics import coco_mask_metrics
@@ -39,12 +50,20 @@ from cellseg.training_log import VAL_KEYS, plot_curve, write_history, write_summ
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PROGRESS_LINES = 50  # about this many progress lines per run
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# How a run computes, not what it computes: a checkpoint resumes across these.
+EXECUTION_KEYS = ("amp", "channels_last")
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message lists every loss component."""
+
+
+class Preempted(SystemExit):
+    """Training stopped on a signal after writing its checkpoint. A SystemExit with code
+    128 + the signal's number, as a process killed by it reports: the job ends without a
+    traceback, and Snakemake or SLURM sees a failure that `retries` / requeue starts again."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +143,10 @@ def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, de
 def run_fingerprint(
     tiles: pd.DataFrame, val_samples: list[Sample], cfg: dict, class_names, tile_size: int, overlap: int
 ) -> str:
-    """Fingerprint of everything that decides the trained weights (not device or worker count)."""
+    """Fingerprint of everything that decides the trained weights (not device, precision or
+    worker count: `EXECUTION_KEYS`)."""
     config = {
-        "train": cfg, "classes": list(class_names), "tile_size": tile_size, "overlap": overlap,
+        "train": {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}, "classes": list(class_names), "tile_size": tile_size, "overlap": overlap,
         "tiles": tiles[["image_id", "tile"]].astype(str).values.tolist(),
         "val": [s.image_id for s in val_samples],
     }
@@ -150,17 +170,21 @@ def _seed_everything(seed: int, device: torch.device) -> None:
 class _Training:
     """One fold's training run: setup, resume, the loop, and the outputs."""
 
-    def __init__(self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap):
+    def __init__(
+        self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap, amp_on_cpu
+    ):
         self.cfg, self.class_names, self.outputs, self.val_samples = cfg, list(class_names), outputs, val_samples
         self.device = select_device(device)
         self.cuda = self.device.type == "cuda"
-        self.amp = cfg["amp"] if self.cuda else "none"
+        self.amp = resolve_amp(self.device, cfg["amp"], on_cpu=amp_on_cpu)
+        self.channels_last = cfg["channels_last"] and (self.cuda or amp_on_cpu)
+        self.stop_signal = None
         _seed_everything(cfg["seed"], self.device)
         self.overlap = overlap
         self.fingerprint = run_fingerprint(tiles, val_samples, cfg, class_names, tile_size, overlap)
         weights = class_weights(class_instance_counts(tiles, class_names)) if cfg["class_weighted_loss"] else None
         self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size).to(self.device)
-        if self.cuda and cfg["channels_last"]:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         augment = build_augment(cfg["augment"], cfg["augment_overrides"])
         dataset = TileDataset(tiles, augment, cfg["seed"], cfg["copy_paste"], class_names)
@@ -196,8 +220,8 @@ class _Training:
             log.warning("WARNING: %s", warning)
         log.info(
             "fold training: %d tiles, %d per epoch (%d batches of %d), %d held-out images, %d optimizer steps, "
-            "device %s, amp %s", len(dataset), len(self.loader.sampler), self.n_batches, cfg["batch_size"],
-            len(val_samples), self.total_steps, self.device, self.amp,
+            "device %s, amp %s, channels_last %s", len(dataset), len(self.loader.sampler), self.n_batches, cfg["batch_size"],
+            len(val_samples), self.total_steps, self.device, self.amp, self.channels_last,
         )
 
     @property
@@ -214,14 +238,26 @@ class _Training:
         if saved.get("fingerprint") != self.fingerprint:
             log.warning("%s: made with another config or other inputs, not resuming: starting over", path)
             return None
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
-        set_rng_state(saved["rng"])
-        self.state = saved["state"]
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(saved["ema"])
+            set_rng_state(saved["rng"])
+            state = saved["state"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise DataError(
+                f"{path}: matches this run's config and inputs but cannot be resumed "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:300]}); delete it to start over"
+            ) from None
+        # A checkpoint of an fp16 run holds the loss scale; one of a bf16 / fp32 run an empty
+        # dict, which GradScaler.load_state_dict refuses: an fp16 resume then starts a new scale.
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        elif self.scaler.is_enabled():
+            log.info("%s: no fp16 loss scale saved (run without fp16): starting a new one", path)
+        self.state = state
         log.info("resuming from %s at step %d (epoch %d)", path, self.state["step"], self.state["epoch"] + 1)
         return self.state["step"]
 
@@ -239,18 +275,52 @@ class _Training:
 
     def run(self) -> dict:
         progress = Progress(log, self.total_steps, self.state["step"], self.total_steps // PROGRESS_LINES)
-        while self.state["epoch"] < self.epochs and not self.state["done"]:
-            start_epoch(self.loader, self.state["epoch"], self.state["batch_in_epoch"])
-            if self.cuda:
-                torch.cuda.reset_peak_memory_stats(self.device)
-            self.model.train()
-            for images, targets in self.loader:
-                self._train_batch(images, targets, progress)
-            self._end_epoch()
-            if self.state["done"] or self.state["epoch"] == self.epochs:
-                self.state["done"] = True
-                self._checkpoint()
+        with self._signals_caught():
+            while self.state["epoch"] < self.epochs and not self.state["done"]:
+                start_epoch(self.loader, self.state["epoch"], self.state["batch_in_epoch"])
+                if self.cuda:
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                self.model.train()
+                for images, targets in self.loader:
+                    self._train_batch(images, targets, progress)
+                self._end_epoch()
+                if self.state["done"] or self.state["epoch"] == self.epochs:
+                    self.state["done"] = True
+                    self._checkpoint()
+                else:
+                    self._stop_if_signalled(saved=False)  # a signal during validation
         return self._write_outputs()
+
+    @contextmanager
+    def _signals_caught(self):
+        """While training, `PREEMPT_SIGNALS` only set `stop_signal` (acted on at the next step
+        boundary); the previous handlers come back afterwards. Signals can only be caught in the
+        main thread, so elsewhere (a caller's worker thread) they keep their default action."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in PREEMPT_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+
+    def _stop_if_signalled(self, saved: bool) -> None:
+        """After a caught signal: checkpoint (unless `saved` just now) and raise `Preempted`."""
+        if self.stop_signal is None:
+            return
+        if not saved:
+            self._checkpoint()
+        name = signal.Signals(self.stop_signal).name
+        log.warning(
+            "%s: checkpoint written at step %d of %d, exiting with %d so that the job is retried and resumes there",
+            name, self.state["step"], self.total_steps, 128 + self.stop_signal,
+        )
+        raise Preempted(128 + self.stop_signal)
 
     def _train_batch(self, images, targets, progress: Progress) -> None:
         """Forward (under autocast), backward; an optimizer step at the end of each accumulation group."""
@@ -259,7 +329,7 @@ class _Training:
         group_size = min(accum, self.n_batches - group_start)
         images = [image.to(self.device) for image in images]
         targets = [{k: v.to(self.device) for k, v in target.items()} for target in targets]
-        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.amp), enabled=self.amp != "none"):
+        with autocast(self.device, self.amp):
             loss_dict = self.model(images, targets)
         loss = sum(loss_dict.values())
         values = {name: value.detach().item() for name, value in loss_dict.items()}
@@ -278,8 +348,10 @@ class _Training:
         if state["batch_in_epoch"] - group_start == group_size:
             self._optimizer_step()
             progress.update(state["step"], f"loss {values['loss']:.4f}  lr {self.optimizer.param_groups[0]['lr']:.3g}")
-            if state["step"] % self.cfg["checkpoint_every_steps"] == 0:
+            due = state["step"] % self.cfg["checkpoint_every_steps"] == 0
+            if due:
                 self._checkpoint()
+            self._stop_if_signalled(saved=due)
 
     def _optimizer_step(self) -> None:
         if self.cfg["clip_grad_norm"] > 0:
@@ -369,6 +441,7 @@ def train_fold(
     val_overlap: int = 0,
     num_workers: int = 0,
     device: str = "auto",
+    amp_on_cpu: bool = False,
 ) -> dict:
     """Train one fold's model and write `outputs`; returns the summary written to `outputs.summary`.
 
@@ -382,8 +455,13 @@ def train_fold(
     val_overlap: the overlap of validation tiles (`predict.overlap`, as the predict stage).
     num_workers: DataLoader worker processes (does not change the result).
     device: `auto` (CUDA if available, else CPU) or a torch device name.
+    amp_on_cpu: honour `amp` and `channels_last` on the CPU too (they are CUDA-only otherwise);
+        for tests, which run every precision path without a GPU.
 
-    Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs.
-    Raises `NonFiniteLossError` when the loss diverges.
+    Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs
+    (`DataError` when it matches but cannot be loaded). Raises `NonFiniteLossError` when the
+    loss diverges, `Preempted` after a SIGTERM / SIGUSR1 (module doc).
     """
-    return _Training(tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap).run()
+    return _Training(
+        tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap, amp_on_cpu
+    ).run()
