@@ -1,4 +1,6 @@
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet5
 from torchvision.models.detection.roi_heads import maskrcnn_loss, project_masks_on_boxes
 
 from cellseg.errors import ConfigError
-from cellseg.model import IMAGENET_MEAN, IMAGENET_STD, aux_map_targets, build_model, mask_losses
+from cellseg.model import IMAGENET_MEAN, IMAGENET_STD, aux_map_targets, build_model, mask_losses, paste_windows
 from cellseg.train_config import resolve_train_config
 from cellseg.weights import download_weights, torchvision_weights
 
@@ -130,7 +132,7 @@ def test_detect_windows_equal_torchvisions_pasted_masks():
             assert 0 <= x0 <= x1 <= image.shape[2] and 0 <= y0 <= y1 <= image.shape[1]
             pasted = np.zeros_like(mask)
             pasted[y0:y1, x0:x1] = crop
-            np.testing.assert_array_equal(pasted, mask)
+            np.testing.assert_allclose(pasted, mask, rtol=0, atol=1e-5)  # batched paste: float rounding
 
 
 def test_plain_model_has_only_torchvision_losses():
@@ -333,3 +335,32 @@ def test_torchvision_weight_names():
     assert torchvision_weights(config()) is None
     with pytest.raises(ConfigError, match="train.weights"):
         download_weights(config(), "unused.pt")
+
+
+def reference_paste():
+    """The per-detection interpolate loop that `paste_windows` replaced (kept in the benchmark)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "inference_masks.py"
+    spec = importlib.util.spec_from_file_location("inference_masks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.paste_windows_loop
+
+
+def test_batched_paste_equals_the_per_detection_loop():
+    """Small, large, thin, sub-pixel boxes and boxes past every image edge (windows clipped or
+    empty), in one call: windows equal, probabilities to float rounding, masks at 0.5 equal."""
+    torch.manual_seed(0)
+    boxes = torch.tensor([
+        [10.0, 12.0, 30.0, 25.0], [0.0, 0.0, 96.0, 80.0], [40.2, 5.5, 41.0, 60.0], [-15.0, -8.0, 12.0, 9.0],
+        [85.0, 70.0, 130.0, 95.0], [50.0, 50.0, 50.4, 50.3], [120.0, 90.0, 140.0, 99.0], [3.0, 60.0, 70.0, 66.0],
+    ])
+    masks = torch.rand(len(boxes), 1, 28, 28)
+    windows, crops = paste_windows(masks, boxes, (80, 96))
+    expected_windows, expected = reference_paste()(masks, boxes, (80, 96))
+    np.testing.assert_array_equal(windows, expected_windows)
+    assert (windows[:, 2:] - windows[:, :2] == 0).any(axis=1).sum() == 1  # the box outside the image
+    for crop, want in zip(crops, expected):
+        assert crop.shape == want.shape and crop.dtype == np.float32
+        np.testing.assert_allclose(crop, want, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(crop >= 0.5, want >= 0.5)
+    assert paste_windows(masks[:0], boxes[:0], (80, 96))[1] == []

@@ -181,3 +181,28 @@ def test_load_model_for_inference(tmp_path):
     assert not model.training
     with pytest.raises(DataError, match="model.pt"):
         load_model_for_inference(tmp_path / "model.pt", cfg, 3, CPU)
+
+
+@pytest.mark.parametrize("amp, feature_dtype", [("none", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_inference_autocast_runs_the_backbone_in_half_precision_only(amp, feature_dtype):
+    """predict.amp: the backbone + FPN compute in half precision, the heads in fp32, so boxes
+    keep fp32 coordinates; the instances come out as in fp32 (same count, close boxes)."""
+    cfg = resolve_train_config({
+        "min_size": 48, "max_size": 48, "fpn_channels": 32, "box_detections_per_img": 10,
+        "rpn_pre_nms_top_n_test": 40, "rpn_post_nms_top_n_test": 40,
+    })  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=2).eval()
+    seen = {}
+
+    def record(name, features):
+        seen.setdefault(name, features["0"].dtype)  # returns None: the hooks change no output
+
+    model.backbone.register_forward_hook(lambda m, inputs, out: record("backbone", out))
+    model.roi_heads.register_forward_hook(lambda m, inputs, out: record("heads", inputs[0]))
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    found = predict_image(model, image, tile_size=48, overlap=16, tta=[], device=CPU, amp=amp)
+    assert seen == {"backbone": feature_dtype, "heads": torch.float32}
+    fp32 = predict_image(model, image, tile_size=48, overlap=16, tta=[], device=CPU)
+    assert found.boxes.dtype == np.float32 and len(found) == len(fp32) > 0
+    assert np.abs(np.sort(found.scores) - np.sort(fp32.scores)).max() < 0.05

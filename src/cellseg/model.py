@@ -384,25 +384,35 @@ class CellMaskRCNN(GeneralizedRCNN):
         network. Per image: `boxes` (N, 4) float32, `scores` (N,) float32, `labels` (N,)
         int64, `windows` (N, 4) int64 x0, y0, x1, y1 (exclusive ends, inside the image) and
         `crops`: N float32 probability arrays of their windows' shapes. Inside its window a
-        crop equals torchvision's pasted mask; outside it that mask is 0. No aux maps.
+        crop equals torchvision's pasted mask (to float rounding, see `paste_windows`); outside it
+        that mask is 0. No aux maps.
         """
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         image_list, _ = self.transform(images)
         features = self.backbone(image_list.tensors)
-        proposals, _ = self.rpn(image_list, features)
-        detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
-        results = []
-        for detection, resized, original in zip(detections, image_list.image_sizes, original_sizes):
-            boxes = resize_boxes(detection["boxes"], resized, original)
-            windows, crops = paste_windows(detection["masks"], boxes, original)
-            results.append({
-                "boxes": boxes.float().cpu().numpy(),
-                "scores": detection["scores"].float().cpu().numpy(),
-                "labels": detection["labels"].cpu().numpy().astype(np.int64),
-                "windows": windows,
-                "crops": crops,
-            })
-        return results
+        # Under a caller's autocast only the backbone and FPN (most of the work) run in half
+        # precision: bf16 keeps 8 mantissa bits, so a box decoded at x = 500 would move by 2 px.
+        with torch.autocast(image_list.tensors.device.type, enabled=False):
+            features = {name: feature.float() for name, feature in features.items()}
+            proposals, _ = self.rpn(image_list, features)
+            detections, _ = self.roi_heads(features, proposals, image_list.image_sizes)
+            return [
+                self._windowed(detection, resized, original)
+                for detection, resized, original in zip(detections, image_list.image_sizes, original_sizes)
+            ]
+
+    @staticmethod
+    def _windowed(detection: dict, resized: tuple[int, int], original: tuple[int, int]) -> dict:
+        """One image's detections at its original size, masks pasted into windows (`detect`)."""
+        boxes = resize_boxes(detection["boxes"], resized, original)
+        windows, crops = paste_windows(detection["masks"], boxes, original)
+        return {
+            "boxes": boxes.float().cpu().numpy(),
+            "scores": detection["scores"].float().cpu().numpy(),
+            "labels": detection["labels"].cpu().numpy().astype(np.int64),
+            "windows": windows,
+            "crops": crops,
+        }
 
     def _aux_losses(self, logits: torch.Tensor, targets: list[dict], image_list) -> dict:
         maps, valid = aux_map_targets(targets, image_list.image_sizes, tuple(logits.shape[-2:]))
@@ -423,25 +433,50 @@ def paste_windows(
     """torchvision's `paste_masks_in_image`, keeping each pasted mask only inside its window.
 
     masks: (N, 1, M, M) probabilities; boxes: (N, 4) xyxy in the image. Returns windows (N, 4)
-    int64 (the expanded integer box clipped to the image) and N float32 crops, copied to the
-    host in one transfer.
+    int64 (the expanded integer box clipped to the image) and N float32 crops.
+
+    torchvision resizes each mask to its box with one `interpolate` call, a kernel launch per
+    detection (1,000 per tile on a GPU). Bilinear resizing is separable: a crop is
+    `Ry @ mask @ Rx.T`, with Ry (h, M) and Rx (w, M) holding interpolate's (align_corners=False)
+    two weights per output row / column, so one batched matmul pastes all masks of similar
+    size at once. Masks are grouped by window size (powers of 2), which bounds the zero padding
+    of small windows next to a large one. Equal to interpolate up to float rounding (the sums
+    run in another order): `tests/test_model.py` checks 1e-5.
     """
     height, width = image_size
     masks, scale = expand_masks(masks, padding=1)
-    boxes = expand_boxes(boxes, scale).to(torch.int64).tolist()
-    windows, crops = np.zeros((len(boxes), 4), np.int64), []
-    for i, (mask, (bx0, by0, bx1, by1)) in enumerate(zip(masks[:, 0], boxes)):
-        size = (max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1))
-        resized = F.interpolate(mask[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
-        x0, y0, x1, y1 = max(bx0, 0), max(by0, 0), min(bx1 + 1, width), min(by1 + 1, height)
-        x1, y1 = max(x1, x0), max(y1, y0)
-        windows[i] = (x0, y0, x1, y1)
-        crops.append(resized[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0].reshape(-1))
-    if not crops:
-        return windows, []
-    shapes = [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in windows.tolist()]
-    pieces = np.split(torch.cat(crops).cpu().numpy(), np.cumsum([h * w for h, w in shapes])[:-1])
-    return windows, [piece.reshape(shape) for piece, shape in zip(pieces, shapes)]
+    masks = masks[:, 0].float()
+    bx0, by0, bx1, by1 = expand_boxes(boxes, scale).to(torch.int64).unbind(1)
+    x0, y0 = bx0.clamp(min=0), by0.clamp(min=0)
+    x1, y1 = torch.maximum((bx1 + 1).clamp(max=width), x0), torch.maximum((by1 + 1).clamp(max=height), y0)
+    windows = torch.stack([x0, y0, x1, y1], 1)
+    rows, cols = y1 - y0, x1 - x0
+    box_h, box_w = (by1 - by0 + 1).clamp(min=1), (bx1 - bx0 + 1).clamp(min=1)
+    crops = [None] * len(masks)
+    bucket = torch.maximum(rows, cols).clamp(min=1).float().log2().ceil().long()
+    for level in bucket.unique().tolist():
+        members = torch.nonzero(bucket == level)[:, 0]
+        h, w = int(rows[members].max()), int(cols[members].max())
+        ry = _bilinear_weights(y0[members] - by0[members], h, box_h[members], masks.shape[-2])
+        rx = _bilinear_weights(x0[members] - bx0[members], w, box_w[members], masks.shape[-1])
+        pasted = (ry @ masks[members] @ rx.transpose(1, 2)).cpu().numpy()
+        for k, i in enumerate(members.tolist()):
+            crops[i] = pasted[k, : int(rows[i]), : int(cols[i])]
+    return windows.cpu().numpy(), crops
+
+
+def _bilinear_weights(first: torch.Tensor, count: int, out_size: torch.Tensor, in_size: int) -> torch.Tensor:
+    """(N, count, in_size) weights of `interpolate(mode="bilinear", align_corners=False)` from
+    `in_size` to `out_size[i]` samples, for output indices first[i] .. first[i] + count - 1."""
+    dst = first[:, None] + torch.arange(count, device=first.device)
+    scale = in_size / out_size.float()
+    src = ((dst + 0.5) * scale[:, None] - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=in_size - 1)
+    lam = (src - low).clamp(0, 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    weights = torch.zeros((*dst.shape, in_size), device=first.device)
+    weights.scatter_add_(2, low[..., None], (1 - lam)[..., None])
+    return weights.scatter_add_(2, high[..., None], lam[..., None])
 
 
 def _check_targets(targets: list[dict] | None, need_maps: bool) -> None:

@@ -33,6 +33,7 @@ import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
+from cellseg.device import autocast
 from cellseg.ensemble import fuse_instance_sets
 from cellseg.errors import ConfigError, DataError
 from cellseg.instances import InstanceSet, bounding_rect, quantised_threshold
@@ -83,13 +84,16 @@ def predict_image(
     device: torch.device,
     batch_size: int = 4,
     tta_fusion: dict | None = None,
+    amp: str = "none",
 ) -> InstanceSet:
     """Instances of `model` (eval mode; its `detect` as `CellMaskRCNN.detect`) in one image.
 
     image: (H, W, 3) uint8 RGB. tile_size: S, 0 = always the whole image, unpadded; an image
     that fits one tile is predicted whole. tta: ops of `TTA_OPS`, all their
     combinations are run (`tta_views`). tta_fusion: keyword arguments of `fuse_instance_sets`
-    for the views (not `weights`: views weigh the same). Returns an `InstanceSet` of size (H, W).
+    for the views (not `weights`: views weigh the same). amp: none, bf16 or fp16, resolved for
+    the device (`cellseg.device.resolve_amp`); the model's `detect` runs under that autocast.
+    Returns an `InstanceSet` of size (H, W).
     """
     fusion = dict(tta_fusion or {})
     if "weights" in fusion:
@@ -99,7 +103,7 @@ def predict_image(
         view = image
         for op in ops:
             view = _FORWARD[op](view)
-        found = predict_tiled(model, np.ascontiguousarray(view), tile_size, overlap, device, batch_size)
+        found = predict_tiled(model, np.ascontiguousarray(view), tile_size, overlap, device, batch_size, amp)
         for op in reversed(ops):
             found = _BACKWARD[op](found)
         views.append(found)
@@ -116,7 +120,7 @@ def predict_images(
 
 
 def predict_tiled(
-    model, image: np.ndarray, tile_size: int, overlap: int, device: torch.device, batch_size: int
+    model, image: np.ndarray, tile_size: int, overlap: int, device: torch.device, batch_size: int, amp: str = "none"
 ) -> InstanceSet:
     """One view: the model on each tile of `image` (H, W, 3) uint8, seams merged (module doc)."""
     height, width = image.shape[:2]
@@ -126,7 +130,9 @@ def predict_tiled(
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start : start + batch_size]
         inputs = [_padded_crop(pixels, tile, padded) for tile in batch]
-        for k, (tile, output) in enumerate(zip(batch, model.detect(inputs)), start):
+        with autocast(device, amp):
+            outputs = model.detect(inputs)
+        for k, (tile, output) in enumerate(zip(batch, outputs), start):
             found, extent = _tile_instances(output, tile, (height, width))
             keep = ~_cut_by_seam(extent, tile)
             parts.append(found.select(keep))

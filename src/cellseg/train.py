@@ -123,16 +123,20 @@ def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
-def validate(model, samples: list[Sample], class_names: list[str], cfg: dict, device, overlap: int) -> dict:
+def validate(
+    model, samples: list[Sample], class_names: list[str], cfg: dict, device, overlap: int, amp: str = "none"
+) -> dict:
     """COCO mask metrics of `model` on `samples` (labels `(C, H, W)`, 0 = background).
 
     Images larger than `val_tile_size` are predicted in overlapping tiles, as the predict stage
-    does (`cellseg.predict.predict_image`, no TTA): whole, a large image meets proposal and
+    does (`cellseg.predict.predict_image`, no TTA, in precision `amp`): whole, a large image meets proposal and
     detection caps sized for a tile (docs/train_keys.md, `val_tile_size`, has the measurement).
     """
     model.eval()
     preds = [
-        predict_image(model, s.image, cfg["val_tile_size"], overlap, tta=[], device=device, batch_size=cfg["batch_size"])
+        predict_image(
+            model, s.image, cfg["val_tile_size"], overlap, tta=[], device=device, batch_size=cfg["batch_size"], amp=amp
+        )
         for s in samples
     ]
     model.train()
@@ -373,8 +377,9 @@ class _Training:
         row.update({name: total / self.n_batches for name, total in state["sums"].items()})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         due = (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs
-        metrics = validate(self.scored_model, self.val_samples, self.class_names, self.cfg, self.device, self.overlap) \
-            if due and self.val_samples else {}
+        metrics = validate(
+            self.scored_model, self.val_samples, self.class_names, self.cfg, self.device, self.overlap, self.amp
+        ) if due and self.val_samples else {}
         row.update({f"val_{key}": metrics.get(key) for key in VAL_KEYS})
         row["images_per_s"] = state["epoch_images"] / max(state["epoch_seconds"], 1e-9)
         row["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda else None
