@@ -18,6 +18,7 @@ rule predict_fold:
         tta=config["predict"]["tta"],
         tta_fusion=config["predict"]["tta_fusion"],
         batch_size=config["predict"]["batch_size"],
+        amp=config["predict"]["amp"] or TRAIN_CFG["amp"],
         code=script_digest("predict_fold.py"),
     log:
         "logs/predict/fold{fold}_{subset}.log",

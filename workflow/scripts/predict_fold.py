@@ -8,13 +8,14 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 import torch
 
 from cellseg.dataset import index_dataset, load_sample, load_test_image
-from cellseg.device import select_device
+from cellseg.device import pin_gpus, resolve_amp, select_device
 from cellseg.joblog import job_logging
 from cellseg.predict import load_model_for_inference, predict_images
 from cellseg.progress import Progress
 from cellseg.split import read_split, validation_ids
 
 with job_logging(snakemake.log[0]) as log:
+    pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
     if snakemake.wildcards.subset == "val":
@@ -25,6 +26,7 @@ with job_logging(snakemake.log[0]) as log:
         ids = [t.name for t in tests]
         images = ((t.name, load_test_image(t)) for t in tests)
     device = select_device()
+    amp = resolve_amp(device, p.amp)
     model = load_model_for_inference(
         snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size
     )
@@ -32,7 +34,7 @@ with job_logging(snakemake.log[0]) as log:
     out.mkdir(parents=True, exist_ok=True)
     found = predict_images(
         model, images, tile_size=p.tile_size, overlap=p.overlap, tta=p.tta, tta_fusion=p.tta_fusion,
-        device=device, batch_size=p.batch_size,
+        device=device, batch_size=p.batch_size, amp=amp,
     )
     progress = Progress(log, len(ids), every=len(ids) // 50, label="image", unit="images")
     for done, (name, instances) in enumerate(found, 1):

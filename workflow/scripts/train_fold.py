@@ -8,12 +8,14 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 import torch
 
 from cellseg.dataset import load_sample
+from cellseg.device import pin_gpus
 from cellseg.joblog import job_logging
 from cellseg.split import read_split
 from cellseg.train import TrainOutputs, train_fold
 from cellseg.train_data import fold_image_ids, training_tiles
 
 with job_logging(snakemake.log[0]) as log:
+    pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
     train_ids, held_out_ids = fold_image_ids(read_split(snakemake.input.split), int(snakemake.wildcards.fold))
