@@ -13,6 +13,7 @@ from cellseg.codehash import code_digest
 from cellseg.config_checks import check_cross_keys, schema_error_line
 from cellseg.dataset import check_headers, index_dataset
 from cellseg.errors import ConfigError, DataError
+from cellseg.segment_input import check_image, list_images
 from cellseg.split import image_groups, split_sizes
 from cellseg.train_config import resolve_train_config
 
@@ -217,3 +218,38 @@ def get_final_output():
         if config["submission"]["kaggle_csv"]:
             targets += ["results/submission/submission.csv"]
     return targets
+
+
+# Images to segment with the finished ensemble (rules in segment.smk).
+
+SEGMENT_FOLDER = config["segment_images"] or config["segment"]["images"]
+
+
+def _segment_images():
+    """{name: path} of the images to segment, every header checked while the DAG is built."""
+    if not SEGMENT_FOLDER:
+        return {}
+    try:
+        images = list_images(SEGMENT_FOLDER)
+        for path in images.values():
+            check_image(path)
+    except DataError as error:
+        raise _user_error(error)
+    return {name: str(path) for name, path in images.items()}
+
+
+SEGMENT_IMAGES = _segment_images()
+
+
+def segment_image_file(wildcards):
+    if wildcards.name not in SEGMENT_IMAGES:
+        raise WorkflowError(f"DataError: no image named {wildcards.name} in segment.images ({SEGMENT_FOLDER or 'not set'})")
+    return SEGMENT_IMAGES[wildcards.name]
+
+
+def segment_outputs(wildcards=None):
+    if not SEGMENT_IMAGES:
+        raise WorkflowError(
+            "ConfigError: segment.images: no folder set; run `snakemake segment --config segment_images=DIR`"
+        )
+    return expand("results/segment/{name}/{file}", name=SEGMENT_IMAGES, file=["labels.tif", "cells.csv"])

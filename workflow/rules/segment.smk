@@ -1,39 +1,6 @@
 # New images segmented by the trained fold ensemble with the tuned thresholds: per image a
 # label image, QuPath GeoJSON, a cell table and an overlay; a summary over the images.
 # `snakemake segment --config segment_images=DIR` (or `segment.images` in config.yaml).
-from cellseg.segment_input import check_image, list_images
-
-SEGMENT_FOLDER = config["segment_images"] or config["segment"]["images"]
-
-
-def _segment_images():
-    """{name: path} of the images to segment, every header checked while the DAG is built."""
-    if not SEGMENT_FOLDER:
-        return {}
-    try:
-        images = list_images(SEGMENT_FOLDER)
-        for path in images.values():
-            check_image(path)
-    except DataError as error:
-        raise _user_error(error)
-    return {name: str(path) for name, path in images.items()}
-
-
-SEGMENT_IMAGES = _segment_images()
-
-
-def segment_image_file(wildcards):
-    if wildcards.name not in SEGMENT_IMAGES:
-        raise WorkflowError(f"DataError: no image named {wildcards.name} in segment.images ({SEGMENT_FOLDER or 'not set'})")
-    return SEGMENT_IMAGES[wildcards.name]
-
-
-def segment_outputs(wildcards=None):
-    if not SEGMENT_IMAGES:
-        raise WorkflowError(
-            "ConfigError: segment.images: no folder set; run `snakemake segment --config segment_images=DIR`"
-        )
-    return expand("results/segment/{name}/{file}", name=SEGMENT_IMAGES, file=["labels.tif", "cells.csv"])
 
 
 rule segment_image:
