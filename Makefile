@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test test-fast report dag clean
+.PHONY: setup demo test test-fast check-demo report dag clean
 
 $(BIN)/snakemake: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+# The full demo in a fresh workdir (or DEMO_WORKDIR=dir, kept), compared with the figures stored
+# in tests/expected/ (README, Development).
+check-demo: setup
+	CELLSEG_DEMO_CORES=$(CORES) CELLSEG_DEMO_WORKDIR=$(DEMO_WORKDIR) $(BIN)/python -m pytest -q --run-demo tests/test_demo_figures.py
 
 dag: setup
 	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg

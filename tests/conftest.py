@@ -21,3 +21,22 @@ def demo_dir(tmp_path_factory) -> Path:
 def demo_source(demo_dir) -> dict:
     """The resolved `data:` config section naming `demo_dir`."""
     return {"format": "reference", "path": str(demo_dir), "classes": list(DEMO_CLASSES)}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run-demo", action="store_true", help="run the full demo against tests/expected (make check-demo)"
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "demo: runs the full demo (about 8 min on 2 cores); needs --run-demo")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-demo"):
+        return
+    skip = pytest.mark.skip(reason="the full demo runs only with --run-demo (make check-demo)")
+    for item in items:
+        if item.get_closest_marker("demo"):
+            item.add_marker(skip)

@@ -79,10 +79,12 @@ def snakemake(
     cores: int = 2,
     check: bool = True,
     timeout: float = 1800,
+    tiny: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run `snakemake` on `repo`'s Snakefile in `workdir`, with config.yaml, the tiny preset and
-    `configs` (later files override earlier ones). Returns the finished process with stdout
-    and stderr merged into `.stdout`; raises AssertionError with the log if `check` fails."""
+    """Run `snakemake` on `repo`'s Snakefile in `workdir`, with config.yaml, the tiny preset
+    (unless `tiny` is false: the full demo) and `configs` (later files override earlier ones).
+    Returns the finished process with stdout and stderr merged into `.stdout`; raises
+    AssertionError with the log if `check` fails."""
     command = [
         sys.executable,
         "-m",
@@ -93,7 +95,7 @@ def snakemake(
         str(workdir),
         "--configfile",
         str(repo / "config.yaml"),
-        str(repo / TINY_CONFIG),
+        *([str(repo / TINY_CONFIG)] if tiny else []),
         *[str(c) for c in configs],
         "--cores",
         str(cores),
