@@ -49,7 +49,7 @@ rule summarise_segments:
     log:
         "logs/segment/summary.log",
     conda:
-        f"{ENVS}/eval.yaml"
+        f"{ENVS}/torch.yaml"
     resources:
         **job_resources("default"),
     script:
