@@ -153,13 +153,18 @@ def test_empty_image_and_predict_images():
     assert len(results["a"]) == 0 and results["a"].image_size == (40, 70)
 
 
-def test_real_mask_rcnn_plumbing():
+def small_untrained_model():
+    """A 2-class Mask R-CNN with random weights (seed 0), narrow and capped so it runs fast."""
     cfg = resolve_train_config({
         "min_size": 48, "max_size": 48, "fpn_channels": 32, "box_detections_per_img": 10,
         "rpn_pre_nms_top_n_test": 40, "rpn_post_nms_top_n_test": 40,
     })  # fmt: skip
     torch.manual_seed(0)
-    model = build_model(cfg, num_classes=2).eval()
+    return build_model(cfg, num_classes=2).eval()
+
+
+def test_real_mask_rcnn_plumbing():
+    model = small_untrained_model()
     image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     found = predict_image(model, image, tile_size=48, overlap=16, tta=["hflip"], device=CPU, batch_size=4)
     assert found.image_size == (60, 80) and len(found) > 0
@@ -187,12 +192,7 @@ def test_load_model_for_inference(tmp_path):
 def test_inference_autocast_runs_the_backbone_in_half_precision_only(amp, feature_dtype):
     """predict.amp: the backbone + FPN compute in half precision, the heads in fp32, so boxes
     keep fp32 coordinates; the instances come out as in fp32 (same count, close boxes)."""
-    cfg = resolve_train_config({
-        "min_size": 48, "max_size": 48, "fpn_channels": 32, "box_detections_per_img": 10,
-        "rpn_pre_nms_top_n_test": 40, "rpn_post_nms_top_n_test": 40,
-    })  # fmt: skip
-    torch.manual_seed(0)
-    model = build_model(cfg, num_classes=2).eval()
+    model = small_untrained_model()
     seen = {}
 
     def record(name, features):

@@ -48,6 +48,8 @@ rule summarise_segments:
         code=script_digest("summarise_segments.py"),
     log:
         "logs/segment/summary.log",
+    benchmark:
+        "results/benchmarks/segment/summary.tsv"
     conda:
         f"{ENVS}/torch.yaml"
     resources:
