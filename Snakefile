@@ -1,8 +1,20 @@
 # cellseg: multi-class cell instance segmentation with Mask R-CNN, from images and per-class
 # instance masks to trained fold models, scores and a COCO-RLE submission.
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from cellseg.config_file import check_yaml_syntax
+from cellseg.errors import ConfigError
+
+try:
+    check_yaml_syntax("config.yaml")  # Snakemake's own YAML error names no file
+except ConfigError as error:
+    sys.exit(f"ConfigError: {error}")
 
 
 configfile: "config.yaml"

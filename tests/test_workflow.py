@@ -633,6 +633,15 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, override, first
     assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout
 
 
+def test_yaml_syntax_error_in_config_yaml_names_the_file_and_line(tmp_path):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "config.yaml").write_text("split: {folds: 3\ntiles: [\n")
+    proc = snakemake(tmp_path / "work", "-n", check=False)
+    _assert_failed_before_jobs(proc, tmp_path / "work")
+    assert proc.stdout.splitlines()[0].startswith("ConfigError: config.yaml: line 2, column 6: not valid YAML"), proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="Snakemake parses --configfile files before any workflow code runs, and its YAML error names no file",
