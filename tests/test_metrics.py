@@ -256,3 +256,29 @@ def test_encode_window_equals_encoding_the_full_mask(seed):
     full[y0 : y0 + 7, x0 : x0 + 5] = crop
     expected = mask_utils.encode(np.asfortranarray(full))
     assert encode_window(crop, x0, y0, (20, 30)) == {**expected, "counts": expected["counts"].decode()}
+
+
+def test_right_mask_wrong_class_scores_zero_per_class_and_one_class_agnostic(labels):
+    """Every cell found with its exact mask, but each with the other class."""
+    masks = [labels[0] == 1, labels[0] == 2, labels[1] == 1]
+    preds = [make_set(masks, [2, 2, 1])]
+    per_class, _ = evaluate_predictions([labels], preds, CLASSES)
+    for key in ("AP", "AP50@100", "AP_a", "AP_b", "PQ", "F1", "AJI"):
+        assert per_class[key] == pytest.approx(0.0), key
+    agnostic, _ = evaluate_predictions([labels], preds, CLASSES, class_agnostic=True)
+    for key in ("AP", "AP50", "AP50@100", "AP@100", "PQ", "SQ", "DQ", "F1", "AJI", "sartorius"):
+        assert agnostic[key] == pytest.approx(1.0), key
+    assert not [key for key in agnostic if key.endswith(("_a", "_b", "_cell"))]
+
+
+def test_class_agnostic_scores_labels_of_another_class_list(labels):
+    """A one-class model against labels of two classes: the classes merged, one of three
+    cells missed, overlapping instances of the two classes kept apart."""
+    overlapping = labels.copy()
+    overlapping[1][square((64, 64), 5, 5, 10)] = 2  # class b's second cell lies on a's first
+    masks = [labels[0] == 1, labels[0] == 2, overlapping[1] == 2]
+    preds = [make_set(masks, [1, 1, 1])]
+    metrics, _ = evaluate_predictions([overlapping], preds, ["x", "y"], class_agnostic=True)
+    assert metrics["F1"] == pytest.approx(2 * 3 / (4 + 3))  # 3 of 4 cells found, no false one
+    assert metrics["PQ"] == pytest.approx(3 / (3 + 0.5))
+    assert metrics["AP50"] == pytest.approx(0.75, abs=0.01)  # recall 3/4 at precision 1

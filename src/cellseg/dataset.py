@@ -11,6 +11,10 @@ Format 2 (`format: coco`, the LIVECell layout): a COCO instance JSON with polygo
 (compressed or not) segmentations plus an image folder; an optional test JSON (COCO with
 `images`, or a plain list like the id map) lists the test images.
 
+The test set may come from another dataset: `source["test_path"]` names a folder in the
+reference layout whose `test_release/` and id map are the test images instead (see
+`index_test_set`).
+
 `index_dataset` and `check_headers` run while Snakemake builds its DAG: they list files and
 read TIFF headers but no pixels, and every problem they can see without pixels raises one
 `DataError` naming the file or folder. `load_sample` and `load_test_image` read pixels and
@@ -78,9 +82,23 @@ class DatasetIndex:
 
 def index_dataset(source: dict) -> DatasetIndex:
     """List and validate the dataset that `source` (the resolved `data:` config) names."""
+    return DatasetIndex(index_training_set(source), index_test_set(source))
+
+
+def index_training_set(source: dict) -> list[str]:
+    """The training image ids (sorted), their folders or records validated."""
+    return _index_reference(source) if _format(source) == "reference" else _index_coco(source)
+
+
+def index_test_set(source: dict) -> list[TestImage]:
+    """The test images (sorted by id): those of the reference-layout folder
+    `source["test_path"]` when given, else the dataset's own (`path`'s in the reference
+    layout, `test_json`'s in the COCO layout; none without it)."""
+    if source.get("test_path"):
+        return _index_reference_test(Path(source["test_path"]))
     if _format(source) == "reference":
-        return _index_reference(source)
-    return _index_coco(source)
+        return _index_reference_test(Path(source["path"]))
+    return _index_coco_test(source)
 
 
 def load_sample(source: dict, image_id: str) -> Sample:
@@ -102,18 +120,26 @@ def check_headers(source: dict, index: DatasetIndex) -> None:
         for image_id in index.train_ids:
             header = read_tiff_header(train / image_id / "image.tif")
             _check_mask_headers(train / image_id, classes, (header.height, header.width))
-        listing = Path(source["path"]) / ID_MAP
     else:
         coco = _parse_coco(source)
         for image_id in index.train_ids:
             record = coco.images[image_id]
             path = Path(source["image_dir"]) / record["file_name"]
             _check_size(path, read_tiff_header(path), (record["height"], record["width"]), source["train_json"])
+    check_test_headers(source, index.test_images)
+
+
+def check_test_headers(source: dict, test_images: list[TestImage]) -> None:
+    """`check_headers` for the test images of `source` (`index_test_set`) and their ground
+    truth (`source["test_gt"]`, class files `source["classes"]`)."""
+    if source.get("test_path") or _format(source) == "reference":
+        listing = Path(source.get("test_path") or source["path"]) / ID_MAP
+    else:
         listing = source.get("test_json")
-    for test in index.test_images:
+    for test in test_images:
         _check_size(test.path, read_tiff_header(test.path), (test.height, test.width), listing)
         if source.get("test_gt") and (Path(source["test_gt"]) / test.name).is_dir():
-            _check_mask_headers(Path(source["test_gt"]) / test.name, classes, (test.height, test.width))
+            _check_mask_headers(Path(source["test_gt"]) / test.name, source["classes"], (test.height, test.width))
 
 
 def _check_size(path: Path, header, size: tuple[int, int], listing) -> None:
@@ -211,7 +237,7 @@ def _stack_planes(
 # ---------------------------------------------------------------- format 1: reference layout
 
 
-def _index_reference(source: dict) -> DatasetIndex:
+def _index_reference(source: dict) -> list[str]:
     root = Path(source["path"])
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
@@ -250,7 +276,7 @@ def _index_reference(source: dict) -> DatasetIndex:
             f"{train}: no image folder holds a mask file ({', '.join(sorted(allowed - {'image.tif'}))}); "
             "check classes: in config against the file names"
         )
-    return DatasetIndex(ids, _index_reference_test(root))
+    return ids
 
 
 def _same_tiff_name(name: str, expected: str) -> bool:
@@ -365,7 +391,7 @@ class _Coco:
     class_of_category: dict[int, int]
 
 
-def _index_coco(source: dict) -> DatasetIndex:
+def _index_coco(source: dict) -> list[str]:
     coco = _parse_coco(source)
     image_dir = Path(source["image_dir"])
     if not image_dir.is_dir():
@@ -375,16 +401,20 @@ def _index_coco(source: dict) -> DatasetIndex:
             missing = image_dir / record["file_name"]
             hint = _near_miss(missing.parent, missing.name)
             raise DataError(f"{missing}: image listed in {source['train_json']} not found{hint}")
-    test_images = []
-    if source.get("test_json"):
-        listing = Path(source["test_json"])
-        if not listing.is_file():
-            raise DataError(f"{listing}: test JSON not found")
-        entries = _read_json(listing)
-        entries = entries.get("images") if isinstance(entries, dict) else entries
-        test_dir = Path(source.get("test_image_dir") or image_dir)
-        test_images = _parse_test_listing(listing, entries, test_dir)
-    return DatasetIndex(sorted(coco.images), test_images)
+    return sorted(coco.images)
+
+
+def _index_coco_test(source: dict) -> list[TestImage]:
+    """The images `test_json` lists (COCO with `images`, or a plain list like the id map)."""
+    if not source.get("test_json"):
+        return []
+    listing = Path(source["test_json"])
+    if not listing.is_file():
+        raise DataError(f"{listing}: test JSON not found")
+    entries = _read_json(listing)
+    entries = entries.get("images") if isinstance(entries, dict) else entries
+    test_dir = Path(source.get("test_image_dir") or source["image_dir"])
+    return _parse_test_listing(listing, entries, test_dir)
 
 
 def _parse_coco(source: dict) -> _Coco:

@@ -59,15 +59,18 @@ def scoreboard(
     class_names: list[str],
     max_dets: int,
     evaluator: str,
+    class_agnostic: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores table (one row per model: `model`, `thresholds`, then the columns of
     `cellseg.metrics.evaluate_predictions`: COCO AP keys incl. `AP50@100` and per class
     `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`, `AJI`/`AJI_<name>`) and the
     tuned ensemble's PR curve.
 
-    labels_list: (C, H, W) ground truth per validation image, in the predictions' order.
-    thresholds: the tune stage's choice (`score_thresholds` and `mask_thresholds` by 1-based
-    class id, `nms_threshold`).
+    labels_list: (C, H, W) ground truth per image, in the predictions' order; `class_names`
+    are its C classes. thresholds: the tune stage's choice (`score_thresholds` and
+    `mask_thresholds` by 1-based class id, `nms_threshold`). class_agnostic: every class
+    merged into one on both sides, no per-class columns; the labels' classes then need not
+    be the model's.
     """
     rows, curves = [], []
     tuned = apply_tuned(ensemble_preds, thresholds)
@@ -75,7 +78,7 @@ def scoreboard(
     models += [("ensemble", "default", ensemble_preds), ("ensemble", "tuned", tuned)]
     for model, thresholds_used, preds in models:
         metrics, curve = evaluate_predictions(
-            labels_list, preds, class_names, max_dets=max_dets, evaluator=evaluator
+            labels_list, preds, class_names, max_dets=max_dets, evaluator=evaluator, class_agnostic=class_agnostic
         )
         rows.append({"model": model, "thresholds": thresholds_used, **metrics})
         curves.append(curve)

@@ -18,6 +18,7 @@ predictions and instances of different classes have).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 # pycocotools' area ranges (all, small, medium, large) in pixels, bounds inclusive.
 AREA_RANGES = [(0, 1e10), (0, 32**2), (32**2, 96**2), (96**2, 1e10)]
 METRICS = ("AP", "AP50", "AP50@100", "sartorius", "F1", "PQ")
+# The one class that class-agnostic scoring merges every class into.
+AGNOSTIC_CLASS = "cell"
 
 
 @dataclass(frozen=True)
@@ -389,17 +392,40 @@ def evaluate_predictions(
     mask_threshold: float = 0.5,
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
+    class_agnostic: bool = False,
 ) -> tuple[dict, pd.DataFrame]:
     """All metrics in one dict (COCO keys, `sartorius`, `F1`, `F1_<name>`, `PQ`, `SQ`, `DQ`,
-    `PQ_<name>`, `AJI`, `AJI_<name>`) and the PR curve."""
+    `PQ_<name>`, `AJI`, `AJI_<name>`) and the PR curve.
+
+    class_agnostic: merge every class into one on both sides first (see `merge_classes`), so
+    that the labels may come from a dataset with another class list; the dict then holds no
+    per-class keys.
+    """
     gt = prepare_ground_truth(labels_list, class_names)
+    if class_agnostic:
+        gt, preds = merge_classes(gt, preds)
     precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
-    metrics = metrics_from_precision(precision, class_names)
+    metrics = metrics_from_precision(precision, gt.class_names)
     metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold)
     metrics.update(f1_per_class(gt, preds, mask_threshold))
     metrics.update(panoptic_quality(gt, preds, mask_threshold))
     metrics.update(aggregated_jaccard(gt, preds, mask_threshold))
+    if class_agnostic:
+        metrics = {key: value for key, value in metrics.items() if not key.endswith(f"_{AGNOSTIC_CLASS}")}
     return metrics, pr_curve(precision)
+
+
+def merge_classes(gt: GroundTruth, preds: list[InstanceSet]) -> tuple[GroundTruth, list[InstanceSet]]:
+    """The same instances with every class merged into one (`AGNOSTIC_CLASS`, id 1), in the
+    ground truth and in the predictions alike: a cell found with the wrong class counts as
+    found. Instances of different classes that overlap stay separate instances."""
+    coco = {
+        **gt.coco,
+        "annotations": [{**ann, "category_id": 1} for ann in gt.coco["annotations"]],
+        "categories": [{"id": 1, "name": AGNOSTIC_CLASS}],
+    }
+    merged = GroundTruth(coco, gt.pixels, [np.ones_like(c) for c in gt.classes], [AGNOSTIC_CLASS])
+    return merged, [dataclasses.replace(p, classes=np.ones_like(p.classes)) for p in preds]
 
 
 def _label_pixels(labels: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:

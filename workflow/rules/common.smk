@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cellseg.codehash import code_digest
 from cellseg.config_checks import check_cross_keys, schema_error_line
-from cellseg.dataset import check_headers, index_dataset
+from cellseg.dataset import DatasetIndex, check_headers, check_test_headers, index_test_set, index_training_set
 from cellseg.errors import ConfigError, DataError
 from cellseg.segment_input import check_image, list_images
 from cellseg.split import image_groups, split_sizes
@@ -44,21 +44,37 @@ if DEMO and CLASSES != [f"class{k}" for k in range(1, len(CLASSES) + 1)][:4]:
     raise _user_error(ConfigError(f"classes: the demo dataset draws up to 4 classes named class1..class4; got {CLASSES}"))
 
 
+# The data keys that choose the test set: the training stages never see them.
+TEST_KEYS = ("test_path", "test_json", "test_image_dir", "test_gt", "test_classes")
+# The demo's own test set, which a job writes (no data.test_path).
+DEMO_TEST = DEMO and not config["data"]["test_path"]
+
+
 def resolve_source():
-    """The `source` dict the library reads data through (see cellseg.dataset)."""
+    """The training data's `source` dict (see cellseg.dataset), without the test keys, so that
+    choosing another test set re-runs no training stage."""
     data = config["data"]
     if DEMO:
-        return {
-            "format": "reference",
-            "path": DEMO_DIR,
-            "classes": CLASSES,
-            "test_gt": f"{DEMO_DIR}/test_gt",
-        }
-    source = {key: value for key, value in data.items() if key != "source"}
+        return {"format": "reference", "path": DEMO_DIR, "classes": CLASSES}
+    source = {key: value for key, value in data.items() if key not in ("source", *TEST_KEYS)}
     return {"format": data["source"], "classes": CLASSES, **source}
 
 
+def resolve_test_source():
+    """The test set's `source` dict: the training data's own test set, or the one of the
+    reference-layout folder `data.test_path` (another dataset); `classes` are the class files
+    of its ground truth (`data.test_classes`, by default the model's)."""
+    data = config["data"]
+    test = {key: data[key] for key in ("test_path", "test_json", "test_image_dir", "test_gt")}
+    if DEMO_TEST:
+        test.update(test_path=DEMO_DIR, test_gt=f"{DEMO_DIR}/test_gt")
+    return {**SOURCE, **test, "classes": data["test_classes"] or CLASSES}
+
+
 SOURCE = resolve_source()
+TEST_SOURCE = resolve_test_source()
+# A test set labelled with other classes than the model's is scored class-agnostically only.
+FOREIGN_TEST_CLASSES = TEST_SOURCE["classes"] != CLASSES
 
 try:
     check_cross_keys(config)
@@ -68,10 +84,14 @@ try:
 
         TRAIN_IDS, TEST_NAMES = demo_ids(config["demo"]["n_train"], config["demo"]["n_test"])
     else:
-        DATASET = index_dataset(SOURCE)
-        check_headers(SOURCE, DATASET)
-        TRAIN_IDS = DATASET.train_ids
-        TEST_NAMES = [Path(t.file_name).stem for t in DATASET.test_images]
+        TRAIN_IDS = index_training_set(SOURCE)
+        check_headers(SOURCE, DatasetIndex(TRAIN_IDS, []))
+    if not DEMO_TEST:
+        if config["data"]["test_path"] and not Path(config["data"]["test_path"]).is_dir():
+            raise DataError(f"data.test_path: {config['data']['test_path']} is not a folder")
+        TEST_IMAGES = index_test_set(TEST_SOURCE)
+        check_test_headers(TEST_SOURCE, TEST_IMAGES)
+        TEST_NAMES = [t.name for t in TEST_IMAGES]
     # The file `snakemake download_weights` writes, for hosts without internet.
     WEIGHTS_DOWNLOAD = f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth"
     _weights = TRAIN_CFG["weights_path"]
@@ -147,34 +167,33 @@ def _all_sample_files():
 
 def test_files(wildcards=None):
     """Test images and their id map."""
-    if DEMO:
+    if DEMO_TEST:
         return [DEMO_DIR]
-    if SOURCE["format"] == "reference":
-        return [str(t.path) for t in DATASET.test_images] + [
-            str(Path(SOURCE["path"]) / "test_image_name_to_ids.json")
-        ]
-    if SOURCE.get("test_json"):
-        return [SOURCE["test_json"], SOURCE["test_image_dir"] or SOURCE["image_dir"]]
+    if TEST_SOURCE["test_path"] or TEST_SOURCE["format"] == "reference":
+        root = Path(TEST_SOURCE["test_path"] or TEST_SOURCE["path"])
+        return [str(t.path) for t in TEST_IMAGES] + [str(root / "test_image_name_to_ids.json")]
+    if TEST_SOURCE["test_json"]:
+        return [TEST_SOURCE["test_json"], TEST_SOURCE["test_image_dir"] or TEST_SOURCE["image_dir"]]
     return []
 
 
 def has_test_ground_truth():
-    return has_test_set() and bool(SOURCE.get("test_gt"))
+    return has_test_set() and bool(TEST_SOURCE["test_gt"])
 
 
 def test_ground_truth_files(wildcards=None):
     """The held-out test labels (`data.test_gt/<test name>/<class>.tif`)."""
-    if DEMO:
+    if DEMO_TEST:
         return [DEMO_DIR]
-    return sorted(str(path) for path in Path(SOURCE["test_gt"]).glob("*/*.tif"))
+    return sorted(str(path) for path in Path(TEST_SOURCE["test_gt"]).glob("*/*.tif"))
 
 
 def _check_test_ground_truth():
     """Fail while building the DAG when `data.test_gt` holds no test image's folder (a wrong
     path); a test image without its folder is scored as an image without cells, and said so."""
-    if DEMO or not SOURCE.get("test_gt"):
+    if DEMO_TEST or not TEST_SOURCE["test_gt"]:
         return
-    folder = Path(SOURCE["test_gt"])
+    folder = Path(TEST_SOURCE["test_gt"])
     if not folder.is_dir():
         raise _user_error(DataError(f"data.test_gt: {folder} is not a folder"))
     missing = [name for name in TEST_NAMES if not (folder / name).is_dir()]
@@ -196,6 +215,16 @@ def subset_files(wildcards):
     return test_files() if wildcards.subset == "test" else all_sample_files()
 
 
+def subset_source(wildcards):
+    """The `source` dict a predict job reads its images through."""
+    return TEST_SOURCE if wildcards.subset == "test" else SOURCE
+
+
+def calibration_file(wildcards=None):
+    """The folds' fitted score maps (`calibrate_folds`); none with ensemble.calibrate: none."""
+    return [] if config["ensemble"]["calibrate"] == "none" else ["results/ensemble/calibration.json"]
+
+
 def tiles_of(images):
     return expand("results/tiles/{image}.npz", image=images) + expand(
         "results/tiles/{image}.tsv", image=images
@@ -214,10 +243,19 @@ def get_final_output():
     if has_test_set():
         targets += ["results/submission/submission.zip"]
         if has_test_ground_truth():
-            targets += ["results/evaluate/test_scores.tsv"]
+            targets += list(test_score_files().values())
         if config["submission"]["kaggle_csv"]:
             targets += ["results/submission/submission.csv"]
     return targets
+
+
+def test_score_files():
+    """The test set's score tables: class-agnostic always, per class when its ground truth
+    names the model's classes (per-class scores against other classes would be meaningless)."""
+    files = {"agnostic": "results/evaluate/test_scores_agnostic.tsv"}
+    if not FOREIGN_TEST_CLASSES:
+        files["scores"] = "results/evaluate/test_scores.tsv"
+    return files
 
 
 # Images to segment with the finished ensemble (rules in segment.smk).

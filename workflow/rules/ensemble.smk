@@ -1,12 +1,36 @@
-# Weighted boxes fusion of the folds' predictions, with their masks averaged.
+# Weighted boxes fusion of the folds' predictions, with their masks averaged; optionally each
+# fold's scores calibrated first (ensemble.calibrate), by maps fitted on the validation set.
+
+
+rule calibrate_folds:
+    input:
+        expand("results/predict/fold{fold}/val", fold=FOLDS),
+    output:
+        "results/ensemble/calibration.json",
+    params:
+        method=config["ensemble"]["calibrate"],
+        folds=FOLDS,
+        code=script_digest("calibrate_folds.py"),
+    log:
+        "logs/ensemble/calibration.log",
+    benchmark:
+        "results/benchmarks/ensemble/calibration.tsv"
+    conda:
+        f"{ENVS}/eval.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/calibrate_folds.py"
 
 
 rule ensemble_folds:
     input:
-        expand("results/predict/fold{fold}/{{subset}}", fold=FOLDS),
+        folds=expand("results/predict/fold{fold}/{{subset}}", fold=FOLDS),
+        calibration=calibration_file,
     output:
         directory("results/ensemble/{subset}"),
     params:
+        folds=FOLDS,
         weights=config["ensemble"]["weights"],
         iou_thr=config["ensemble"]["iou_thr"],
         skip_box_thr=config["ensemble"]["skip_box_thr"],

@@ -1,5 +1,6 @@
 # Scores of each fold alone, the ensemble, and the ensemble after tuning, on the validation set
-# and, when its ground truth is given (data.test_gt), on the test set.
+# and, when its ground truth is given (data.test_gt), on the test set; per class, and with the
+# classes merged (class-agnostic, the one table of a test set labelled with other classes).
 
 
 rule evaluate_predictions:
@@ -15,6 +16,7 @@ rule evaluate_predictions:
             caption="../report/metrics_table.rst",
             category="Evaluation",
         ),
+        agnostic="results/evaluate/scores_agnostic.tsv",
         per_image="results/evaluate/per_image.tsv",
         pr_curve="results/evaluate/pr_curve.tsv",
     params:
@@ -44,13 +46,12 @@ rule evaluate_test:
         test=test_files,
         truth=test_ground_truth_files,
     output:
-        report(
-            "results/evaluate/test_scores.tsv",
-            caption="../report/test_scores.rst",
-            category="Evaluation",
-        ),
+        **{
+            name: report(path, caption="../report/test_scores.rst", category="Evaluation")
+            for name, path in test_score_files().items()
+        },
     params:
-        source=SOURCE,
+        source=TEST_SOURCE,
         classes=CLASSES,
         folds=FOLDS,
         max_dets=config["evaluate"]["max_dets"],

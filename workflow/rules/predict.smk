@@ -10,7 +10,7 @@ rule predict_fold:
         directory("results/predict/fold{fold}/{subset}"),
     params:
         train=TRAIN_CFG,
-        source=SOURCE,
+        source=subset_source,
         classes=CLASSES,
         train_tile_size=config["tiles"]["size"],
         tile_size=config["predict"]["tile_size"],

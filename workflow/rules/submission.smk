@@ -11,7 +11,7 @@ rule make_submission:
         json="results/submission/test-results.json",
         zip="results/submission/submission.zip",
     params:
-        source=SOURCE,
+        source=TEST_SOURCE,
         classes=CLASSES,
         code=script_digest("make_submission.py"),
     log:
@@ -33,7 +33,7 @@ rule make_kaggle_csv:
     output:
         "results/submission/submission.csv",
     params:
-        source=SOURCE,
+        source=TEST_SOURCE,
         pixel_order=config["submission"]["kaggle_csv"],
         code=script_digest("make_kaggle_csv.py"),
     log:

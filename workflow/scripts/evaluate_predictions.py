@@ -1,4 +1,5 @@
-"""Score each fold, the ensemble and the tuned ensemble on the validation set."""
+"""Score each fold, the ensemble and the tuned ensemble on the validation set, per class and
+class-agnostically."""
 
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ with job_logging(snakemake.log[0]) as log:
     scores, curve = scoreboard(
         labels, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator
     )
+    agnostic, _ = scoreboard(labels, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, class_agnostic=True)
     per_image = per_image_scores(ids, labels, apply_tuned(ensemble, thresholds), p.classes)
     log.info("validation scores:\n%s", scores.to_string())
-    for table, path in [(scores, snakemake.output.scores), (per_image, snakemake.output.per_image),
-                        (curve, snakemake.output.pr_curve)]:
+    for table, path in [(scores, snakemake.output.scores), (agnostic, snakemake.output.agnostic),
+                        (per_image, snakemake.output.per_image), (curve, snakemake.output.pr_curve)]:
         with atomic_path(path) as tmp:
             table.to_csv(tmp, sep="\t", index=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.dataset import index_dataset
+from cellseg.dataset import index_test_set
 from cellseg.evaluation import apply_tuned, read_thresholds
 from cellseg.instances import load_instance_sets
 from cellseg.joblog import job_logging
@@ -14,7 +14,7 @@ from cellseg.submission import build_submission, write_submission
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
-    tests = index_dataset(p.source).test_images
+    tests = index_test_set(p.source)
     sets = load_instance_sets(snakemake.input.ensemble, [t.name for t in tests])
     tuned = apply_tuned(list(sets.values()), read_thresholds(snakemake.input.thresholds))
     preds = {t.file_name: instances for t, instances in zip(tests, tuned)}

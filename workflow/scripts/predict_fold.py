@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 import torch
 
-from cellseg.dataset import index_dataset, load_sample, load_test_image
+from cellseg.dataset import index_test_set, load_sample, load_test_image
 from cellseg.device import pin_gpus, resolve_amp, select_device
 from cellseg.joblog import job_logging
 from cellseg.predict import load_model_for_inference, predict_images
@@ -22,7 +22,7 @@ with job_logging(snakemake.log[0]) as log:
         ids = validation_ids(read_split(snakemake.input.split))
         images = ((i, load_sample(p.source, i).image) for i in ids)
     else:
-        tests = index_dataset(p.source).test_images
+        tests = index_test_set(p.source)
         ids = [t.name for t in tests]
         images = ((t.name, load_test_image(t)) for t in tests)
     device = select_device()
