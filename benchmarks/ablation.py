@@ -18,10 +18,19 @@ Per variant it reports, on the test set (`test_scores.tsv`, tuned ensemble): mas
 validation AP50@100 of the tuned ensemble and of the best single fold; and the wall time.
 The table is printed, and written to `OUT/table.md` and `OUT/results.tsv` after each variant.
 
+With `--class-agnostic` it reports the class-agnostic test scores instead
+(`test_scores_agnostic.tsv`), as a cross-dataset benchmark needs (a model trained on one
+dataset, tested on another's test set: `data.test_path`): AP50@100 and AP of each fold, of the
+ensemble and of the tuned ensemble, the spread between the folds (best minus worst), and the
+tuned ensemble's class-agnostic validation AP50@100 on the training dataset.
+
     .venv/bin/python benchmarks/ablation.py \\
         --config benchmarks/ablation/consep.yaml benchmarks/ablation/cpu_budget.yaml \\
         --variants benchmarks/ablation/rare_class.yaml --rare-class class1 \\
         --out ablation/consep --cores 2 [--only baseline,all]
+    .venv/bin/python benchmarks/ablation.py \\
+        --config benchmarks/ablation/monuseg_to_consep.yaml benchmarks/ablation/cpu_budget.yaml \\
+        --variants benchmarks/ablation/stain.yaml --class-agnostic --out ablation/monuseg_to_consep --cores 2
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ SNAPSHOT_IGNORE = shutil.ignore_patterns(
     ".venv", ".git", "results", "logs", "resources", ".snakemake", "__pycache__", ".pytest_cache",
     "*.egg-info", "ablation",
 )  # fmt: skip
-DATA_PATH_KEYS = ("path", "train_json", "image_dir", "test_json", "test_image_dir", "test_gt")
+DATA_PATH_KEYS = ("path", "train_json", "image_dir", "test_json", "test_image_dir", "test_gt", "test_path")
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -127,6 +136,22 @@ def variant_row(name: str, workdir: Path, seconds: float, rare_class: str) -> di
     }
 
 
+def agnostic_row(name: str, workdir: Path, seconds: float) -> dict:
+    """One table row from a finished variant's class-agnostic score tables."""
+    test = pd.read_csv(workdir / "results" / "evaluate" / "test_scores_agnostic.tsv", sep="\t")
+    val = pd.read_csv(workdir / "results" / "evaluate" / "scores_agnostic.tsv", sep="\t")
+    ensemble = test[test["model"] == "ensemble"].set_index("thresholds")
+    folds = test[test["model"].str.startswith("fold")]
+    row = {"variant": name}
+    for metric in ("AP50@100", "AP"):
+        row[f"test ensemble {metric}"] = ensemble.loc["default", metric]
+        row[f"test tuned {metric}"] = ensemble.loc["tuned", metric]
+        row[f"test folds {metric}"] = " / ".join(f"{v:.3f}" for v in folds[metric])
+        row[f"fold spread {metric}"] = folds[metric].max() - folds[metric].min()
+    val_tuned = val[(val["model"] == "ensemble") & (val["thresholds"] == "tuned")].iloc[0]
+    return {**row, "val tuned AP50@100": val_tuned["AP50@100"], "wall min": seconds / 60}
+
+
 def markdown(rows: list[dict]) -> str:
     table = pd.DataFrame(rows)
     header = "| " + " | ".join(table.columns) + " |"
@@ -144,6 +169,10 @@ def main() -> None:
     parser.add_argument("--variants", type=Path, required=True, help="YAML: variant name -> config overrides")
     parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all, in file order)")
     parser.add_argument("--rare-class", default="class1", help="class whose AP50@100 gets its own column")
+    parser.add_argument(
+        "--class-agnostic", action="store_true",
+        help="report class-agnostic test scores per fold and ensemble, and the fold spread (cross-dataset runs)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("ablation"), help="work directories, cache and table")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument(
@@ -169,7 +198,10 @@ def main() -> None:
         pd.read_csv(out / "results.tsv", sep="\t").query("variant not in @names").to_dict("records")
     for name in names:
         seconds = run_variant(repo, out / name, merge(base, variants[name]), out / "cache", args.cores)
-        rows.append(variant_row(name, out / name, seconds, args.rare_class))
+        if args.class_agnostic:
+            rows.append(agnostic_row(name, out / name, seconds))
+        else:
+            rows.append(variant_row(name, out / name, seconds, args.rare_class))
         table = markdown(rows)
         (out / "table.md").write_text(f"code: {commit}\n\n{table}\n")
         pd.DataFrame(rows).to_csv(out / "results.tsv", sep="\t", index=False)

@@ -9,7 +9,15 @@ import pytest
 import tifffile
 from pycocotools import mask as mask_utils
 
-from cellseg.dataset import check_headers, index_dataset, load_ground_truth, load_sample, load_test_image
+from cellseg.dataset import (
+    check_headers,
+    check_test_headers,
+    index_dataset,
+    index_test_set,
+    load_ground_truth,
+    load_sample,
+    load_test_image,
+)
 from cellseg.errors import DataError
 
 CLASSES = ["class1", "class2", "class3", "class4"]
@@ -420,3 +428,23 @@ def test_near_miss_of_a_test_image_gets_a_hint(ref_dir):
     (ref_dir / "test_release" / "t1.tif").rename(ref_dir / "test_release" / "t1.TIF")
     with pytest.raises(DataError, match=r"t1.tif: test image listed in .* not found; found t1.TIF"):
         index_dataset(_ref(ref_dir))
+
+
+def test_test_set_of_another_folder_and_its_class_files(tmp_path):
+    """`test_path` takes the test images of another reference-layout folder (the training
+    folder's own test set is not read); a ground-truth class file beyond the test set's
+    classes fails at once, naming data.test_classes."""
+    from cellseg.demo import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "train_set", seed=0, n_train=2, n_test=1, min_size=16, max_size=32)
+    write_demo_dataset(tmp_path / "other", seed=1, n_train=2, n_test=3, min_size=16, max_size=32, n_classes=2)
+    (tmp_path / "train_set" / "test_image_name_to_ids.json").unlink()
+    source = {
+        "format": "reference", "path": str(tmp_path / "train_set"), "classes": ["class1", "class2"],
+        "test_path": str(tmp_path / "other"), "test_gt": str(tmp_path / "other" / "test_gt"),
+    }  # fmt: skip
+    tests = index_test_set(source)
+    assert [t.path.parent for t in tests] == [tmp_path / "other" / "test_release"] * 3
+    check_test_headers(source, tests)
+    with pytest.raises(DataError, match="class2.tif: class file not among the test set's classes.*data.test_classes"):
+        check_test_headers({**source, "classes": ["class1"]}, tests)

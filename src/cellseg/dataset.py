@@ -138,8 +138,21 @@ def check_test_headers(source: dict, test_images: list[TestImage]) -> None:
         listing = source.get("test_json")
     for test in test_images:
         _check_size(test.path, read_tiff_header(test.path), (test.height, test.width), listing)
-        if source.get("test_gt") and (Path(source["test_gt"]) / test.name).is_dir():
-            _check_mask_headers(Path(source["test_gt"]) / test.name, source["classes"], (test.height, test.width))
+        folder = Path(source["test_gt"]) / test.name if source.get("test_gt") else None
+        if folder and folder.is_dir():
+            _check_test_class_files(folder, source["classes"])
+            _check_mask_headers(folder, source["classes"], (test.height, test.width))
+
+
+def _check_test_class_files(folder: Path, classes: list[str]) -> None:
+    """A class file of the test ground truth that `classes` does not name would be left out of
+    the scores silently (a test set from another dataset with other classes, say)."""
+    for path in sorted(folder.glob("*.tif")):
+        if path.stem not in classes and path.name != "image.tif":
+            raise DataError(
+                f"{path}: class file not among the test set's classes {classes}; set data.test_classes "
+                "to the class names of the test ground truth"
+            )
 
 
 def _check_size(path: Path, header, size: tuple[int, int], listing) -> None:
