@@ -114,11 +114,12 @@ def test_fpn_channels_set_the_width_of_the_fpn_and_every_head(backbone):
     assert model.backbone.body.layer1[0].conv1.weight.grad.abs().sum() > 0
 
 
-def test_detect_windows_equal_torchvisions_pasted_masks():
+@pytest.mark.parametrize("box_head", ["standard", "cascade"])
+def test_detect_windows_equal_torchvisions_pasted_masks(box_head):
     """`detect` keeps each mask inside its window: there it equals torchvision's full-size
     pasted mask, and that mask is zero outside it; boxes, scores and labels are the same."""
     torch.manual_seed(0)
-    model = build_model(config(fpn_channels=32, box_detections_per_img=50), num_classes=3).eval()
+    model = build_model(config(fpn_channels=32, box_detections_per_img=50, box_head=box_head), num_classes=3).eval()
     images = [sample(seed=1)[0], sample(seed=2)[0][:, :, :60]]
     with torch.no_grad():
         dense = model(images)

@@ -129,8 +129,8 @@ RARE_CLASS_RECIPE = {"ema_decay": 0.9, "repeat_factor_threshold": 0.9, "copy_pas
 @pytest.mark.parametrize(
     "recipe, kill",
     [({}, signal.SIGKILL), (RARE_CLASS_RECIPE, signal.SIGKILL), ({"min_steps": 10}, signal.SIGKILL),
-     ({}, signal.SIGTERM)],
-    ids=["plain", "rare_class_recipe", "repeated_epochs", "sigterm"],
+     ({}, signal.SIGTERM), ({"box_head": "cascade"}, signal.SIGKILL)],
+    ids=["plain", "rare_class_recipe", "repeated_epochs", "sigterm", "cascade"],
 )
 def test_killed_run_resumes_to_identical_weights(data, first_run, tmp_path, recipe, kill):
     """SIGKILL loses the steps since the last checkpoint; SIGTERM (SLURM's warning before a

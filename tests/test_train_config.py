@@ -79,6 +79,7 @@ def test_non_null_overrides_win_and_nothing_is_shared():
         ({"dice_loss_weight": -1}, "train.dice_loss_weight"),
         ({"aux_heads": "yes"}, "train.aux_heads"),
         ({"amp": "fp8"}, "train.amp"),
+        ({"box_head": "cascade_rcnn"}, "train.box_head"),
         ({"min_size": 600}, "train.min_size"),  # above the demo max_size 512
         ({"multiscale_sizes": [128, 1024]}, "train.multiscale_sizes"),
         ({"augment": "extreme"}, "train.augment"),

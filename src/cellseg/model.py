@@ -137,18 +137,30 @@ def _rpn(cfg: dict, v2: bool) -> RegionProposalNetwork:
 
 
 def _roi_heads(cfg: dict, num_classes: int, v2: bool, class_weights: torch.Tensor | None) -> "CellRoIHeads":
+    """torchvision's RoI heads (`train.box_head: standard`) or the cascade (`cellseg.cascade`)."""
+    # cellseg.cascade subclasses CellRoIHeads, so it can only be imported once this module is.
+    from cellseg.cascade import STAGE_IOUS, CascadePredictor, CascadeRoIHeads
+
     levels = ["0", "1", "2", "3"]
     channels = cfg["fpn_channels"]
+    cascade = cfg["box_head"] == "cascade"
+    n_box_heads = len(STAGE_IOUS) if cascade else 1
     if v2:
-        box_head = FastRCNNConvFCHead((channels, 7, 7), [channels] * 4, [BOX_REPRESENTATION], norm_layer=nn.BatchNorm2d)
+        box_heads = [
+            FastRCNNConvFCHead((channels, 7, 7), [channels] * 4, [BOX_REPRESENTATION], norm_layer=nn.BatchNorm2d)
+            for _ in range(n_box_heads)
+        ]
         mask_head = MaskRCNNHeads(channels, [channels] * 4, 1, norm_layer=nn.BatchNorm2d)
     else:
-        box_head = TwoMLPHead(channels * 7 * 7, BOX_REPRESENTATION)
+        box_heads = [TwoMLPHead(channels * 7 * 7, BOX_REPRESENTATION) for _ in range(n_box_heads)]
         mask_head = MaskRCNNHeads(channels, [channels] * 4, 1)
-    return CellRoIHeads(
+    heads, predictor = (CascadeRoIHeads, CascadePredictor) if cascade else (CellRoIHeads, FastRCNNPredictor)
+    stages = {"refine_heads": box_heads[1:]} if cascade else {}
+    return heads(
+        **stages,
         box_roi_pool=_roi_align(levels, 7),
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(BOX_REPRESENTATION, num_classes + 1),
+        box_head=box_heads[0],
+        box_predictor=predictor(BOX_REPRESENTATION, num_classes + 1),
         fg_iou_thresh=0.5,
         bg_iou_thresh=0.5,
         batch_size_per_image=cfg["box_batch_size_per_image"],
@@ -243,6 +255,12 @@ class CellRoIHeads(RoIHeads):
         loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
         if self.class_weights is not None:
             loss_classifier = F.cross_entropy(class_logits, torch.cat(labels), weight=self.class_weights)
+        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        losses.update(self._mask_loss_terms(features, proposals, image_shapes, targets, labels, matched_idxs))
+        return [], losses
+
+    def _mask_loss_terms(self, features, proposals, image_shapes, targets, labels, matched_idxs) -> dict:
+        """`loss_mask` (and `loss_mask_dice`) of the sampled RoIs with a foreground label."""
         positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
         mask_proposals = [p[pos] for p, pos in zip(proposals, positive)]
         mask_logits = self._mask_logits(features, mask_proposals, image_shapes)
@@ -254,10 +272,10 @@ class CellRoIHeads(RoIHeads):
             [m[pos] for m, pos in zip(matched_idxs, positive)],
             self.class_weights,
         )
-        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
+        losses = {"loss_mask": loss_mask}
         if self.dice_loss_weight > 0:
             losses["loss_mask_dice"] = self.dice_loss_weight * dice
-        return [], losses
+        return losses
 
     def _mask_logits(self, features, boxes, image_shapes) -> torch.Tensor:
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
@@ -266,6 +284,10 @@ class CellRoIHeads(RoIHeads):
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        return self._with_masks(features, boxes, scores, labels, image_shapes)
+
+    def _with_masks(self, features, boxes, scores, labels, image_shapes) -> list[dict]:
+        """Per image the detections (lists of per-image tensors) with their masks' probabilities."""
         mask_probs = maskrcnn_inference(self._mask_logits(features, boxes, image_shapes), labels)
         return [
             {"boxes": b, "labels": lab, "scores": s, "masks": m}

@@ -16,6 +16,7 @@ AUGMENT_PRESETS = ("none", "basic", "strong")
 AUGMENT_SWITCHES = ("hflip", "vflip", "rot90", "scale_shift", "color", "stain", "elastic")
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = ("none", "bf16", "fp16")
+BOX_HEADS = ("standard", "cascade")
 N_FPN_LEVELS = 5
 
 TRAIN_PRESETS = {
@@ -38,6 +39,7 @@ TRAIN_PRESETS = {
         "box_batch_size_per_image": 32,
         "box_detections_per_img": 500,
         "box_score_thresh": 0.05,
+        "box_head": "standard",
         "mask_roi_size": 7,
         "aux_heads": False,
         "center_loss_weight": 1.0,
@@ -86,6 +88,7 @@ TRAIN_PRESETS = {
         "box_batch_size_per_image": 512,
         "box_detections_per_img": 1000,
         "box_score_thresh": 0.05,
+        "box_head": "standard",
         "mask_roi_size": 14,
         "aux_heads": False,
         "center_loss_weight": 1.0,
@@ -123,6 +126,7 @@ _CHOICES = {
     "augment": AUGMENT_PRESETS,
     "optimizer": OPTIMIZERS,
     "amp": AMP_MODES,
+    "box_head": BOX_HEADS,
 }
 _POSITIVE_INTS = (
     "max_size", "fpn_channels", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train",

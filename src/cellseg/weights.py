@@ -39,7 +39,7 @@ _REINITIALISABLE = (
     "rpn.head.cls_logits.",
     "rpn.head.bbox_pred.",
 )
-_OWN_LAYERS = ("aux_head.",)  # not in torchvision's Mask R-CNN, always freshly initialised
+_OWN_LAYERS = ("aux_head.", "roi_heads.refine.")  # not in torchvision's Mask R-CNN, always freshly initialised
 
 
 def torchvision_weights(cfg: dict) -> WeightsEnum | None:
