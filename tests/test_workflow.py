@@ -146,6 +146,11 @@ def test_tiny_run_writes_every_output(finished_run):
         assert scores[column].between(0, 1).all(), column
     test_scores = pd.read_csv(results / "evaluate" / "test_scores.tsv", sep="\t")
     assert list(zip(test_scores["model"], test_scores["thresholds"])) == rows
+    for name in ("scores_agnostic", "test_scores_agnostic"):
+        agnostic = pd.read_csv(results / "evaluate" / f"{name}.tsv", sep="\t")
+        assert list(zip(agnostic["model"], agnostic["thresholds"])) == rows
+        assert set(agnostic.columns) < set(scores.columns) and "AP_class1" not in agnostic.columns
+        assert agnostic["AP50@100"].between(0, 1).all()
     assert list(test_scores.columns) == list(scores.columns)
     assert test_scores["AP"].between(0, 1).all() and not test_scores["AP"].equals(scores["AP"])
 
@@ -206,6 +211,10 @@ def test_lint_reports_nothing(tmp_path):
         # Without aux heads nothing reads the maps: no maps job, tiles with empty maps.
         pytest.param({"train": {"aux_heads": False}}, {"make_tiles": N_IMAGES, **FROM_TRAIN}, ["make_tiles"], id="no-aux-heads"),
         pytest.param({"train": {"ema_decay": 0.9}}, FROM_TRAIN, [], id="train-ema"),
+        pytest.param(
+            {"ensemble": {"calibrate": "quantile"}}, {"calibrate_folds": 1, "ensemble_folds": 2, **FROM_TUNE}, [],
+            id="ensemble-calibrate",
+        ),
         pytest.param({"train": {"repeat_factor_threshold": 0.5}}, FROM_TRAIN, [], id="train-repeat-factor"),
         pytest.param({"train": {"copy_paste": 0.5}}, FROM_TRAIN, [], id="train-copy-paste"),
         pytest.param(
@@ -235,6 +244,39 @@ def test_config_change_reruns_its_stage_onward(
         assert wildcard_values(jobs, rule, "image") == set(DEMO_IDS)
     if "train_fold" in expected:
         assert wildcard_values(jobs, "train_fold", "fold") == {str(k) for k in FOLDS}
+
+
+@pytest.mark.slow
+def test_test_set_of_another_dataset_reruns_only_the_test_stages(finished_run, run_copy, tmp_path):
+    """Pointing the test set at another dataset, labelled with other classes (one, where the
+    model has four), re-runs the test predictions, the test ensemble, the test scores and the
+    submission: no split, tiles or training. Run, the test set is scored class-agnostically
+    only, and the submission lists the new test images."""
+    from cellseg.demo import write_demo_dataset
+
+    other = tmp_path / "other"
+    write_demo_dataset(other, seed=1, n_train=2, n_test=2, min_size=40, max_size=80, n_classes=1)
+    test_set = {"test_path": str(other), "test_gt": str(other / "test_gt"), "test_classes": ["class1"]}
+    extra = write_config(tmp_path / "test_set.yaml", {"data": test_set})
+    jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
+    assert rule_counts(jobs) == {
+        "predict_fold": len(FOLDS), "ensemble_folds": 1, "evaluate_test": 1, "make_submission": 1, "all": 1,
+    }  # fmt: skip
+    assert wildcard_values(jobs, "predict_fold", "subset") == {"test"}
+    assert wildcard_values(jobs, "ensemble_folds", "subset") == {"test"}
+
+    snakemake(run_copy, repo=finished_run.repo, configs=[extra])
+    results = run_copy / "results"
+    agnostic = pd.read_csv(results / "evaluate" / "test_scores_agnostic.tsv", sep="\t")
+    assert len(agnostic) == len(FOLDS) + 2 and agnostic["AP50@100"].between(0, 1).all()
+    assert not [c for c in agnostic.columns if c.endswith("_class1")]
+    assert "class-agnostic scores only" in (run_copy / "logs" / "evaluate" / "evaluate_test.log").read_text()
+    id_map = json.loads((other / "test_image_name_to_ids.json").read_text())
+    submitted = json.loads((results / "submission" / "test-results.json").read_text())
+    assert {r["image_id"] for r in submitted} <= {e["id"] for e in id_map}
+    assert sorted(p.stem for p in (results / "ensemble" / "test").glob("*.npz")) == sorted(
+        Path(e["file_name"]).stem for e in id_map
+    )
 
 
 @pytest.mark.slow
@@ -402,6 +444,9 @@ def _assert_failed_before_jobs(proc, workdir: Path, *expected: str):
             id="unknown-choice",
         ),
         pytest.param({"tune": {"metric": "mAP50"}}, "tune.metric = 'mAP50' is not one of", id="unknown-tune-metric"),
+        pytest.param(
+            {"ensemble": {"calibrate": "isotonic"}}, "ensemble.calibrate = 'isotonic' is not one of", id="calibrate"
+        ),
     ],
 )
 def test_config_error_names_the_key(tmp_path, override, expected):
@@ -618,6 +663,9 @@ def _dry_run_in_existing_workdir(tmp_path: Path, config: Path):
             id="missing-weights-path",
         ),
         pytest.param({"trian": {"epochs": 2}}, "ConfigError: trian: unknown key (did you mean train?)", id="misspelt-section"),
+        pytest.param(
+            {"data": {"test_path": "nowhere"}}, "DataError: data.test_path: nowhere is not a folder", id="missing-test-path"
+        ),
         pytest.param(
             {"split": {"foldz": 3}}, "ConfigError: split.foldz: unknown key (did you mean folds?); split takes", id="misspelt-key"
         ),
