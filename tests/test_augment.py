@@ -1,8 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from cellseg.augment import SWITCHES, augment_tile, build_augment, enabled_switches
+from cellseg.dataset import load_sample
 from cellseg.train_data import instances_from_labels
 
 GEOMETRIC = ("hflip", "vflip", "rot90", "scale_shift", "elastic")
@@ -123,3 +127,34 @@ def test_config_names_match_the_pipelines():
 
     assert set(train_config.AUGMENT_SWITCHES) == set(augment.SWITCHES)
     assert set(train_config.AUGMENT_PRESETS) == set(augment.PRESETS)
+
+
+CONSEP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "consep"
+
+
+def test_stain_jitter_off_adds_nothing():
+    assert build_augment("none", stain_jitter=0.0) is None
+    assert len(build_augment("basic", stain_jitter=0.1).transforms) == 4
+
+
+@pytest.mark.skipif(not CONSEP.is_dir(), reason="real CoNSeP data not present")
+def test_stain_jitter_recolours_a_real_tile_only():
+    """HED jitter on a real H&E patch: colours change, by the same amount for the same seed,
+    while labels, maps and the boxes drawn from them stay as they were."""
+    source = {"format": "reference", "path": str(CONSEP), "classes": ["class1", "class2", "class3", "class4"]}
+    sample = load_sample(source, "train_1_000")
+    image, labels = sample.image[:128, :128], sample.labels[:, :128, :128]
+    center, boundary = np.zeros((2, 128, 128), np.float32)
+    transform = build_augment("none", stain_jitter=0.2)
+    outs = [augment_tile(transform, image, labels, center, boundary, seed=s) for s in range(6)]
+    changed = [o for o in outs if not np.array_equal(o["image"], image)]
+    assert changed  # each tile is jittered with probability 0.5
+    for out in changed:
+        assert np.abs(out["image"].astype(int) - image).mean() > 1
+    again = augment_tile(transform, image, labels, center, boundary, seed=0)
+    np.testing.assert_array_equal(again["image"], outs[0]["image"])
+    boxes = instances_from_labels(labels)["boxes"]
+    for out in outs:
+        np.testing.assert_array_equal(out["labels"], labels)
+        np.testing.assert_array_equal(out["center"], center)
+        assert torch.equal(instances_from_labels(out["labels"])["boxes"], boxes)

@@ -70,6 +70,7 @@ def test_non_null_overrides_win_and_nothing_is_shared():
         ({"repeat_factor_threshold": 0.0}, "train.repeat_factor_threshold"),
         ({"repeat_factor_threshold": 2}, "train.repeat_factor_threshold"),
         ({"copy_paste": 1.5}, "train.copy_paste"),
+        ({"stain_jitter": 1.5}, "train.stain_jitter"),
         ({"anchor_sizes": [8, 16, 32]}, "train.anchor_sizes"),
         ({"aspect_ratios": []}, "train.aspect_ratios"),
         ({"trainable_backbone_layers": 6}, "train.trainable_backbone_layers"),

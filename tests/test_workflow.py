@@ -232,6 +232,15 @@ def test_lint_reports_nothing(tmp_path):
             ["compute_maps", "make_tiles"],
             id="maps",
         ),
+        # Stain normalisation: the target's fit, then every stage that reads pixels for the
+        # model; not the split, nor the maps (from masks only).
+        pytest.param(
+            {"stain": {"method": "macenko"}},
+            {"fit_stain_reference": 1, "make_tiles": N_IMAGES, **FROM_TRAIN},
+            ["make_tiles"],
+            id="stain-method",
+        ),
+        pytest.param({"train": {"stain_jitter": 0.1}}, FROM_TRAIN, [], id="train-stain-jitter"),
     ],
 )
 def test_config_change_reruns_its_stage_onward(
@@ -335,6 +344,48 @@ def test_training_only_change_leaves_predicts_own_trigger_alone(finished_run, ru
             assert "Params have changed" in reason, reason
         if rule == "predict_fold":
             assert "Input files updated by another job" in reason and "Params" not in reason, reason
+
+
+def test_stain_target_is_fitted_once_and_the_tiles_are_normalised_with_it(tmp_path):
+    """stain.method macenko: one job fits the target on a training image; an image's tiles
+    hold its normalised pixels."""
+    from cellseg.dataset import load_sample
+    from cellseg.stain import StainNormaliser, StainTarget
+    from cellseg.tiles import load_tile, make_tiles
+
+    extra = write_config(tmp_path / "stain.yaml", {"stain": {"method": "macenko"}})
+    workdir = tmp_path / "work"
+    image = DEMO_IDS[0]
+    jobs = rule_counts(scheduled_jobs(workdir, f"results/tiles/{image}.npz", configs=[extra]))
+    assert jobs["fit_stain_reference"] == 1 and jobs["make_tiles"] == 1
+    snakemake(workdir, f"results/tiles/{image}.npz", configs=[extra])
+    target = StainTarget.read(workdir / "results" / "stain" / "reference.json")
+    assert target.method == "macenko" and target.reference in DEMO_IDS
+    classes = ["class1", "class2", "class3", "class4"]
+    sample = load_sample({"format": "reference", "path": str(workdir / "results" / "demo"), "classes": classes}, image)
+    empty = np.zeros(sample.image.shape[:2])
+
+    def first_tile(pixels):
+        return make_tiles(pixels, sample.labels, empty, empty, 128, 32, True, 8, image_id=image, class_names=classes)[0][0]["image"]
+
+    written = load_tile(workdir / "results" / "tiles" / f"{image}.npz", 0)["image"]
+    np.testing.assert_array_equal(written, first_tile(StainNormaliser(target)(sample.image)))
+    assert not np.array_equal(written, first_tile(sample.image))
+
+
+def test_unfittable_stain_reference_fails_in_one_line(tmp_path):
+    from PIL import Image
+
+    white = tmp_path / "white.png"
+    Image.new("RGB", (64, 64), "white").save(white)
+    extra = write_config(tmp_path / "stain.yaml", {"stain": {"method": "macenko", "reference": str(white)}})
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, "results/stain/reference.json", configs=[extra], check=False)
+    assert proc.returncode != 0
+    line = f"ERROR: {white}: cannot fit a stain reference: no colour contrast"
+    assert line in proc.stdout, proc.stdout
+    assert line in (workdir / "logs" / "stain" / "fit_stain_reference.log").read_text()
+    assert not (workdir / "results" / "stain" / "reference.json").exists()
 
 
 def test_jobs_run_the_library_of_their_own_checkout(tmp_path):
@@ -444,6 +495,10 @@ def _assert_failed_before_jobs(proc, workdir: Path, *expected: str):
             id="unknown-choice",
         ),
         pytest.param({"tune": {"metric": "mAP50"}}, "tune.metric = 'mAP50' is not one of", id="unknown-tune-metric"),
+        pytest.param(
+            {"stain": {"method": "vahadane"}}, "stain.method = 'vahadane' is not one of: none, macenko, reinhard",
+            id="unknown-stain-method",
+        ),
         pytest.param(
             {"ensemble": {"calibrate": "isotonic"}}, "ensemble.calibrate = 'isotonic' is not one of", id="calibrate"
         ),
@@ -663,6 +718,11 @@ def _dry_run_in_existing_workdir(tmp_path: Path, config: Path):
             id="missing-weights-path",
         ),
         pytest.param({"trian": {"epochs": 2}}, "ConfigError: trian: unknown key (did you mean train?)", id="misspelt-section"),
+        pytest.param(
+            {"stain": {"method": "macenko", "reference": "nowhere.png"}},
+            "ConfigError: stain.reference: nowhere.png not found",
+            id="missing-stain-reference",
+        ),
         pytest.param(
             {"data": {"test_path": "nowhere"}}, "DataError: data.test_path: nowhere is not a folder", id="missing-test-path"
         ),

@@ -56,10 +56,30 @@ def enabled_switches(preset: str, overrides: Mapping[str, bool] | None = None) -
     return [name for name in SWITCHES if name in on]
 
 
-def build_augment(preset: str, overrides: Mapping[str, bool] | None = None) -> A.Compose | None:
-    """The augmentation pipeline of `preset` with `overrides`; None when nothing is switched on."""
-    names = enabled_switches(preset, overrides)
-    return A.Compose([_transform(name) for name in names]) if names else None
+def hed_jitter(strength: float) -> A.HEStain:
+    """HED stain jitter (Tellez et al., 2018): each tile's haematoxylin and eosin concentrations,
+    unmixed with Ruifrok's fixed H&E vectors, are scaled by U(1 - s, 1 + s) and shifted by
+    U(-s, s), s = `strength` in (0, 1]; background pixels keep their colour. Unlike the `stain`
+    switch, which swaps in another lab's stain vectors, this varies the tile's own stain amounts
+    by a set amount."""
+    return A.HEStain(
+        method="preset",
+        preset="ruifrok",
+        intensity_scale_range=(1 - strength, 1 + strength),
+        intensity_shift_range=(-strength, strength),
+        p=0.5,
+    )
+
+
+def build_augment(
+    preset: str, overrides: Mapping[str, bool] | None = None, stain_jitter: float = 0.0
+) -> A.Compose | None:
+    """The augmentation pipeline of `preset` with `overrides`, then HED jitter of strength
+    `stain_jitter` (0 = none); None when nothing is switched on."""
+    transforms = [_transform(name) for name in enabled_switches(preset, overrides)]
+    if stain_jitter > 0:
+        transforms.append(hed_jitter(stain_jitter))
+    return A.Compose(transforms) if transforms else None
 
 
 def augment_tile(

@@ -129,9 +129,12 @@ def segment_image(
     block: int = 2048,
     margin: int = 128,
     name: str = "",
+    normalise=None,
 ) -> Cells:
     """The cells of the image `reader` reads, block by block (module doc), overlaps resolved
-    and numbered (`resolve_overlaps`). Logs one progress line per block with an ETA."""
+    and numbered (`resolve_overlaps`). `normalise(pixels, name)`, when given, maps each block
+    (with its margin) onto the stain target (`cellseg.stain`) before the models see it; the
+    exported colours stay the file's. Logs one progress line per block with an ETA."""
     height, width = reader.size
     blocks = block_grid(height, width, block)
     index: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -140,7 +143,10 @@ def segment_image(
     start = time.monotonic()
     for k, (y0, y1, x0, x1) in enumerate(blocks, 1):
         ry0, ry1, rx0, rx1 = max(0, y0 - margin), min(height, y1 + margin), max(0, x0 - margin), min(width, x1 + margin)
-        found = predict_region(models, reader.read(ry0, ry1, rx0, rx1), predict, ensemble, thresholds, device)
+        pixels = reader.read(ry0, ry1, rx0, rx1)
+        if normalise is not None:
+            pixels = normalise(pixels, f"{name} block {k}")
+        found = predict_region(models, pixels, predict, ensemble, thresholds, device)
         cx = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 + rx0
         cy = (found.boxes[:, 1] + found.boxes[:, 3]) / 2 + ry0
         tol = CENTRE_TOLERANCE if len(blocks) > 1 else math.inf

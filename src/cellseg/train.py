@@ -190,7 +190,7 @@ class _Training:
         self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        augment = build_augment(cfg["augment"], cfg["augment_overrides"])
+        augment = build_augment(cfg["augment"], cfg["augment_overrides"], cfg["stain_jitter"])
         dataset = TileDataset(tiles, augment, cfg["seed"], cfg["copy_paste"], class_names)
         threshold = cfg["repeat_factor_threshold"]
         repeat = repeat_factors(tiles, class_names, threshold) if threshold is not None else None

@@ -47,6 +47,7 @@ TRAIN_PRESETS = {
         "dice_loss_weight": 0.0,
         "augment": "basic",
         "augment_overrides": {},
+        "stain_jitter": 0.0,
         "optimizer": "adamw",
         "lr": 1e-3,
         "weight_decay": 1e-4,
@@ -96,6 +97,7 @@ TRAIN_PRESETS = {
         "dice_loss_weight": 0.5,
         "augment": "strong",
         "augment_overrides": {},
+        "stain_jitter": 0.0,
         "optimizer": "sgd",
         "lr": 0.02,
         "weight_decay": 1e-4,
@@ -214,6 +216,8 @@ def _validate(cfg: dict) -> None:
     _validate_rare_class_keys(cfg)
     _validate_lists(cfg)
     _validate_augment_overrides(cfg["augment_overrides"])
+    if not _is_number(cfg["stain_jitter"]) or not 0 <= cfg["stain_jitter"] <= 1:
+        _fail("stain_jitter", f"must lie in [0, 1] (0 = off), got {cfg['stain_jitter']!r}")
 
 
 def _validate_rare_class_keys(cfg: dict) -> None:

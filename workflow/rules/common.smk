@@ -211,6 +211,38 @@ def _check_test_ground_truth():
 _check_test_ground_truth()
 
 
+# Stain normalisation (stain.smk): the fitted target is an input of every rule that
+# reads image pixels for the model, so a change of stain.method re-runs those and what follows.
+
+STAIN = config["stain"]
+
+
+def _check_stain_reference():
+    """Fail while building the DAG when `stain.reference` is not a readable image."""
+    path = STAIN["reference"]
+    if STAIN["method"] == "none" or not path:
+        return
+    if not Path(path).is_file():
+        raise _user_error(ConfigError(f"stain.reference: {path} not found"))
+    try:
+        check_image(path)
+    except DataError as error:
+        raise _user_error(error)
+
+
+_check_stain_reference()
+
+
+def stain_reference(wildcards=None):
+    """The fitted stain target (`results/stain/reference.json`); nothing with stain.method: none."""
+    return [] if STAIN["method"] == "none" else "results/stain/reference.json"
+
+
+def stain_reference_inputs(wildcards=None):
+    """What the stain target is fitted from: `stain.reference`, or else the training images."""
+    return [STAIN["reference"]] if STAIN["reference"] else all_sample_files()
+
+
 def subset_files(wildcards):
     return test_files() if wildcards.subset == "test" else all_sample_files()
 

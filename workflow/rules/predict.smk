@@ -6,6 +6,7 @@ rule predict_fold:
         weights="results/train/fold{fold}/model_best.pt",
         split="results/split/split.tsv",
         images=subset_files,
+        stain=stain_reference,
     output:
         directory("results/predict/fold{fold}/{subset}"),
     params:

@@ -8,6 +8,7 @@ rule segment_image:
         image=segment_image_file,
         weights=expand("results/train/fold{fold}/model_best.pt", fold=FOLDS),
         thresholds="results/tune/thresholds.json",
+        stain=stain_reference,
     output:
         labels="results/segment/{name}/labels.tif",
         geojson="results/segment/{name}/cells.geojson",

@@ -7,6 +7,7 @@ rule make_tiles:
         # The centre/boundary maps are the aux heads' targets and nothing else reads them:
         # without train.aux_heads no job computes them.
         maps=lambda wildcards: f"results/maps/{wildcards.image}.npz" if TRAIN_CFG["aux_heads"] else [],
+        stain=stain_reference,
     output:
         tiles="results/tiles/{image}.npz",
         index="results/tiles/{image}.tsv",

@@ -7,6 +7,7 @@ rule train_fold:
         tiles=tiles_of(TRAIN_IDS),
         samples=all_sample_files,
         weights=train_weights_file,
+        stain=stain_reference,  # the held-out images are normalised as the tiles are
     output:
         best="results/train/fold{fold}/model_best.pt",
         last="results/train/fold{fold}/model_last.pt",

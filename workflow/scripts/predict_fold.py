@@ -13,18 +13,20 @@ from cellseg.joblog import job_logging
 from cellseg.predict import load_model_for_inference, predict_images
 from cellseg.progress import Progress
 from cellseg.split import read_split, validation_ids
+from cellseg.stain import load_normaliser
 
 with job_logging(snakemake.log[0]) as log:
     pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
+    normalise = load_normaliser(snakemake.input.stain)
     if snakemake.wildcards.subset == "val":
         ids = validation_ids(read_split(snakemake.input.split))
-        images = ((i, load_sample(p.source, i).image) for i in ids)
+        images = ((i, normalise(load_sample(p.source, i).image, i)) for i in ids)
     else:
         tests = index_test_set(p.source)
         ids = [t.name for t in tests]
-        images = ((t.name, load_test_image(t)) for t in tests)
+        images = ((t.name, normalise(load_test_image(t), t.name)) for t in tests)
     device = select_device()
     amp = resolve_amp(device, p.amp)
     model = load_model_for_inference(

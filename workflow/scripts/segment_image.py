@@ -11,6 +11,7 @@ from cellseg.evaluation import read_thresholds
 from cellseg.joblog import job_logging
 from cellseg.predict import load_model_for_inference
 from cellseg.segment_export import segment_file
+from cellseg.stain import load_normaliser
 from cellseg.train import select_device
 
 with job_logging(snakemake.log[0]) as log:
@@ -33,5 +34,6 @@ with job_logging(snakemake.log[0]) as log:
         device=device,
         block=p.block_size,
         margin=p.margin,
+        normalise=load_normaliser(snakemake.input.stain),
     )
     log.info("%s: %d cells", snakemake.input.image, len(table))

@@ -5,12 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
+import dataclasses
+
 import torch
 
 from cellseg.dataset import load_sample
 from cellseg.device import pin_gpus
 from cellseg.joblog import job_logging
 from cellseg.split import read_split
+from cellseg.stain import load_normaliser
 from cellseg.train import TrainOutputs, train_fold
 from cellseg.train_data import fold_image_ids, training_tiles
 
@@ -20,7 +23,9 @@ with job_logging(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
     train_ids, held_out_ids = fold_image_ids(read_split(snakemake.input.split), int(snakemake.wildcards.fold))
     tiles = training_tiles([f for f in snakemake.input.tiles if f.endswith(".tsv")], train_ids)
+    normalise = load_normaliser(snakemake.input.stain)
     held_out = [load_sample(p.source, image_id) for image_id in held_out_ids]
+    held_out = [dataclasses.replace(s, image=normalise(s.image, s.image_id)) for s in held_out]
     outputs = TrainOutputs.in_folder(Path(snakemake.output.best).parent)
     log.info(
         "fold %s: %d training tiles, %d held-out images, %d torch threads",
