@@ -102,6 +102,15 @@ def test_background_only_reference_fails_for_macenko_only():
         fit_target(pale, "macenko", "pale.tif")
 
 
+def test_a_reference_whose_stains_cannot_be_separated_fails_naming_the_file(monkeypatch):
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr("cellseg.stain.NumpyMacenkoNormalizer.fit", singular)
+    with pytest.raises(DataError, match=r"^odd\.tif: cannot fit a Macenko stain reference: no two stains found$"):
+        fit_target(rendered(0), "macenko", "odd.tif")
+
+
 def test_macenko_falls_back_on_background_tiles(caplog):
     normalise = StainNormaliser(fit_target(rendered(0), "macenko", "ref"))
     pale = np.random.default_rng(0).integers(200, 256, size=(64, 64, 3)).astype(np.uint8)

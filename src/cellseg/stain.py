@@ -103,10 +103,14 @@ def fit_target(image: np.ndarray, method: str, name: str) -> StainTarget:
             f">= {BACKGROUND_OD} in every channel), at least {MIN_STAINED_PIXELS} needed"
         )
     macenko = NumpyMacenkoNormalizer()
-    with np.errstate(divide="raise", invalid="raise", over="ignore", under="ignore"):
-        macenko.fit(image, Io=LIGHT, beta=BACKGROUND_OD)
-    vectors, max_c = np.asarray(macenko.HERef), np.asarray(macenko.maxCRef)
-    if not (np.all(np.isfinite(vectors)) and np.all(np.isfinite(max_c)) and np.all(max_c > 0)):
+    try:
+        with np.errstate(divide="raise", invalid="raise", over="ignore", under="ignore"):
+            macenko.fit(image, Io=LIGHT, beta=BACKGROUND_OD)
+        vectors, max_c = np.asarray(macenko.HERef), np.asarray(macenko.maxCRef)
+        found = np.all(np.isfinite(vectors)) and np.all(np.isfinite(max_c)) and np.all(max_c > 0)
+    except (FloatingPointError, np.linalg.LinAlgError):
+        found = False
+    if not found:
         raise DataError(f"{name}: cannot fit a Macenko stain reference: no two stains found")
     return StainTarget(method, name, target.lab_mean, target.lab_std, vectors.tolist(), max_c.tolist())
 
