@@ -14,6 +14,7 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
+import subprocess
 import time
 import zipfile
 from collections import Counter
@@ -32,6 +33,7 @@ from workflow_helpers import (
     rule_counts,
     scheduled_jobs,
     snakemake,
+    snakemake_command,
     wildcard_values,
     write_config,
 )
@@ -434,6 +436,46 @@ def test_added_image_reaches_only_its_own_maps_and_tiles(finished_run, tmp_path)
     assert wildcard_values(jobs, "make_tiles", "image") == {new}
 
 
+@pytest.mark.slow
+def test_cascade_box_head_trains_resumes_predicts_ensembles_and_submits(finished_run, run_copy, tmp_path):
+    """`train.box_head: cascade` re-runs training onward (the resolved train config is a param
+    of train_fold, so it is part of the output cache's key too) and runs through tiled
+    prediction with TTA, the WBF ensemble, tuning and the submission. Then fold 0's training,
+    killed after its first checkpoint, resumes in the next run to the uninterrupted weights."""
+    import psutil  # a dependency of Snakemake
+    import torch
+
+    extra = write_config(tmp_path / "cascade.yaml", {"train": {"box_head": "cascade"}})
+    assert rule_counts(scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])) == FROM_TRAIN
+    snakemake(run_copy, repo=finished_run.repo, configs=[extra])
+    results = run_copy / "results"
+    fold0 = results / "train" / "fold0"
+    uninterrupted = torch.load(fold0 / "model_last.pt", weights_only=True)
+    assert any(key.startswith("roi_heads.refine.") for key in uninterrupted)
+    scores = pd.read_csv(results / "evaluate" / "scores.tsv", sep="\t")
+    assert len(scores) == len(FOLDS) + 2 and scores["AP"].between(0, 1).all()
+    with zipfile.ZipFile(results / "submission" / "submission.zip") as archive:
+        assert archive.namelist() == ["test-results.json"]
+
+    for path in fold0.iterdir():
+        path.unlink()
+    target = "results/train/fold0/model_last.pt"
+    command = snakemake_command(run_copy, target, repo=finished_run.repo, configs=[extra])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not (fold0 / "checkpoint.pt").exists() and process.poll() is None:
+        time.sleep(0.02)
+    jobs = [p for p in psutil.Process(process.pid).children(recursive=True) if "train_fold" in " ".join(p.cmdline())]
+    assert len(jobs) == 1, "the training job ended before it could be killed"
+    jobs[0].kill()
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode != 0 and not (fold0 / "model_last.pt").exists(), output[-3000:]
+    snakemake(run_copy, target, repo=finished_run.repo, configs=[extra])
+    summary = json.loads((fold0 / "train_summary.json").read_text())
+    assert 0 < summary["resumed_from_step"] < summary["steps"]
+    resumed = torch.load(fold0 / "model_last.pt", weights_only=True)
+    assert [k for k in uninterrupted if not torch.equal(resumed[k], uninterrupted[k])] == []
+
+
 # ------------------------------------------------------------------------------------------
 # 4. Output cache
 
@@ -731,6 +773,11 @@ def _dry_run_in_existing_workdir(tmp_path: Path, config: Path):
         ),
         pytest.param(
             {"tune": {"metric": "mAP50"}}, "ConfigError: tune.metric = 'mAP50' is not one of: AP", id="unknown-choice"
+        ),
+        pytest.param(
+            {"train": {"box_head": "cascade_rcnn"}},
+            "ConfigError: train.box_head = 'cascade_rcnn' is not one of: standard, cascade",
+            id="unknown-box-head",
         ),
     ],
 )

@@ -70,22 +70,16 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
-def snakemake(
+def snakemake_command(
     workdir: Path,
     *args: str,
     repo: Path = REPO,
     configs: tuple[Path, ...] | list[Path] = (),
-    env: dict | None = None,
     cores: int = 2,
-    check: bool = True,
-    timeout: float = 1800,
     tiny: bool = True,
-) -> subprocess.CompletedProcess:
-    """Run `snakemake` on `repo`'s Snakefile in `workdir`, with config.yaml, the tiny preset
-    (unless `tiny` is false: the full demo) and `configs` (later files override earlier ones).
-    Returns the finished process with stdout and stderr merged into `.stdout`; raises
-    AssertionError with the log if `check` fails."""
-    command = [
+) -> list[str]:
+    """The `snakemake` command line that `snakemake` runs, for tests that start it themselves."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -101,6 +95,24 @@ def snakemake(
         str(cores),
         *args,
     ]
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    repo: Path = REPO,
+    configs: tuple[Path, ...] | list[Path] = (),
+    env: dict | None = None,
+    cores: int = 2,
+    check: bool = True,
+    timeout: float = 1800,
+    tiny: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run `snakemake` on `repo`'s Snakefile in `workdir`, with config.yaml, the tiny preset
+    (unless `tiny` is false: the full demo) and `configs` (later files override earlier ones).
+    Returns the finished process with stdout and stderr merged into `.stdout`; raises
+    AssertionError with the log if `check` fails."""
+    command = snakemake_command(workdir, *args, repo=repo, configs=configs, cores=cores, tiny=tiny)
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
         command,
