@@ -6,9 +6,16 @@ written as a tiled, zlib-compressed TIFF tile by tile, then segmented block by b
 file and its outputs written (labels.tif, GeoJSON, CSV, overlay). The model is resnet18-FPN
 with random weights unless `--weights` names trained ones: time and memory depend on the
 network and the number of detections, not on accuracy; `--max-dets` caps the detections per
-tile as a trained model's would be. Run from the repository root:
+tile as a trained model's would be.
+
+`--detector dark-blobs` replaces the network by a stand-in that costs almost nothing: nuclei
+as the connected components of dark pixels, in `CellMaskRCNN.detect`'s output format. It
+measures everything around the network (lazy tile reads, seam merging, fusion, tiled label
+writing, GeoJSON, CSV, overlay) at sizes whose network time a CPU cannot afford; the network's
+own memory is per batch of tiles, the same at every image size. Run from the repository root:
 
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 2000
+    PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 4000 16000 20000 --detector dark-blobs
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 4000 16000 20000 --device cuda
 """
 
@@ -24,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from scipy import ndimage
 
 MONUSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg" / "train"
 
@@ -52,6 +60,31 @@ def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
                      photometric="rgb", compression="zlib", bigtiff=size * size * 3 > 2**31)
 
 
+class DarkBlobDetector(torch.nn.Module):
+    """Stand-in for the network (`--detector dark-blobs`): each connected component of pixels
+    darker than `level` (haematoxylin-stained nuclei, on H&E) with at least `min_area` pixels is
+    one cell of class 1, its window the component's box and its crop the component."""
+
+    def __init__(self, level: float = 0.45, min_area: int = 20):
+        super().__init__()
+        self.level, self.min_area = level, min_area
+
+    def detect(self, images: list[torch.Tensor]) -> list[dict]:
+        return [self._blobs(image.float().mean(0).cpu().numpy() < self.level) for image in images]
+
+    def _blobs(self, dark: np.ndarray) -> dict:
+        labels, _ = ndimage.label(dark)
+        windows, crops = [], []
+        for k, box in enumerate(ndimage.find_objects(labels), 1):
+            crop = labels[box] == k
+            if crop.sum() >= self.min_area:
+                windows.append((box[1].start, box[0].start, box[1].stop, box[0].stop))
+                crops.append(crop.astype(np.float32))
+        windows = np.asarray(windows, np.int64).reshape(-1, 4)
+        return {"boxes": windows.astype(np.float32), "scores": np.full(len(windows), 0.9, np.float32),
+                "labels": np.ones(len(windows), np.int64), "windows": windows, "crops": crops}
+
+
 def run_one(args) -> dict:
     """Segment one synthetic slide of `args.one` px square; its seconds and peak RSS."""
     from cellseg.model import build_model
@@ -64,8 +97,8 @@ def run_one(args) -> dict:
         "preset": "demo", "backbone": "resnet18", "weights": "none", "fpn_channels": 128,
         "box_detections_per_img": args.max_dets,
     })
-    models = []
-    for k in range(args.folds):
+    models = [DarkBlobDetector() for _ in range(args.folds)] if args.detector == "dark-blobs" else []
+    for k in range(args.folds if args.detector == "network" else 0):
         torch.manual_seed(k)
         model = build_model(cfg, 1, tile_size=args.tile_size, pretrained=False)
         if args.weights:
@@ -92,7 +125,7 @@ def run_one(args) -> dict:
     return {"px": args.one, "megapixels": args.one**2 / 1e6, "seconds": round(seconds, 1),
             "s_per_mpx": round(seconds / (args.one**2 / 1e6), 2), "peak_rss_mb": round(peak_mb),
             "cells": len(table), "slide_written_s": round(written, 1), "device": args.device,
-            "threads": args.threads, "folds": args.folds}
+            "threads": args.threads, "folds": args.folds, "detector": args.detector}
 
 
 def main() -> None:
@@ -102,6 +135,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--folds", type=int, default=1)
+    parser.add_argument("--detector", choices=["network", "dark-blobs"], default="network")
     parser.add_argument("--weights", nargs="*", help="one state dict per fold (resnet18-FPN-128 demo preset, 1 class)")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--block", type=int, default=2048)
@@ -118,10 +152,11 @@ def main() -> None:
         out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print("| px | megapixels | seconds | s / Mpx | peak RSS (MB) | cells |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| px | detector | megapixels | seconds | s / Mpx | peak RSS (MB) | cells |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['px']}² | {r['megapixels']:.0f} | {r['seconds']} | {r['s_per_mpx']} | {r['peak_rss_mb']} | {r['cells']} |")
+        print(f"| {r['px']}² | {r['detector']} | {r['megapixels']:.0f} | {r['seconds']} | {r['s_per_mpx']} "
+              f"| {r['peak_rss_mb']} | {r['cells']} |")
 
 
 if __name__ == "__main__":

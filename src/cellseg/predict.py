@@ -98,6 +98,17 @@ def predict_image(
     fusion = dict(tta_fusion or {})
     if "weights" in fusion:
         raise ValueError("tta_fusion: TTA views are weighted equally, drop 'weights'")
+    views = predict_views(model, image, tile_size, overlap, tta, device, batch_size, amp)
+    return fuse_instance_sets(views, **fusion)
+
+
+@torch.inference_mode()
+def predict_views(
+    model, image: np.ndarray, tile_size: int, overlap: int, tta: Iterable[str], device: torch.device,
+    batch_size: int = 4, amp: str = "none",
+) -> list[InstanceSet]:  # fmt: skip
+    """The instances of each TTA view (`tta_views` order, identity first), mapped back into the
+    image's frame and not yet fused (arguments as `predict_image`)."""
     views = []
     for ops in tta_views(tta):
         view = image
@@ -107,7 +118,7 @@ def predict_image(
         for op in reversed(ops):
             found = _BACKWARD[op](found)
         views.append(found)
-    return fuse_instance_sets(views, **fusion)
+    return views
 
 
 def predict_images(
@@ -247,14 +258,14 @@ def _merge_duplicates(found: InstanceSet, extents: np.ndarray, tile_of: np.ndarr
     extents: (N, 4) mask extents at `SEAM_MASK_THRESHOLD`; tile_of: (N,) tile index of each.
     """
     pairs = []
-    for a, b in itertools.combinations(range(len(tiles)), 2):
+    for a, b in _overlapping_pairs(np.array([_rect(tile) for tile in tiles]).reshape(-1, 4)):
         common = _intersect(_rect(tiles[a]), _rect(tiles[b]))
-        if common is None:
-            continue
         ia = np.flatnonzero((tile_of == a) & _overlaps(extents, common))
         ib = np.flatnonzero((tile_of == b) & _overlaps(extents, common))
-        for i, j in itertools.product(ia.tolist(), ib.tolist()):
-            if found.classes[i] == found.classes[j] and _iou_within(found, i, j, common) >= SEAM_IOU:
+        # Masks whose extents share no pixel have IoU 0: only the rest are compared.
+        candidates = _extents_meet(extents[ia], extents[ib]) & (found.classes[ia][:, None] == found.classes[ib][None])
+        for i, j in zip(*(index[k].tolist() for index, k in zip((ia, ib), np.nonzero(candidates)))):
+            if _iou_within(found, i, j, common) >= SEAM_IOU:
                 pairs.append((i, j))
     if not pairs:
         return found
@@ -262,6 +273,20 @@ def _merge_duplicates(found: InstanceSet, extents: np.ndarray, tile_of: np.ndarr
     graph = sparse.coo_matrix((np.ones(len(i)), (i, j)), shape=(len(found), len(found)))
     n_groups, group = connected_components(graph, directed=False)
     return InstanceSet.concatenate([_union(found, np.flatnonzero(group == g)) for g in range(n_groups)])
+
+
+def _overlapping_pairs(rects: np.ndarray) -> list[tuple[int, int]]:
+    """(a, b), a < b, of the x0, y0, x1, y1 rectangles `rects` (N, 4) that share a pixel."""
+    meet = np.triu(_extents_meet(rects, rects), k=1)
+    return list(zip(*(index.tolist() for index in np.nonzero(meet))))
+
+
+def _extents_meet(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) bool: which rectangles of `a` share a pixel with which of `b`."""
+    return (
+        (a[:, None, 0] < b[None, :, 2]) & (a[:, None, 2] > b[None, :, 0])
+        & (a[:, None, 1] < b[None, :, 3]) & (a[:, None, 3] > b[None, :, 1])
+    )  # fmt: skip
 
 
 def _rect(tile: _Tile) -> tuple[int, int, int, int]:
