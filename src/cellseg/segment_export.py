@@ -106,16 +106,22 @@ def _intensity_sums(cells: Cells, reader: ImageReader) -> np.ndarray:
     return sums
 
 
-def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str]) -> dict:
+def cell_polygons(cells: Cells) -> list[list[list[np.ndarray]]]:
+    """`mask_polygons` of every cell, in image coordinates."""
+    return [mask_polygons(mask, *window[:2].tolist()) for mask, window in zip(cells.masks, cells.windows)]
+
+
+def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str], polygons: list | None = None) -> dict:
     """A FeatureCollection QuPath imports as detections: per cell a Polygon (MultiPolygon when
     its mask is in pieces) with `objectType: detection`, `classification: {name, color}` and
-    `measurements` {score, area_px}; `id` and `label` as in `table` (from `cell_table`)."""
+    `measurements` {score, area_px}; `id` and `label` as in `table` (from `cell_table`).
+    polygons: `cell_polygons(cells)`, when the caller has them already."""
     colours = class_colours(len(class_names))
     features = []
     names = table["class"].tolist()
+    polygons = cell_polygons(cells) if polygons is None else polygons
     for i, row in enumerate(table.itertuples(index=False)):
-        x0, y0 = cells.windows[i, :2].tolist()
-        pieces = [[_ring(r) for r in piece] for piece in mask_polygons(cells.masks[i], x0, y0)]
+        pieces = [[_ring(r) for r in piece] for piece in polygons[i]]
         geometry = (
             {"type": "Polygon", "coordinates": pieces[0]}
             if len(pieces) == 1
@@ -161,9 +167,14 @@ def thumbnail(reader: ImageReader, max_side: int) -> tuple[np.ndarray, int]:
     return np.concatenate(rows), step
 
 
-def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: Cells, class_names: list[str], max_side: int = 2000) -> None:
+def write_overlay(
+    path: str | os.PathLike, reader: ImageReader, cells: Cells, class_names: list[str], max_side: int = 2000,
+    polygons: list | None = None,
+) -> None:  # fmt: skip
     """overlay.png: the image (subsampled to at most `max_side` px) with each cell's outline in
-    its class's colour, and a legend with the counts per class beside the image."""
+    its class's colour, and a legend with the counts per class beside the image. polygons:
+    `cell_polygons(cells)`, when the caller has them already."""
+    polygons = cell_polygons(cells) if polygons is None else polygons
     image, step = thumbnail(reader, max_side)
     colours = class_colours(len(class_names))
     height, width = image.shape[:2]
@@ -174,7 +185,7 @@ def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: Cells, cl
         segments = [
             ring
             for i in np.flatnonzero(cells.classes == k + 1).tolist()
-            for piece in mask_polygons(cells.masks[i], *cells.windows[i, :2].tolist())
+            for piece in polygons[i]
             for ring in piece
         ]
         colour = np.array(colours[k]) / 255
@@ -184,7 +195,8 @@ def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: Cells, cl
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     fig.subplots_adjust(left=0.01, right=(width / 100 + 0.1) / fig_w, top=0.99, bottom=0.01)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        # zlib level 1: the overlay is a preview, and level 6 took longer than the drawing
+        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})
     plt.close(fig)
 
 
@@ -213,8 +225,9 @@ def export_cells(outputs: dict, reader: ImageReader, cells: Cells, class_names: 
     write_labels(outputs["labels"], cells, len(class_names))
     table = cell_table(cells, class_names, reader)
     write_table(outputs["csv"], table)
-    write_geojson(outputs["geojson"], geojson(cells, table, class_names))
-    write_overlay(outputs["overlay"], reader, cells, class_names, overlay_size)
+    polygons = cell_polygons(cells)
+    write_geojson(outputs["geojson"], geojson(cells, table, class_names, polygons))
+    write_overlay(outputs["overlay"], reader, cells, class_names, overlay_size, polygons)
     return table
 
 
