@@ -9,6 +9,11 @@ the cells per tile, about what a trained model keeps.
 Run from the repository root:
 
     PYTHONPATH=src python benchmarks/train_throughput.py --backbone resnet18 --tile-size 128 --batch 4
+
+`--box-head standard cascade` measures both box heads in one process on the same batch, their
+steps timed in turns (median step times, see `timed_rates`), and prints the cascade's
+step-time ratio. On a CPU the peak memory is the process's, so a later row's
+includes the earlier rows' peaks.
 """
 
 import argparse
@@ -21,7 +26,7 @@ import torch
 
 from cellseg.maps import compute_maps
 from cellseg.model import build_model
-from cellseg.train_config import BACKBONES, resolve_train_config
+from cellseg.train_config import BACKBONES, BOX_HEADS, resolve_train_config
 from cellseg.train_data import instances_from_labels
 
 N_CLASSES = 4
@@ -93,6 +98,49 @@ def timed_rate(fn, n_steps: int, n_images: int, device: torch.device) -> float:
     return n_steps * n_images / (time.perf_counter() - start)
 
 
+def timed_rates(fns: dict, n_steps: int, n_images: int, device: torch.device) -> dict[str, float]:
+    """Images per second of each of `fns` (each call on `n_images` images) from its median call
+    time over `n_steps` calls. The calls take turns (one of each per round) and the median drops
+    the calls that another job's burst slowed, so a shared machine's load falls on all alike."""
+    seconds = {name: [] for name in fns}
+    for _ in range(n_steps):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: n_images / float(np.median(times)) for name, times in seconds.items()}
+
+
+def prepare(cfg: dict, args, images, targets, device: torch.device, dtype) -> tuple:
+    """The training step and the inference of the model of `cfg` (closures), warmed up, and the
+    peak memory of its warmup steps."""
+    torch.manual_seed(0)
+    model = build_model(cfg, N_CLASSES).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16" and device.type == "cuda")
+    model.roi_heads.detections_per_img = CELLS_PER_TILE  # used at inference only
+
+    def step():
+        model.train()
+        train_step(model, optimizer, scaler, images, targets, device, dtype)
+
+    @torch.no_grad()
+    def infer():
+        model.eval()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model.detect(images)  # what the pipeline runs: masks kept inside their windows
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        step()
+    memory = peak_memory_mib(device)
+    infer()
+    return step, infer, memory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet18")
@@ -104,55 +152,45 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--fpn-channels", type=int, default=None, help="default: the preset's (demo 128, gpu 256)")
     parser.add_argument("--aux-heads", action="store_true", help="add the centre / boundary heads")
-    parser.add_argument("--profile", action="store_true", help="print the top ops of 2 training steps")
+    parser.add_argument(
+        "--box-head", nargs="+", choices=BOX_HEADS, default=["standard"],
+        help="one row per box head, timed in turns on the same batch, with their step-time ratio",
+    )  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="print the top ops of 2 training steps (last box head)")
     args = parser.parse_args()
 
     device = pick_device(args.device)
     dtype = AMP_DTYPES[args.precision]
-    cfg = resolve_train_config({
-        "preset": args.preset, "backbone": args.backbone, "weights": "none", "aux_heads": args.aux_heads,
-        "min_size": args.tile_size, "max_size": args.tile_size, "multiscale_sizes": [],
-        "fpn_channels": args.fpn_channels,
-    })  # fmt: skip
-    torch.manual_seed(0)
-    model = build_model(cfg, N_CLASSES).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16" and device.type == "cuda")
     rng = np.random.default_rng(0)
     batch = [synthetic_tile(rng, args.tile_size) for _ in range(args.batch)]
     images = [image.to(device) for image, _ in batch]
     targets = [{k: v.to(device) for k, v in target.items()} for _, target in batch]
     n_instances = sum(len(t["labels"]) for t in targets) / args.batch
-
-    model.train()
-    step = lambda: train_step(model, optimizer, scaler, images, targets, device, dtype)  # noqa: E731
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    train_rate = timed_rate(step, args.steps, args.batch, device)
-    train_memory = peak_memory_mib(device)
-
-    model.eval()
-    model.roi_heads.detections_per_img = CELLS_PER_TILE
-
-    @torch.no_grad()
-    def infer():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            model.detect(images)  # what the pipeline runs: masks kept inside their windows
-
-    infer()
-    infer_rate = timed_rate(infer, args.steps, args.batch, device)
+    steps, infers, memory = {}, {}, {}
+    for box_head in args.box_head:
+        cfg = resolve_train_config({
+            "preset": args.preset, "backbone": args.backbone, "weights": "none", "aux_heads": args.aux_heads,
+            "min_size": args.tile_size, "max_size": args.tile_size, "multiscale_sizes": [],
+            "fpn_channels": args.fpn_channels, "box_head": box_head,
+        })  # fmt: skip
+        steps[box_head], infers[box_head], memory[box_head] = prepare(cfg, args, images, targets, device, dtype)
+    train_rates = timed_rates(steps, args.steps, args.batch, device)
+    infer_rates = timed_rates(infers, args.steps, args.batch, device)
 
     print(f"device: {device_name(device)}; torch {torch.__version__}")
     print(f"{args.preset} preset sampling, {n_instances:.0f} instances per tile, {args.steps} timed steps, "
           f"inference capped at {CELLS_PER_TILE} detections per tile")
-    print("| backbone | FPN channels | tile | batch | precision | train img/s | infer img/s | peak memory MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {args.backbone} | {cfg['fpn_channels']} | {args.tile_size} | {args.batch} | {args.precision} | {train_rate:.2f} "
-          f"| {infer_rate:.2f} | {train_memory:.0f} |")
+    print("| backbone | box head | FPN channels | tile | batch | precision | train img/s | infer img/s | peak memory MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for box_head in args.box_head:
+        print(f"| {args.backbone} | {box_head} | {cfg['fpn_channels']} | {args.tile_size} | {args.batch} | {args.precision} "
+              f"| {train_rates[box_head]:.2f} | {infer_rates[box_head]:.2f} | {memory[box_head]:.0f} |")
+    first, *others = args.box_head
+    for box_head in others:  # step time is the inverse of throughput
+        print(f"{box_head} / {first}: training step time {train_rates[first] / train_rates[box_head]:.2f}x, "
+              f"inference {infer_rates[first] / infer_rates[box_head]:.2f}x")
     if args.profile:
-        model.train()
+        step = steps[args.box_head[-1]]
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
