@@ -3,7 +3,8 @@
 torchvision's parts (ResNet-FPN backbone, RPN, RoI heads, transform) assembled explicitly so
 that every anchor, sampling and size setting comes from config, plus three additions that
 torchvision lacks: class-weighted box classifier and mask losses, an optional Dice term on the
-mask loss, and optional centre / boundary heads on the finest FPN level.
+mask loss, and optional centre / boundary heads on the finest FPN level. `train.box_head:
+cascade` swaps the RoI heads for the three-stage cascade of `cellseg.cascade`.
 
 Train mode: `model(images, targets)` returns the loss dict. `images` are `(3, H, W)` float
 tensors in [0, 1]; each target holds `boxes` `(N, 4)` float32 xyxy, `labels` `(N,)` int64
