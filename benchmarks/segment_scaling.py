@@ -40,19 +40,20 @@ def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
     """A (size, size, 3) uint8 tiled TIFF made of the source images, one tile at a time."""
     from cellseg.io import read_image
 
-    pieces = [read_image(folder / "image.tif") for folder in sorted(source.iterdir())[:4]]
-    side = pieces[0].shape[0]
+    pieces = np.stack([read_image(folder / "image.tif") for folder in sorted(source.iterdir())[:4]])
+    side = pieces.shape[1]
+
+    def mirrored(coords):
+        """Piece index along one axis and the coordinate inside it, every other piece mirrored."""
+        piece, inside = np.divmod(coords, side)
+        return piece, np.where(piece % 2 == 0, inside, side - 1 - inside)
 
     def pixel_block(y0, x0):
         out = np.zeros((tile, tile, 3), np.uint8)
-        for y in range(y0, min(y0 + tile, size)):
-            row_piece, ry = divmod(y, side)
-            xs = np.arange(x0, min(x0 + tile, size))
-            col_piece, cx = np.divmod(xs, side)
-            piece = (row_piece + col_piece) % len(pieces)
-            ry = ry if row_piece % 2 == 0 else side - 1 - ry
-            cx = np.where(col_piece % 2 == 0, cx, side - 1 - cx)
-            out[y - y0, : len(xs)] = np.stack([pieces[p][ry, c] for p, c in zip(piece.tolist(), cx.tolist())])
+        row_piece, ry = mirrored(np.arange(y0, min(y0 + tile, size)))
+        col_piece, cx = mirrored(np.arange(x0, min(x0 + tile, size)))
+        piece = (row_piece[:, None] + col_piece[None]) % len(pieces)
+        out[: len(ry), : len(cx)] = pieces[piece, ry[:, None], cx[None]]
         return out
 
     tiles = (pixel_block(y, x) for y in range(0, size, tile) for x in range(0, size, tile))
