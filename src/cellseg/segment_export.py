@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import contourpy
@@ -112,12 +113,19 @@ def cell_polygons(cells: Cells) -> list[list[list[np.ndarray]]]:
 
 
 def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str], polygons: list | None = None) -> dict:
-    """A FeatureCollection QuPath imports as detections: per cell a Polygon (MultiPolygon when
-    its mask is in pieces) with `objectType: detection`, `classification: {name, color}` and
-    `measurements` {score, area_px}; `id` and `label` as in `table` (from `cell_table`).
-    polygons: `cell_polygons(cells)`, when the caller has them already."""
+    """A FeatureCollection QuPath imports as detections (`geojson_features`), whole in memory."""
+    return {"type": "FeatureCollection", "features": list(geojson_features(cells, table, class_names, polygons))}
+
+
+def geojson_features(
+    cells: Cells, table: pd.DataFrame, class_names: list[str], polygons: list | None = None
+) -> Iterator[dict]:
+    """Per cell a Feature: a Polygon (MultiPolygon when its mask is in pieces) with
+    `objectType: detection`, `classification: {name, color}` and `measurements` {score,
+    area_px}; `id` and `label` as in `table` (from `cell_table`). polygons:
+    `cell_polygons(cells)`, when the caller has them already. One at a time, so that a slide's
+    hundreds of thousands of cells are never all held as Python lists."""
     colours = class_colours(len(class_names))
-    features = []
     names = table["class"].tolist()
     polygons = cell_polygons(cells) if polygons is None else polygons
     for i, row in enumerate(table.itertuples(index=False)):
@@ -127,7 +135,7 @@ def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str], polygons:
             if len(pieces) == 1
             else {"type": "MultiPolygon", "coordinates": pieces}
         )
-        features.append({
+        yield {
             "type": "Feature",
             "id": int(row.id),
             "geometry": geometry,
@@ -137,17 +145,20 @@ def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str], polygons:
                 "measurements": {"score": float(row.score), "area_px": int(row.area_px)},
                 "label": int(row.label),
             },
-        })
-    return {"type": "FeatureCollection", "features": features}
+        }
 
 
 def _ring(points: np.ndarray) -> list[list[float]]:
     return np.round(points, 3).tolist()
 
 
-def write_geojson(path: str | os.PathLike, collection: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(collection, separators=(",", ":")))
+def write_geojson(path: str | os.PathLike, features: Iterable[dict]) -> None:
+    """A FeatureCollection of `features`, written one feature at a time."""
+    with atomic_path(path) as tmp, open(tmp, "w") as out:
+        out.write('{"type":"FeatureCollection","features":[')
+        for k, feature in enumerate(features):
+            out.write(("," if k else "") + json.dumps(feature, separators=(",", ":")))
+        out.write("]}")
 
 
 def write_table(path: str | os.PathLike, table: pd.DataFrame) -> None:
@@ -226,7 +237,7 @@ def export_cells(outputs: dict, reader: ImageReader, cells: Cells, class_names: 
     table = cell_table(cells, class_names, reader)
     write_table(outputs["csv"], table)
     polygons = cell_polygons(cells)
-    write_geojson(outputs["geojson"], geojson(cells, table, class_names, polygons))
+    write_geojson(outputs["geojson"], geojson_features(cells, table, class_names, polygons))
     write_overlay(outputs["overlay"], reader, cells, class_names, overlay_size, polygons)
     return table
 
