@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cellseg.maps import boundary_map, center_heatmap, compute_maps
+from cellseg.maps import boundary_map, center_heatmap, compute_maps, open_maps_shard, save_maps_shard
 
 
 def ring(shape, r0, r1, c0, c1, width=1):
@@ -88,3 +88,15 @@ def test_compute_maps_dtypes():
     assert maps["center"].dtype == np.float16 and maps["center"].shape == (30, 20)
     assert maps["center"].max() == 1.0
     assert maps["boundary"].dtype == np.uint8 and maps["boundary"].shape == (30, 20)
+
+
+def test_maps_shard_round_trip(tmp_path):
+    labels = np.zeros((1, 12, 10), np.int32)
+    labels[0, 2:6, 2:6] = 1
+    maps = {"a": compute_maps(labels, 1.0, 1), "b": compute_maps(labels[:, ::-1], 1.0, 1)}
+    assert save_maps_shard(tmp_path / "s.npz", iter(maps.items())) == 2
+    with open_maps_shard(tmp_path / "s.npz") as maps_of:
+        for image_id in ("b", "a"):
+            for key, array in maps[image_id].items():
+                assert maps_of(image_id)[key].dtype == array.dtype
+                np.testing.assert_array_equal(maps_of(image_id)[key], array)

@@ -11,6 +11,8 @@ temporary working directories: once locally (`--cores 2`) and once with
   their training logs overlap in time);
 - no job asks for more than the 1 CPU it runs on, and the queue never holds more than the
   cluster's CPUs in running jobs (without cgroups nothing else stops oversubscription);
+- the maps and tiles of 8 images are one SLURM job per shard, 4 + 4 (tiny.yaml's
+  preprocess.shards);
 - split table and tiles byte-identical, trained weights identical tensors, predictions and
   scores equal to the local run's (CPU training is deterministic at the same thread count).
 
@@ -38,6 +40,7 @@ SNAKEFILE = REPO / "Snakefile"
 CONFIGS = [REPO / "config.yaml", REPO / "tests" / "configs" / "tiny.yaml"]
 PROFILE = REPO / "profiles" / "slurm"
 FOLDS = (0, 1)
+N_SHARDS = 4  # tiny.yaml: preprocess.shards (each of its 8 images falls in one of 4 shards)
 CLUSTER_CPUS = 2
 TIMEOUT_S = 1200
 
@@ -199,6 +202,17 @@ def test_each_fold_is_its_own_slurm_job_with_one_gpu(slurm_run):
         assert "rule train_fold:" in text and f"wildcards: fold={fold}" in text, text[-3000:]
 
 
+def test_preprocessing_is_one_submission_per_shard(slurm_run):
+    """The maps and tiles of 8 images are 4 + 4 sbatch calls (preprocess.shards: 4), not 8 + 8."""
+    submitted = [
+        re.search(r"--comment rule_(\w+?)_wildcards", line)
+        for line in slurm_run.log.splitlines()
+        if line.startswith("sbatch call:")
+    ]
+    rules = [m[1] for m in submitted if m]
+    assert rules.count("compute_maps") == N_SHARDS and rules.count("make_tiles") == N_SHARDS, rules
+
+
 def test_jobs_ask_for_one_cpu_and_never_oversubscribe(slurm_run):
     calls = _sbatch_calls(slurm_run.log)
     for call in calls.values():
@@ -257,7 +271,7 @@ def test_split_and_tiles_are_identical(local_run, slurm_run):
     a, b = local_run.workdir / "results", slurm_run.workdir / "results"
     assert (a / "split/split.tsv").read_bytes() == (b / "split/split.tsv").read_bytes()
     tiles = _relative_files(a, "tiles/*")
-    assert len(tiles) == 16 and tiles == _relative_files(b, "tiles/*")
+    assert len(tiles) == 2 * N_SHARDS and tiles == _relative_files(b, "tiles/*")
     for name in tiles:  # .npz too: numpy writes a fixed date into the zip headers
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 

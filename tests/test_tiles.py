@@ -4,7 +4,7 @@ import pytest
 
 from cellseg.errors import ConfigError
 from cellseg.maps import compute_maps
-from cellseg.tiles import load_tile, make_tiles, read_index, save_tiles, tile_origins
+from cellseg.tiles import load_tile, make_tiles, read_index, save_tiles, save_tiles_shard, tile_origins
 
 CLASSES = ["a", "b"]
 
@@ -139,3 +139,21 @@ def test_save_load_round_trip(tmp_path):
     both = read_index([tmp_path / "img.tsv", tmp_path / "b.tsv"])
     pd.testing.assert_frame_equal(both, pd.concat([index, index2], ignore_index=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npz", "b.tsv", "img.npz", "img.tsv"]
+
+
+def test_shard_of_several_images_numbers_tiles_on(tmp_path):
+    image, labels, center, boundary = toy_image()
+    a = tiles_of(image, labels, center, boundary, size=32, overlap=8)
+    b_tiles, b_index = tiles_of(image[::-1], labels[:, ::-1], center[::-1], boundary[::-1], size=24)
+    b = (b_tiles, b_index.assign(image_id="b"))
+    n = save_tiles_shard(tmp_path / "s.npz", tmp_path / "s.tsv", iter([a, b]))
+    assert n == len(a[0]) + len(b_tiles)
+    index = read_index([tmp_path / "s.tsv"])
+    assert index["tile"].tolist() == list(range(n))
+    expected = pd.concat([a[1], b[1]], ignore_index=True).drop(columns="tile")
+    pd.testing.assert_frame_equal(index.drop(columns="tile"), expected)
+    for row, tile in zip(index.itertuples(), [*a[0], *b_tiles]):
+        loaded = load_tile(tmp_path / "s.npz", row.tile)
+        for key, array in tile.items():
+            assert loaded[key].dtype == array.dtype
+            np.testing.assert_array_equal(loaded[key], array)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -26,6 +27,7 @@ import pandas as pd
 import pytest
 from pycocotools import mask as mask_utils
 from workflow_helpers import (
+    REPO,
     copy_repo,
     copy_workdir,
     job_reasons,
@@ -38,11 +40,21 @@ from workflow_helpers import (
     write_config,
 )
 
+from cellseg.io import read_image, write_tiff
 from cellseg.kaggle_csv import encode_runs
+from cellseg.shards import shard_images
 
 FOLDS = [0, 1]
 N_IMAGES = 8  # tiny.yaml: demo.n_train
 DEMO_IDS = [f"demo_train_{i:03d}" for i in range(N_IMAGES)]
+N_SHARDS = 4  # tiny.yaml: preprocess.shards
+SHARDS = shard_images(DEMO_IDS, N_SHARDS)  # the maps and tiles jobs, one per shard
+
+
+def shard_name(image: str) -> str:
+    """The name of `image`'s shard, as in the files and the jobs' wildcards."""
+    return next(iter(shard_images([image], N_SHARDS)))
+
 TRAIN_OUTPUTS = [
     "model_best.pt",
     "model_last.pt",
@@ -117,10 +129,13 @@ def test_tiny_run_writes_every_output(finished_run):
     assert val_ids and set(split.loc[split["subset"] == "train", "fold"]) == set(FOLDS)
     test_ids = ["demo_test_000", "demo_test_001"]
 
-    for image in DEMO_IDS:
-        assert (results / "maps" / f"{image}.npz").is_file()
-        assert (results / "tiles" / f"{image}.npz").is_file()
-        assert (results / "tiles" / f"{image}.tsv").is_file()
+    tile_ids = set()
+    for shard, images in SHARDS.items():
+        with np.load(results / "maps" / f"shard_{shard}.npz") as maps:
+            assert maps["image_ids"].tolist() == images
+        assert (results / "tiles" / f"shard_{shard}.npz").is_file()
+        tile_ids |= set(pd.read_csv(results / "tiles" / f"shard_{shard}.tsv", sep="\t")["image_id"])
+    assert tile_ids == set(DEMO_IDS)
     for fold in FOLDS:
         for name in TRAIN_OUTPUTS:
             assert (results / "train" / f"fold{fold}" / name).is_file(), (fold, name)
@@ -167,7 +182,7 @@ def test_tiny_run_writes_every_output(finished_run):
 
     logs = finished_run.workdir / "logs"
     assert (logs / "train" / "fold0.log").is_file()
-    assert (logs / "maps" / f"{DEMO_IDS[0]}.log").is_file()
+    assert (logs / "maps" / f"shard_{next(iter(SHARDS))}.log").is_file()
 
 
 @pytest.mark.slow
@@ -205,13 +220,13 @@ def test_lint_reports_nothing(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "override, expected, per_image",
+    "override, expected, per_shard",
     [
         pytest.param({"tune": {"mask_thresholds": [0.4]}}, FROM_TUNE, [], id="tune"),
         pytest.param({"tune": {"metric": "PQ"}}, FROM_TUNE, [], id="tune-metric"),
         pytest.param({"train": {"lr": 0.0005}}, FROM_TRAIN, [], id="train"),
         # Without aux heads nothing reads the maps: no maps job, tiles with empty maps.
-        pytest.param({"train": {"aux_heads": False}}, {"make_tiles": N_IMAGES, **FROM_TRAIN}, ["make_tiles"], id="no-aux-heads"),
+        pytest.param({"train": {"aux_heads": False}}, {"make_tiles": len(SHARDS), **FROM_TRAIN}, ["make_tiles"], id="no-aux-heads"),
         pytest.param({"train": {"ema_decay": 0.9}}, FROM_TRAIN, [], id="train-ema"),
         pytest.param(
             {"ensemble": {"calibrate": "quantile"}}, {"calibrate_folds": 1, "ensemble_folds": 2, **FROM_TUNE}, [],
@@ -224,13 +239,13 @@ def test_lint_reports_nothing(tmp_path):
         ),
         pytest.param(
             {"tiles": {"min_instance_area": 4}},
-            {"make_tiles": N_IMAGES, **FROM_TRAIN},
+            {"make_tiles": len(SHARDS), **FROM_TRAIN},
             ["make_tiles"],
             id="tiles",
         ),
         pytest.param(
             {"maps": {"center_sigma": 3.0}},
-            {"compute_maps": N_IMAGES, "make_tiles": N_IMAGES, **FROM_TRAIN},
+            {"compute_maps": len(SHARDS), "make_tiles": len(SHARDS), **FROM_TRAIN},
             ["compute_maps", "make_tiles"],
             id="maps",
         ),
@@ -238,7 +253,7 @@ def test_lint_reports_nothing(tmp_path):
         # model; not the split, nor the maps (from masks only).
         pytest.param(
             {"stain": {"method": "macenko"}},
-            {"fit_stain_reference": 1, "make_tiles": N_IMAGES, **FROM_TRAIN},
+            {"fit_stain_reference": 1, "make_tiles": len(SHARDS), **FROM_TRAIN},
             ["make_tiles"],
             id="stain-method",
         ),
@@ -246,13 +261,13 @@ def test_lint_reports_nothing(tmp_path):
     ],
 )
 def test_config_change_reruns_its_stage_onward(
-    finished_run, run_copy, tmp_path, override, expected, per_image
+    finished_run, run_copy, tmp_path, override, expected, per_shard
 ):
     extra = write_config(tmp_path / "override.yaml", override)
     jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
     assert rule_counts(jobs) == expected
-    for rule in per_image:
-        assert wildcard_values(jobs, rule, "image") == set(DEMO_IDS)
+    for rule in per_shard:
+        assert wildcard_values(jobs, rule, "shard") == set(SHARDS)
     if "train_fold" in expected:
         assert wildcard_values(jobs, "train_fold", "fold") == {str(k) for k in FOLDS}
 
@@ -317,7 +332,7 @@ def test_kaggle_csv_is_one_more_job_with_the_submissions_masks(finished_run, run
         # The maps module: compute_maps onward (make_tiles does not import it).
         pytest.param(
             "src/cellseg/maps.py",
-            {"compute_maps": N_IMAGES, "make_tiles": N_IMAGES, **FROM_TRAIN},
+            {"compute_maps": len(SHARDS), "make_tiles": len(SHARDS), **FROM_TRAIN},
             id="library-maps",
         ),
     ],
@@ -350,7 +365,7 @@ def test_training_only_change_leaves_predicts_own_trigger_alone(finished_run, ru
 
 def test_stain_target_is_fitted_once_and_the_tiles_are_normalised_with_it(tmp_path):
     """stain.method macenko: one job fits the target on a training image; an image's tiles
-    hold its normalised pixels."""
+    (in its shard's file) hold its normalised pixels."""
     from cellseg.dataset import load_sample
     from cellseg.stain import StainNormaliser, StainTarget
     from cellseg.tiles import load_tile, make_tiles
@@ -358,9 +373,10 @@ def test_stain_target_is_fitted_once_and_the_tiles_are_normalised_with_it(tmp_pa
     extra = write_config(tmp_path / "stain.yaml", {"stain": {"method": "macenko"}})
     workdir = tmp_path / "work"
     image = DEMO_IDS[0]
-    jobs = rule_counts(scheduled_jobs(workdir, f"results/tiles/{image}.npz", configs=[extra]))
+    tiles = f"results/tiles/shard_{shard_name(image)}"
+    jobs = rule_counts(scheduled_jobs(workdir, f"{tiles}.npz", configs=[extra]))
     assert jobs["fit_stain_reference"] == 1 and jobs["make_tiles"] == 1
-    snakemake(workdir, f"results/tiles/{image}.npz", configs=[extra])
+    snakemake(workdir, f"{tiles}.npz", configs=[extra])
     target = StainTarget.read(workdir / "results" / "stain" / "reference.json")
     assert target.method == "macenko" and target.reference in DEMO_IDS
     classes = ["class1", "class2", "class3", "class4"]
@@ -370,7 +386,8 @@ def test_stain_target_is_fitted_once_and_the_tiles_are_normalised_with_it(tmp_pa
     def first_tile(pixels):
         return make_tiles(pixels, sample.labels, empty, empty, 128, 32, True, 8, image_id=image, class_names=classes)[0][0]["image"]
 
-    written = load_tile(workdir / "results" / "tiles" / f"{image}.npz", 0)["image"]
+    index = pd.read_csv(workdir / f"{tiles}.tsv", sep="\t")
+    written = load_tile(workdir / f"{tiles}.npz", index.loc[index["image_id"] == image, "tile"].iloc[0])["image"]
     np.testing.assert_array_equal(written, first_tile(StainNormaliser(target)(sample.image)))
     assert not np.array_equal(written, first_tile(sample.image))
 
@@ -404,15 +421,17 @@ def test_jobs_run_the_library_of_their_own_checkout(tmp_path):
 
 
 @pytest.mark.slow
-def test_added_image_reaches_only_its_own_maps_and_tiles(finished_run, tmp_path):
-    """A reference-format dataset of 5 demo images, run through training; then a sixth image
-    folder is added. The dry run (default target) must re-split, compute maps and tiles of the
-    new image only, and retrain onward. (The first run stops after training to save time: the
-    stages after it are scheduled either way, so the expected set is the same as after a full
-    run.)"""
+def test_added_or_changed_image_reaches_only_its_shards_maps_and_tiles(finished_run, tmp_path):
+    """A reference-format dataset of 5 demo images (4 shards), run through training. Adding a
+    sixth image folder, in a shard that holds an image already, must re-split, compute the maps
+    and tiles of that shard only, and retrain onward; so must changing one image's file.
+    (The first run stops after training to save time: the stages after it are scheduled either
+    way, so the expected set is the same as after a full run; removing the added image again
+    schedules what was scheduled before it.)"""
     demo = finished_run.workdir / "results" / "demo"
     data = tmp_path / "data"
-    for image in DEMO_IDS[:5]:
+    first = DEMO_IDS[:5]
+    for image in first:
         shutil.copytree(demo / "train" / image, data / "train" / image)
     shutil.copytree(demo / "test_release", data / "test_release")
     shutil.copy2(demo / "test_image_name_to_ids.json", data)
@@ -421,19 +440,55 @@ def test_added_image_reaches_only_its_own_maps_and_tiles(finished_run, tmp_path)
     )
     workdir = tmp_path / "work"
     snakemake(workdir, *FOLD_MODELS, repo=finished_run.repo, configs=[config])
-
-    new = DEMO_IDS[5]
-    shutil.copytree(demo / "train" / new, data / "train" / new)
-    jobs = scheduled_jobs(workdir, repo=finished_run.repo, configs=[config])
+    after_training = scheduled_jobs(workdir, repo=finished_run.repo, configs=[config])
     without_test_truth = {rule: n for rule, n in FROM_TRAIN.items() if rule != "evaluate_test"}
-    assert rule_counts(jobs) == {
+    expected = {
         "split_dataset": 1,
         "compute_maps": 1,
         "make_tiles": 1,
         **without_test_truth,  # this dataset has no data.test_gt
     }
-    assert wildcard_values(jobs, "compute_maps", "image") == {new}
-    assert wildcard_values(jobs, "make_tiles", "image") == {new}
+    occupied = {shard_name(image) for image in first}
+
+    new = next(image for image in DEMO_IDS[5:] if shard_name(image) in occupied)
+    shutil.copytree(demo / "train" / new, data / "train" / new)
+    jobs = scheduled_jobs(workdir, repo=finished_run.repo, configs=[config])
+    assert rule_counts(jobs) == expected
+    for rule in ("compute_maps", "make_tiles"):
+        assert wildcard_values(jobs, rule, "shard") == {shard_name(new)}
+
+    shutil.rmtree(data / "train" / new)
+    assert scheduled_jobs(workdir, repo=finished_run.repo, configs=[config]) == after_training
+    changed = first[0]
+    image = data / "train" / changed / "image.tif"
+    pixels = read_image(image)
+    pixels[0, 0] ^= 1  # new content: Snakemake skips a newer file whose checksum is unchanged
+    write_tiff(image, pixels)
+    jobs = scheduled_jobs(workdir, repo=finished_run.repo, configs=[config])
+    assert rule_counts(jobs) == expected
+    for rule in ("compute_maps", "make_tiles"):
+        assert wildcard_values(jobs, rule, "shard") == {shard_name(changed)}
+
+
+def test_preprocessing_jobs_are_bounded_by_the_shard_count(tmp_path):
+    """40 images with preprocess.shards 4 (tiny.yaml) and the aux heads: 4 maps and 4 tiles
+    jobs, each one SLURM submission under profiles/slurm (a `rule`, not a `localrule`; dry
+    run, no cluster needed), where per-image jobs would be 40 + 40."""
+    import tifffile
+
+    data = tmp_path / "data"
+    for i in range(40):
+        folder = data / "train" / f"img{i:02d}"
+        folder.mkdir(parents=True)
+        tifffile.imwrite(folder / "image.tif", np.zeros((8, 8, 3), np.uint8))
+        tifffile.imwrite(folder / "class1.tif", np.eye(8))
+    (data / "test_release").mkdir()
+    (data / "test_image_name_to_ids.json").write_text("[]")  # no test images
+    config = write_config(tmp_path / "data.yaml", {"data": {"source": "reference", "path": str(data)}, "classes": ["class1"]})
+    proc = snakemake(tmp_path / "work", "--profile", str(REPO / "profiles" / "slurm"), "--dry-run", configs=[config])
+    submitted = Counter(re.findall(r"^rule (compute_maps|make_tiles):$", proc.stdout, re.MULTILINE))
+    assert submitted == {"compute_maps": N_SHARDS, "make_tiles": N_SHARDS}, proc.stdout[-3000:]
+    assert "localrule compute_maps" not in proc.stdout and "localrule make_tiles" not in proc.stdout
 
 
 @pytest.mark.slow
@@ -494,7 +549,8 @@ def test_second_workdir_takes_trained_folds_from_the_cache(finished_run, tmp_pat
     proc = snakemake(
         workdir, "--cache", *FOLD_MODELS, repo=finished_run.repo, env=finished_run.env
     )
-    for path in ["results/split/split.tsv", "results/maps/demo_train_000.npz", "results/tiles/demo_train_000.tsv"]:
+    shard = next(iter(SHARDS))
+    for path in ["results/split/split.tsv", f"results/maps/shard_{shard}.npz", f"results/tiles/shard_{shard}.tsv"]:
         assert f"Symlinking output file {path} from cache" in proc.stdout
     for fold in FOLDS:
         assert f"Symlinking output file results/train/fold{fold}/model_best.pt from cache" in (
@@ -544,6 +600,7 @@ def _assert_failed_before_jobs(proc, workdir: Path, *expected: str):
         pytest.param(
             {"ensemble": {"calibrate": "isotonic"}}, "ensemble.calibrate = 'isotonic' is not one of", id="calibrate"
         ),
+        pytest.param({"preprocess": {"shards": 0}}, "preprocess.shards = 0: 0 is less than the minimum of 1", id="shards"),
     ],
 )
 def test_config_error_names_the_key(tmp_path, override, expected):

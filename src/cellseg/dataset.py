@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from cellseg.errors import DataError
-from cellseg.io import read_image, read_mask, read_tiff_header, relabel_consecutive
+from cellseg.io import TiffHeader, read_image, read_mask, read_tiff_header, relabel_consecutive
 
 ID_MAP = "test_image_name_to_ids.json"
 TIFF_SUFFIXES = (".tif", ".tiff")
+HeaderReader = Callable[[os.PathLike], TiffHeader]  # read_tiff_header, or a HeaderCache's read
 # Snakemake wildcards cannot carry braces: an id holding one would end in a bare WildcardError.
 _WILDCARD_BREAKERS = "{}"
 
@@ -108,28 +110,31 @@ def load_sample(source: dict, image_id: str) -> Sample:
     return _load_coco_sample(source, image_id)
 
 
-def check_headers(source: dict, index: DatasetIndex) -> None:
+def check_headers(source: dict, index: DatasetIndex, read_header: HeaderReader = read_tiff_header) -> None:
     """Check from TIFF headers alone (no pixels decoded) what reading the pixels would find
     only inside a job: unreadable or truncated files, stacks of planes, 2 channels without
     alpha, a mask of another size than its image or of more than one channel, a test image of
     another size than its listing, test ground truth of another size than its test image.
-    Meant for DAG time (about 0.3 ms per file); `DataError` names the file."""
+    Meant for DAG time (about 0.3 ms per file; `read_header` may be a `HeaderCache`'s `read`,
+    which skips unchanged files); `DataError` names the file."""
     classes = source["classes"]
     if _format(source) == "reference":
         train = Path(source["path"]) / "train"
         for image_id in index.train_ids:
-            header = read_tiff_header(train / image_id / "image.tif")
-            _check_mask_headers(train / image_id, classes, (header.height, header.width))
+            header = read_header(train / image_id / "image.tif")
+            _check_mask_headers(train / image_id, classes, (header.height, header.width), read_header)
     else:
         coco = _parse_coco(source)
         for image_id in index.train_ids:
             record = coco.images[image_id]
             path = Path(source["image_dir"]) / record["file_name"]
-            _check_size(path, read_tiff_header(path), (record["height"], record["width"]), source["train_json"])
-    check_test_headers(source, index.test_images)
+            _check_size(path, read_header(path), (record["height"], record["width"]), source["train_json"])
+    check_test_headers(source, index.test_images, read_header)
 
 
-def check_test_headers(source: dict, test_images: list[TestImage]) -> None:
+def check_test_headers(
+    source: dict, test_images: list[TestImage], read_header: HeaderReader = read_tiff_header
+) -> None:
     """`check_headers` for the test images of `source` (`index_test_set`) and their ground
     truth (`source["test_gt"]`, class files `source["classes"]`)."""
     if source.get("test_path") or _format(source) == "reference":
@@ -137,11 +142,11 @@ def check_test_headers(source: dict, test_images: list[TestImage]) -> None:
     else:
         listing = source.get("test_json")
     for test in test_images:
-        _check_size(test.path, read_tiff_header(test.path), (test.height, test.width), listing)
+        _check_size(test.path, read_header(test.path), (test.height, test.width), listing)
         folder = Path(source["test_gt"]) / test.name if source.get("test_gt") else None
         if folder and folder.is_dir():
             _check_test_class_files(folder, source["classes"])
-            _check_mask_headers(folder, source["classes"], (test.height, test.width))
+            _check_mask_headers(folder, source["classes"], (test.height, test.width), read_header)
 
 
 def _check_test_class_files(folder: Path, classes: list[str]) -> None:
@@ -162,12 +167,12 @@ def _check_size(path: Path, header, size: tuple[int, int], listing) -> None:
         )
 
 
-def _check_mask_headers(folder: Path, classes: list[str], size: tuple[int, int]) -> None:
+def _check_mask_headers(folder: Path, classes: list[str], size: tuple[int, int], read_header: HeaderReader) -> None:
     for name in classes:
         path = folder / f"{name}.tif"
         if not path.is_file():
             continue
-        header = read_tiff_header(path)
+        header = read_header(path)
         if header.channels != 1:
             raise DataError(f"{path}: mask has {header.channels} channels; expected one plane of instance ids")
         if (header.height, header.width) != tuple(size):

@@ -12,7 +12,8 @@ import contextlib
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,6 +228,20 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write `arrays` to a compressed `.npz` at `path` atomically."""
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)
+
+
+@contextlib.contextmanager
+def npz_writer(path: str | os.PathLike) -> Iterator[Callable[[str, np.ndarray], None]]:
+    """Yield `add(name, array)`, which appends one array to a compressed `.npz` at `path`; the
+    file appears atomically when the block succeeds. Unlike `save_npz_atomic`, the arrays need
+    not all be in memory at once (a shard of many images' tiles). Readable by `np.load`."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+
+        def add(name: str, array: np.ndarray) -> None:
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+        yield add
 
 
 def write_tiff(

@@ -5,8 +5,16 @@ one distance transform, one max and one min filter), never a loop over instances
 cost does not grow with the number of cells.
 """
 
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+
 import numpy as np
 from scipy import ndimage
+
+from cellseg.io import npz_writer
+
+_MAP_KEYS = ("center", "boundary")
 
 
 def _instance_centres(labels: np.ndarray) -> np.ndarray:
@@ -68,7 +76,7 @@ def boundary_map(labels: np.ndarray, width: int) -> np.ndarray:
 
 
 def compute_maps(labels: np.ndarray, sigma: float, width: int) -> dict[str, np.ndarray]:
-    """Both maps as stored in `results/maps/{image}.npz`.
+    """Both maps of one image, as a maps shard stores them (`save_maps_shard`).
 
     Returns `center` `(H, W)` float16 in [0, 1] and `boundary` `(H, W)` uint8 in {0, 1}.
     """
@@ -76,3 +84,29 @@ def compute_maps(labels: np.ndarray, sigma: float, width: int) -> dict[str, np.n
         "center": center_heatmap(labels, sigma).astype(np.float16),
         "boundary": boundary_map(labels, width),
     }
+
+
+def save_maps_shard(path: str | os.PathLike, maps: Iterable[tuple[str, dict[str, np.ndarray]]]) -> int:
+    """Write the maps of a shard's images to one compressed npz, one image in memory at a time.
+
+    `maps` yields `(image_id, compute_maps(...))`; the file holds `center_<i>` and
+    `boundary_<i>` of the i-th image and `image_ids` (str), as `results/maps/shard_{shard}.npz`.
+    Returns the number of images.
+    """
+    image_ids = []
+    with npz_writer(path) as add:
+        for i, (image_id, arrays) in enumerate(maps):
+            for key in _MAP_KEYS:
+                add(f"{key}_{i}", arrays[key])
+            image_ids.append(image_id)
+        add("image_ids", np.array(image_ids, dtype=str))
+    return len(image_ids)
+
+
+@contextlib.contextmanager
+def open_maps_shard(path: str | os.PathLike) -> Iterator[Callable[[str], dict[str, np.ndarray]]]:
+    """Yield `maps_of(image_id)`, the `center` and `boundary` of one image of a maps shard,
+    read from the file only when asked for."""
+    with np.load(path) as npz:
+        position = {image_id: i for i, image_id in enumerate(npz["image_ids"].tolist())}
+        yield lambda image_id: {key: npz[f"{key}_{position[image_id]}"] for key in _MAP_KEYS}

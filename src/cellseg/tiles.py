@@ -1,9 +1,10 @@
 """Overlapping training tiles of one image with its labels and maps, and their index table.
 
-Files (see docs/design.md): `results/tiles/{image}.npz` holds, per tile k, `image_k`
-`(S, S, 3) uint8`, `labels_k` `(C, S, S) int32`, `center_k` `(S, S) float16` and `boundary_k`
-`(S, S) uint8`, zero-padded where the image is smaller than a tile; `results/tiles/{image}.tsv`
-is the index: `image_id`, `tile`, `y0`, `x0`, `height`, `width` (valid, unpadded extent),
+Files (see docs/design.md): a shard's `results/tiles/shard_{shard}.npz` holds, per tile k
+(numbered over the shard's images in turn), `image_k` `(S, S, 3) uint8`, `labels_k`
+`(C, S, S) int32`, `center_k` `(S, S) float16` and `boundary_k` `(S, S) uint8`, zero-padded
+where the image is smaller than a tile; `results/tiles/shard_{shard}.tsv` is the index:
+`image_id`, `tile` (k), `y0`, `x0`, `height`, `width` (valid, unpadded extent),
 `n_instances`, `n_<class name>`.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.errors import ConfigError
-from cellseg.io import atomic_path, save_npz_atomic
+from cellseg.io import atomic_path, npz_writer
 
 _KEYS = ("image", "labels", "center", "boundary")
 
@@ -93,7 +94,7 @@ def make_tiles(
     `boundary` `(H, W)` maps. Returns the tiles, dicts of `image` `(S, S, 3) uint8`, `labels`
     `(C, S, S) int32` (relabelled 1..n per class), `center` `(S, S) float16` and `boundary`
     `(S, S) uint8`, zero-padded where the image is smaller than a tile; and their index table
-    (one row per tile, columns as `results/tiles/{image}.tsv`). A cut instance keeps its pixels
+    (one row per tile, columns as the index TSV). A cut instance keeps its pixels
     on each side; its part in a tile is dropped (set to 0 in labels; the maps stay as they
     are) when under `min_area` px. `skip_empty` leaves out tiles without foreground, but the
     first tile is kept when all are empty. `size == 0`: one tile, the whole image, unpadded.
@@ -131,13 +132,31 @@ def save_tiles(
     npz_path: str | os.PathLike, tsv_path: str | os.PathLike,
     tiles: list[dict[str, np.ndarray]], index: pd.DataFrame,
 ) -> None:
-    """Write `tiles` to one compressed npz (`image_k`, ...), `index` to TSV atomically."""
-    if len(tiles) != len(index):
-        raise ValueError(f"save_tiles: {len(tiles)} tiles but {len(index)} index rows")
-    arrays = {f"{key}_{k}": tile[key] for k, tile in enumerate(tiles) for key in _KEYS}
-    save_npz_atomic(npz_path, **arrays)
+    """Write one image's `tiles` to one compressed npz (`image_k`, ...), `index` to TSV atomically."""
+    save_tiles_shard(npz_path, tsv_path, [(tiles, index)])
+
+
+def save_tiles_shard(
+    npz_path: str | os.PathLike, tsv_path: str | os.PathLike,
+    images: Iterable[tuple[list[dict[str, np.ndarray]], pd.DataFrame]],
+) -> int:
+    """Write the tiles of several images (`(tiles, index)` pairs from `make_tiles`, consumed
+    one image at a time) to one npz and one index TSV, atomically; the tiles are numbered on
+    over the images, and each index's `tile` column with them. Returns the number of tiles."""
+    tables = []
+    k = 0
+    with npz_writer(npz_path) as add:
+        for tiles, index in images:
+            if len(tiles) != len(index):
+                raise ValueError(f"save_tiles: {len(tiles)} tiles but {len(index)} index rows")
+            for offset, tile in enumerate(tiles):
+                for key in _KEYS:
+                    add(f"{key}_{k + offset}", tile[key])
+            tables.append(index.assign(tile=index["tile"] + k))
+            k += len(tiles)
     with atomic_path(tsv_path) as tmp:
-        index.to_csv(tmp, sep="\t", index=False)
+        pd.concat(tables, ignore_index=True).to_csv(tmp, sep="\t", index=False)
+    return k
 
 
 def load_tile(npz: str | os.PathLike | np.lib.npyio.NpzFile, k: int) -> dict[str, np.ndarray]:

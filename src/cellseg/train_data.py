@@ -130,9 +130,25 @@ class TileDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.copy_paste = CopyPaste(tiles, class_names, copy_paste, self._load) if copy_paste > 0 else None
+        self._open_files: dict[str, np.lib.npyio.NpzFile] = {}
+        self._opened_by = os.getpid()
 
     def _load(self, index: int) -> dict[str, np.ndarray]:
-        return load_tile(self.paths[index], self.ks[index])
+        return load_tile(self._open(self.paths[index]), self.ks[index])
+
+    def _open(self, path: str) -> np.lib.npyio.NpzFile:
+        """The tiles file at `path`, kept open in this process: a shard's npz holds thousands of
+        members, and reading its zip directory again for every tile costs far more than the
+        tile. A forked DataLoader worker opens its own (a shared file offset would mix reads)."""
+        if self._opened_by != os.getpid():
+            self._open_files, self._opened_by = {}, os.getpid()
+        if path not in self._open_files:
+            self._open_files[path] = np.load(path)
+        return self._open_files[path]
+
+    def __getstate__(self) -> dict:
+        """Pickled (spawned DataLoader workers) without the open files."""
+        return {**self.__dict__, "_open_files": {}}
 
     def __len__(self) -> int:
         return len(self.ks)

@@ -13,7 +13,9 @@ from cellseg.codehash import code_digest
 from cellseg.config_checks import check_cross_keys, schema_error_line
 from cellseg.dataset import DatasetIndex, check_headers, check_test_headers, index_test_set, index_training_set
 from cellseg.errors import ConfigError, DataError
+from cellseg.header_cache import HeaderCache
 from cellseg.segment_input import check_image, list_images
+from cellseg.shards import shard_images
 from cellseg.split import image_groups, split_sizes
 from cellseg.train_config import resolve_train_config
 
@@ -76,6 +78,8 @@ TEST_SOURCE = resolve_test_source()
 # A test set labelled with other classes than the model's is scored class-agnostically only.
 FOREIGN_TEST_CLASSES = TEST_SOURCE["classes"] != CLASSES
 
+# The DAG-time header checks skip files unchanged since the last build (20,000 at 10,000 images).
+HEADERS = HeaderCache(".snakemake/cellseg/tiff_headers.json")
 try:
     check_cross_keys(config)
     TRAIN_CFG = resolve_train_config(config["train"], predict_tile_size=config["predict"]["tile_size"])
@@ -85,12 +89,12 @@ try:
         TRAIN_IDS, TEST_NAMES = demo_ids(config["demo"]["n_train"], config["demo"]["n_test"])
     else:
         TRAIN_IDS = index_training_set(SOURCE)
-        check_headers(SOURCE, DatasetIndex(TRAIN_IDS, []))
+        check_headers(SOURCE, DatasetIndex(TRAIN_IDS, []), HEADERS.read)
     if not DEMO_TEST:
         if config["data"]["test_path"] and not Path(config["data"]["test_path"]).is_dir():
             raise DataError(f"data.test_path: {config['data']['test_path']} is not a folder")
         TEST_IMAGES = index_test_set(TEST_SOURCE)
-        check_test_headers(TEST_SOURCE, TEST_IMAGES)
+        check_test_headers(TEST_SOURCE, TEST_IMAGES, HEADERS.read)
         TEST_NAMES = [t.name for t in TEST_IMAGES]
     # The file `snakemake download_weights` writes, for hosts without internet.
     WEIGHTS_DOWNLOAD = f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth"
@@ -102,6 +106,7 @@ try:
         )
 except (DataError, ConfigError) as error:
     raise _user_error(error)
+HEADERS.save()
 
 FOLDS = list(range(config["split"]["folds"]))
 if len(TRAIN_IDS) < 2:
@@ -117,8 +122,13 @@ except ConfigError as error:
     raise _user_error(error)
 
 
+# The per-image preprocessing stages (maps, tiles) run one job per shard of images.
+SHARDS = shard_images(TRAIN_IDS, config["preprocess"]["shards"])
+
+
 wildcard_constraints:
     image="[^/]+",
+    shard=r"\d+",
     fold=r"\d+",
     subset="val|test",
 
@@ -139,12 +149,26 @@ def train_weights_file(wildcards=None):
     return [TRAIN_CFG["weights_path"]] if TRAIN_CFG["weights_path"] else []
 
 
-def sample_files(wildcards):
-    """Files one training image is read from."""
-    return image_files(wildcards.image)
+def shard_ids(wildcards):
+    """The training image ids of shard `wildcards.shard`."""
+    if wildcards.shard not in SHARDS:
+        raise WorkflowError(f"no shard {wildcards.shard}: the training images fill shards {', '.join(SHARDS)}")
+    return SHARDS[wildcards.shard]
 
 
+def shard_sample_files(wildcards):
+    """Files the training images of one shard are read from."""
+    return sorted({path for image in shard_ids(wildcards) for path in image_files(image)})
+
+
+@functools.cache
 def image_files(image):
+    """Files one training image is read from (a tuple: cached, shared by its shard and the
+    whole-set rules)."""
+    return tuple(_image_files(image))
+
+
+def _image_files(image):
     if DEMO:
         return [DEMO_DIR]
     if SOURCE["format"] == "reference":
@@ -257,10 +281,9 @@ def calibration_file(wildcards=None):
     return [] if config["ensemble"]["calibrate"] == "none" else ["results/ensemble/calibration.json"]
 
 
-def tiles_of(images):
-    return expand("results/tiles/{image}.npz", image=images) + expand(
-        "results/tiles/{image}.tsv", image=images
-    )
+def shard_tiles():
+    """The tiles files and index tables of every shard (what training reads)."""
+    return expand("results/tiles/shard_{shard}.{ext}", shard=SHARDS, ext=["npz", "tsv"])
 
 
 def has_test_set():

@@ -1,21 +1,21 @@
-# Center heatmap and boundary map of each training image.
+# Center heatmap and boundary map of the training images, one job per shard (preprocess.shards).
 
 
 rule compute_maps:
     input:
-        sample_files,
+        shard_sample_files,
     output:
-        "results/maps/{image}.npz",
+        "results/maps/shard_{shard}.npz",
     params:
         source=SOURCE,
         center_sigma=config["maps"]["center_sigma"],
         boundary_width=config["maps"]["boundary_width"],
-        # The image id, so that the output cache (whose hash ignores wildcards) never hands one
-        # image's outputs to another with identical files.
-        image=lambda wildcards: wildcards.image,
+        # The shard's images: adding or removing one re-runs this shard only. Also keeps the
+        # output cache (whose hash ignores wildcards) from handing one shard's maps to another.
+        image_ids=shard_ids,
         code=script_digest("compute_maps.py"),
     log:
-        "logs/maps/{image}.log",
+        "logs/maps/shard_{shard}.log",
     conda:
         f"{ENVS}/data.yaml"
     resources:

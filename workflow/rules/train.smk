@@ -4,7 +4,7 @@
 rule train_fold:
     input:
         split="results/split/split.tsv",
-        tiles=tiles_of(TRAIN_IDS),
+        tiles=shard_tiles(),
         samples=all_sample_files,
         weights=train_weights_file,
         stain=stain_reference,  # the held-out images are normalised as the tiles are

@@ -1,4 +1,4 @@
-"""Center heatmap and boundary map of one training image."""
+"""Center heatmap and boundary map of each training image of one shard."""
 
 import sys
 from pathlib import Path
@@ -6,12 +6,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from cellseg.dataset import load_sample
-from cellseg.io import save_npz_atomic
 from cellseg.joblog import job_logging
-from cellseg.maps import compute_maps
+from cellseg.maps import compute_maps, save_maps_shard
 
-with job_logging(snakemake.log[0]):
+with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
-    sample = load_sample(p.source, snakemake.wildcards.image)
-    maps = compute_maps(sample.labels, p.center_sigma, p.boundary_width)
-    save_npz_atomic(snakemake.output[0], **maps)
+
+    def maps():
+        for image_id in p.image_ids:
+            labels = load_sample(p.source, image_id).labels
+            yield image_id, compute_maps(labels, p.center_sigma, p.boundary_width)
+
+    n = save_maps_shard(snakemake.output[0], maps())
+    log.info("maps of %d images (shard %s)", n, snakemake.wildcards.shard)

@@ -1,5 +1,6 @@
-"""Overlapping training tiles of one image, with their index table."""
+"""Overlapping training tiles of each training image of one shard, with their index table."""
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -9,30 +10,28 @@ import numpy as np
 
 from cellseg.dataset import load_sample
 from cellseg.joblog import job_logging
+from cellseg.maps import open_maps_shard
 from cellseg.stain import load_normaliser
-from cellseg.tiles import make_tiles, save_tiles
+from cellseg.tiles import make_tiles, save_tiles_shard
 
-with job_logging(snakemake.log[0]) as log:
+with job_logging(snakemake.log[0]) as log, contextlib.ExitStack() as stack:
     p = snakemake.params
-    sample = load_sample(p.source, snakemake.wildcards.image)
-    image = load_normaliser(snakemake.input.stain)(sample.image, sample.image_id)
-    if p.with_maps:
-        with np.load(snakemake.input.maps) as maps:
-            center, boundary = maps["center"], maps["boundary"]
-    else:  # no aux heads: nothing reads the maps, so the tiles carry empty ones
-        center = np.zeros(image.shape[:2], np.float16)
-        boundary = np.zeros(image.shape[:2], np.uint8)
-    tiles, index = make_tiles(
-        image,
-        sample.labels,
-        center,
-        boundary,
-        p.size,
-        p.overlap,
-        p.skip_empty,
-        p.min_instance_area,
-        image_id=sample.image_id,
-        class_names=p.source["classes"],
-    )
-    save_tiles(snakemake.output.tiles, snakemake.output.index, tiles, index)
-    log.info("%d tiles from %s", len(tiles), sample.image_id)
+    normalise = load_normaliser(snakemake.input.stain)
+    maps_of = stack.enter_context(open_maps_shard(snakemake.input.maps)) if p.with_maps else None
+
+    def tiles():
+        for image_id in p.image_ids:
+            sample = load_sample(p.source, image_id)
+            image = normalise(sample.image, sample.image_id)
+            if maps_of:
+                maps = maps_of(image_id)
+            else:  # no aux heads: nothing reads the maps, so the tiles carry empty ones
+                maps = {"center": np.zeros(image.shape[:2], np.float16), "boundary": np.zeros(image.shape[:2], np.uint8)}
+            yield make_tiles(
+                image, sample.labels, maps["center"], maps["boundary"],
+                p.size, p.overlap, p.skip_empty, p.min_instance_area,
+                image_id=sample.image_id, class_names=p.source["classes"],
+            )  # fmt: skip
+
+    n = save_tiles_shard(snakemake.output.tiles, snakemake.output.index, tiles())
+    log.info("%d tiles from %d images (shard %s)", n, len(p.image_ids), snakemake.wildcards.shard)
