@@ -21,6 +21,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import tifffile
+from scipy import ndimage
 
 from cellseg.io import atomic_path
 from cellseg.segment import Cells, segment_image, write_labels
@@ -28,7 +29,6 @@ from cellseg.segment_input import BAND_ROWS, ImageReader, open_image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
 
 
 def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
@@ -107,29 +107,21 @@ def _intensity_sums(cells: Cells, reader: ImageReader) -> np.ndarray:
     return sums
 
 
-def cell_polygons(cells: Cells) -> list[list[list[np.ndarray]]]:
-    """`mask_polygons` of every cell, in image coordinates."""
-    return [mask_polygons(mask, *window[:2].tolist()) for mask, window in zip(cells.masks, cells.windows)]
-
-
-def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str], polygons: list | None = None) -> dict:
+def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str]) -> dict:
     """A FeatureCollection QuPath imports as detections (`geojson_features`), whole in memory."""
-    return {"type": "FeatureCollection", "features": list(geojson_features(cells, table, class_names, polygons))}
+    return {"type": "FeatureCollection", "features": list(geojson_features(cells, table, class_names))}
 
 
-def geojson_features(
-    cells: Cells, table: pd.DataFrame, class_names: list[str], polygons: list | None = None
-) -> Iterator[dict]:
+def geojson_features(cells: Cells, table: pd.DataFrame, class_names: list[str]) -> Iterator[dict]:
     """Per cell a Feature: a Polygon (MultiPolygon when its mask is in pieces) with
     `objectType: detection`, `classification: {name, color}` and `measurements` {score,
-    area_px}; `id` and `label` as in `table` (from `cell_table`). polygons:
-    `cell_polygons(cells)`, when the caller has them already. One at a time, so that a slide's
-    hundreds of thousands of cells are never all held as Python lists."""
+    area_px}; `id` and `label` as in `table` (from `cell_table`). One at a time, so that a
+    slide's hundreds of thousands of cells are never all held as Python lists."""
     colours = class_colours(len(class_names))
     names = table["class"].tolist()
-    polygons = cell_polygons(cells) if polygons is None else polygons
     for i, row in enumerate(table.itertuples(index=False)):
-        pieces = [[_ring(r) for r in piece] for piece in polygons[i]]
+        x0, y0 = cells.windows[i, :2].tolist()
+        pieces = [[_ring(r) for r in piece] for piece in mask_polygons(cells.masks[i], x0, y0)]
         geometry = (
             {"type": "Polygon", "coordinates": pieces[0]}
             if len(pieces) == 1
@@ -178,30 +170,19 @@ def thumbnail(reader: ImageReader, max_side: int) -> tuple[np.ndarray, int]:
     return np.concatenate(rows), step
 
 
-def write_overlay(
-    path: str | os.PathLike, reader: ImageReader, cells: Cells, class_names: list[str], max_side: int = 2000,
-    polygons: list | None = None,
-) -> None:  # fmt: skip
+def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: Cells, class_names: list[str], max_side: int = 2000) -> None:
     """overlay.png: the image (subsampled to at most `max_side` px) with each cell's outline in
-    its class's colour, and a legend with the counts per class beside the image. polygons:
-    `cell_polygons(cells)`, when the caller has them already."""
-    polygons = cell_polygons(cells) if polygons is None else polygons
+    its class's colour, and a legend with the counts per class beside the image."""
     image, step = thumbnail(reader, max_side)
     colours = class_colours(len(class_names))
+    draw_outlines(image, cells, colours, step)
     height, width = image.shape[:2]
     fig_w = width / 100 + 2.2
     fig, ax = plt.subplots(figsize=(fig_w, height / 100 + 0.4), dpi=100)
-    ax.imshow(image, extent=(0, reader.size[1], reader.size[0], 0), interpolation="nearest")
+    ax.imshow(image, interpolation="nearest")
     for k, name in enumerate(class_names):
-        segments = [
-            ring
-            for i in np.flatnonzero(cells.classes == k + 1).tolist()
-            for piece in polygons[i]
-            for ring in piece
-        ]
         colour = np.array(colours[k]) / 255
-        ax.add_collection(LineCollection(segments, colors=[colour], linewidths=0.8 if step == 1 else 0.4))
-        ax.plot([], [], color=colour, lw=3, label=f"{name} ({len(np.flatnonzero(cells.classes == k + 1))})")
+        ax.plot([], [], color=colour, lw=3, label=f"{name} ({np.count_nonzero(cells.classes == k + 1)})")
     ax.set_axis_off()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     fig.subplots_adjust(left=0.01, right=(width / 100 + 0.1) / fig_w, top=0.99, bottom=0.01)
@@ -209,6 +190,15 @@ def write_overlay(
         # zlib level 1: the overlay is a preview, and level 6 took longer than the drawing
         fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})
     plt.close(fig)
+
+
+def draw_outlines(image: np.ndarray, cells: Cells, colours: list[tuple[int, int, int]], step: int) -> None:
+    """Paint each cell's edge pixels (mask minus its erosion) in its class's colour into
+    `image`, the picture subsampled by `step`. Pixels rather than vector outlines, so that
+    memory stays flat for a slide's hundreds of thousands of cells."""
+    for mask, (x0, y0), class_id in zip(cells.masks, cells.windows[:, :2].tolist(), cells.classes.tolist()):
+        ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+        image[(ys + y0) // step, (xs + x0) // step] = colours[class_id - 1]
 
 
 def summary_table(folders: dict[str, str | os.PathLike], class_names: list[str]) -> pd.DataFrame:
@@ -236,9 +226,8 @@ def export_cells(outputs: dict, reader: ImageReader, cells: Cells, class_names: 
     write_labels(outputs["labels"], cells, len(class_names))
     table = cell_table(cells, class_names, reader)
     write_table(outputs["csv"], table)
-    polygons = cell_polygons(cells)
-    write_geojson(outputs["geojson"], geojson_features(cells, table, class_names, polygons))
-    write_overlay(outputs["overlay"], reader, cells, class_names, overlay_size, polygons)
+    write_geojson(outputs["geojson"], geojson_features(cells, table, class_names))
+    write_overlay(outputs["overlay"], reader, cells, class_names, overlay_size)
     return table
 
 
