@@ -14,6 +14,7 @@ from cellseg.config_checks import check_cross_keys, schema_error_line
 from cellseg.dataset import DatasetIndex, check_headers, check_test_headers, index_test_set, index_training_set
 from cellseg.errors import ConfigError, DataError
 from cellseg.header_cache import HeaderCache
+from cellseg.listing import write_listing
 from cellseg.segment_input import check_image, list_images
 from cellseg.shards import shard_images
 from cellseg.split import image_groups, split_sizes
@@ -177,8 +178,13 @@ def _image_files(image):
     return [SOURCE["train_json"], SOURCE["image_dir"]]
 
 
+# What the rules that see the whole training set take instead of its files, in the reference
+# layout (cellseg.listing): one input rather than two or more per image for each such job.
+TRAIN_LISTING = "results/dataset/training_files.tsv"
+
+
 def all_sample_files(wildcards=None):
-    """Files every training image is read from (for rules that see the whole training set)."""
+    """What every training image is read from (for rules that see the whole training set)."""
     return _all_sample_files()
 
 
@@ -186,7 +192,11 @@ def all_sample_files(wildcards=None):
 def _all_sample_files():
     if DEMO:
         return [DEMO_DIR]
-    return sorted({path for image in TRAIN_IDS for path in image_files(image)})
+    files = sorted({path for image in TRAIN_IDS for path in image_files(image)})
+    if SOURCE["format"] != "reference":
+        return files
+    write_listing(TRAIN_LISTING, files)
+    return [TRAIN_LISTING]
 
 
 def test_files(wildcards=None):
