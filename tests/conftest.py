@@ -1,8 +1,9 @@
-"""Shared fixtures: a small demo dataset, written once per test session."""
+"""Shared fixtures: a small demo dataset, written once per test session; one torch thread."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from cellseg.demo import write_demo_dataset
 
@@ -21,6 +22,16 @@ def demo_dir(tmp_path_factory) -> Path:
 def demo_source(demo_dir) -> dict:
     """The resolved `data:` config section naming `demo_dir`."""
     return {"format": "reference", "path": str(demo_dir), "classes": list(DEMO_CLASSES)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two shared cores: more threads than free cores make every step several times slower.
+    For modules that train (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_addoption(parser):

@@ -18,13 +18,7 @@ from cellseg.predict import load_model_for_inference
 STAGE_LOSSES = {"loss_classifier_stage2", "loss_box_reg_stage2", "loss_classifier_stage3", "loss_box_reg_stage3"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: more threads than free cores make every step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cascade_model(seed=0, **overrides):

@@ -53,13 +53,7 @@ train_fold(tiles, samples, cfg, json.loads(sys.argv[4]), TrainOutputs.in_folder(
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: more threads than free cores make every step several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
