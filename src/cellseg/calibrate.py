@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cellseg.instances import InstanceSet
+from cellseg.io import atomic_path
 
 METHODS = ("none", "quantile", "rank")
 N_KNOTS = 101
@@ -77,7 +78,8 @@ def calibrate_set(instances: InstanceSet, score_map: dict | None) -> InstanceSet
 
 
 def write_calibration(path: str | Path, method: str, maps: dict[int, dict]) -> None:
-    Path(path).write_text(json.dumps({"method": method, "folds": {str(k): v for k, v in maps.items()}}, indent=1))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"method": method, "folds": {str(k): v for k, v in maps.items()}}, indent=1))
 
 
 def read_calibration(path: str | Path | None) -> dict[int, dict]:

@@ -28,6 +28,7 @@ from torchstain.numpy.normalizers import NumpyMacenkoNormalizer, NumpyReinhardNo
 from torchstain.numpy.utils import get_mean_std, lab_split, rgb2lab
 
 from cellseg.errors import DataError
+from cellseg.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class StainTarget:
     max_concentrations: list[float] | None = None
 
     def write(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as stream:
-            json.dump(asdict(self), stream, indent=2)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> StainTarget:
