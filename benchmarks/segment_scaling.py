@@ -17,6 +17,8 @@ own memory is per batch of tiles, the same at every image size. Run from the rep
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 2000
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 4000 16000 20000 --detector dark-blobs
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 4000 16000 20000 --device cuda
+
+`--default-malloc` measures without `cellseg.memory.release_freed_memory`, the baseline.
 """
 
 import argparse
@@ -88,10 +90,13 @@ class DarkBlobDetector(torch.nn.Module):
 
 def run_one(args) -> dict:
     """Segment one synthetic slide of `args.one` px square; its seconds and peak RSS."""
+    from cellseg.memory import release_freed_memory
     from cellseg.model import build_model
     from cellseg.segment_export import segment_file
     from cellseg.train_config import resolve_train_config
 
+    if not args.default_malloc:
+        release_freed_memory()  # as the segment_image job does
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cfg = resolve_train_config({
@@ -126,7 +131,8 @@ def run_one(args) -> dict:
     return {"px": args.one, "megapixels": args.one**2 / 1e6, "seconds": round(seconds, 1),
             "s_per_mpx": round(seconds / (args.one**2 / 1e6), 2), "peak_rss_mb": round(peak_mb),
             "cells": len(table), "slide_written_s": round(written, 1), "device": args.device,
-            "threads": args.threads, "folds": args.folds, "detector": args.detector}
+            "threads": args.threads, "folds": args.folds, "detector": args.detector,
+            "malloc": "default" if args.default_malloc else "release"}
 
 
 def main() -> None:
@@ -142,6 +148,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--max-dets", type=int, default=300, help="detections per tile at most")
     parser.add_argument("--score", type=float, default=0.0, help="score threshold")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default allocator thresholds (the baseline of cellseg.memory)")
     parser.add_argument("--workdir", default=None, help="where the synthetic slide is written")
     args = parser.parse_args()
     if args.one:
@@ -153,11 +161,11 @@ def main() -> None:
         out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print("| px | detector | megapixels | seconds | s / Mpx | peak RSS (MB) | cells |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| px | detector | malloc | megapixels | seconds | s / Mpx | peak RSS (MiB) | cells |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['px']}² | {r['detector']} | {r['megapixels']:.0f} | {r['seconds']} | {r['s_per_mpx']} "
-              f"| {r['peak_rss_mb']} | {r['cells']} |")
+        print(f"| {r['px']}² | {r['detector']} | {r['malloc']} | {r['megapixels']:.0f} | {r['seconds']} "
+              f"| {r['s_per_mpx']} | {r['peak_rss_mb']} | {r['cells']} |")
 
 
 if __name__ == "__main__":

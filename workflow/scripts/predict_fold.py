@@ -10,6 +10,7 @@ import torch
 from cellseg.dataset import index_test_set, load_sample, load_test_image
 from cellseg.device import pin_gpus, resolve_amp, select_device
 from cellseg.joblog import job_logging
+from cellseg.memory import release_freed_memory
 from cellseg.predict import load_model_for_inference, predict_images
 from cellseg.progress import Progress
 from cellseg.split import read_split, validation_ids
@@ -17,6 +18,7 @@ from cellseg.stain import load_normaliser
 
 with job_logging(snakemake.log[0]) as log:
     pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA
+    release_freed_memory()
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
     normalise = load_normaliser(snakemake.input.stain)

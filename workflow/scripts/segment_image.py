@@ -9,12 +9,14 @@ import torch
 
 from cellseg.evaluation import read_thresholds
 from cellseg.joblog import job_logging
+from cellseg.memory import release_freed_memory
 from cellseg.predict import load_model_for_inference
 from cellseg.segment_export import segment_file
 from cellseg.stain import load_normaliser
 from cellseg.train import select_device
 
 with job_logging(snakemake.log[0]) as log:
+    release_freed_memory()
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
     device = select_device()
