@@ -128,3 +128,36 @@ def test_fused_box_is_the_score_weighted_mean_of_its_members():
         np.testing.assert_allclose(fused.boxes[i], mean, atol=1e-3)
     np.testing.assert_array_equal(seen, 1)
     assert len(fused) < len(every)
+
+
+def test_fold_folders_fuse_image_by_image_as_the_sets_do(tmp_path):
+    from cellseg.calibrate import calibrate_set
+    from cellseg.ensemble import fuse_fold_folders
+    from cellseg.instances import load_instance_sets, save_instance_sets
+
+    folds = {
+        0: {"a": one_set([[10, 10, 20, 20]], [0.9], [1]), "b": one_set([[1, 1, 5, 5], [30, 5, 40, 15]], [0.4, 0.8], [1, 2])},
+        3: {"a": one_set([[11, 10, 21, 20]], [0.6], [1], value=90), "b": InstanceSet.empty(SIZE)},
+    }
+    for fold, sets in folds.items():
+        save_instance_sets(tmp_path / f"fold{fold}", sets)
+    maps = {3: {"x": [0.0, 1.0], "y": [0.2, 1.0]}}
+    options = {"weights": [1.0, 2.0], "iou_thr": 0.5, "absent_as_zero": False}
+    assert fuse_fold_folders({k: tmp_path / f"fold{k}" for k in folds}, tmp_path / "out", maps, **options) == 2
+    fused = load_instance_sets(tmp_path / "out")
+    assert list(fused) == ["a", "b"]
+    for name, got in fused.items():
+        want = fuse_instance_sets([calibrate_set(folds[k][name], maps.get(k)) for k in folds], **options)
+        for field in ("boxes", "scores", "classes", "windows"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+        assert all(np.array_equal(g, w) for g, w in zip(got.probs, want.probs, strict=True))
+
+
+def test_fold_folder_missing_an_image_is_named(tmp_path):
+    from cellseg.ensemble import fuse_fold_folders
+    from cellseg.instances import save_instance_sets
+
+    save_instance_sets(tmp_path / "fold0", {"a": InstanceSet.empty(SIZE), "b": InstanceSet.empty(SIZE)})
+    save_instance_sets(tmp_path / "fold1", {"a": InstanceSet.empty(SIZE)})
+    with pytest.raises(FileNotFoundError, match="fold1: no predictions for b"):
+        fuse_fold_folders({0: tmp_path / "fold0", 1: tmp_path / "fold1"}, tmp_path / "out")

@@ -50,3 +50,24 @@ def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
     assert list(folds) == [0, 2]
     assert [float(p.scores[0]) for p in folds[2]] == pytest.approx([0.7, 0.2])
     assert [float(p.scores[0]) for p in ensemble] == pytest.approx([0.8, 0.3])
+
+
+def test_scoreboard_and_per_image_scores_take_prepared_ground_truth():
+    from cellseg.evaluation import per_image_scores
+    from cellseg.metrics import prepare_ground_truth
+
+    labels = np.zeros((2, 16, 16), np.int32)
+    labels[0, 2:8, 2:8] = 1
+    labels[0, 9:12, 1:4] = 3
+    labels[1, 9:14, 9:14] = 1
+    masks = np.asarray([labels[0] == 1, labels[1] == 1, np.roll(labels[0] == 3, 1, axis=1)])
+    preds = [InstanceSet.from_dense(np.zeros((3, 4)), [0.9, 0.8, 0.3], [1, 2, 1], masks)]
+    thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
+    gt = prepare_ground_truth(iter([labels]), CLASSES)
+    for agnostic in (False, True):
+        a, curve_a = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster", class_agnostic=agnostic)
+        b, curve_b = scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", class_agnostic=agnostic)
+        assert a.equals(b) and curve_a.equals(curve_b)
+    a = per_image_scores(["x"], [labels], preds, CLASSES)
+    assert a.equals(per_image_scores(["x"], gt, preds, CLASSES))
+    assert a["n_true"].tolist() == [3]

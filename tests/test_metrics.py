@@ -282,3 +282,31 @@ def test_class_agnostic_scores_labels_of_another_class_list(labels):
     assert metrics["F1"] == pytest.approx(2 * 3 / (4 + 3))  # 3 of 4 cells found, no false one
     assert metrics["PQ"] == pytest.approx(3 / (3 + 0.5))
     assert metrics["AP50"] == pytest.approx(0.75, abs=0.01)  # recall 3/4 at precision 1
+
+
+def test_ground_truth_from_a_generator_and_its_subsets_equal_the_lists():
+    """The tune and evaluate jobs convert labels one image at a time (a generator) and take
+    halves of the result (tune's cross-check): both as from the label stacks themselves."""
+    labels_list, _ = random_case(seed=2, n_images=5)
+    gt = prepare_ground_truth(iter(labels_list), CLASSES)
+
+    def same(a, b):
+        assert a.coco == b.coco and a.class_names == b.class_names and len(a) == len(b)
+        assert all((x != y).nnz == 0 and x.shape == y.shape for x, y in zip(a.pixels, b.pixels))
+        assert all(np.array_equal(x, y) for x, y in zip(a.classes, b.classes))
+
+    same(gt, prepare_ground_truth(labels_list, CLASSES))
+    assert gt.coco == ground_truth_to_coco(labels_list, CLASSES)
+    for index in ([1, 3], [0, 2, 4], [], [4]):
+        same(gt.subset(index), prepare_ground_truth([labels_list[i] for i in index], CLASSES))
+
+
+def test_evaluate_predictions_takes_prepared_ground_truth():
+    labels_list, preds = random_case(seed=3)
+    gt = prepare_ground_truth(labels_list, CLASSES)
+    for agnostic in (False, True):
+        a, curve_a = evaluate_predictions(labels_list, preds, CLASSES, class_agnostic=agnostic)
+        b, curve_b = evaluate_predictions(gt, preds, CLASSES, class_agnostic=agnostic)
+        assert a.keys() == b.keys()
+        np.testing.assert_array_equal(list(a.values()), list(b.values()))
+        assert curve_a.equals(curve_b)

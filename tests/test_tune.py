@@ -146,3 +146,16 @@ def test_cross_check_reports_held_out_scores(data):
 def test_the_schema_offers_exactly_the_tunable_metrics():
     schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
     assert set(schema["properties"]["tune"]["properties"]["metric"]["enum"]) == set(METRICS)
+
+
+def test_prepared_ground_truth_tunes_and_cross_checks_as_the_labels(data):
+    labels_list, preds = data
+    gt = prepare_ground_truth(iter(labels_list), CLASSES)
+    for metric in ("AP", "sartorius"):
+        best, trials = tune_thresholds(labels_list, preds, CLASSES, SEARCH, metric=metric)
+        best_gt, trials_gt = tune_thresholds(gt, preds, CLASSES, SEARCH, metric=metric)
+        assert best_gt == best and trials_gt.equals(trials)
+        assert score_with(gt, preds, CLASSES, best, metric=metric) == score_with(labels_list, preds, CLASSES, best, metric=metric)
+        a = cross_check(labels_list, preds, CLASSES, SEARCH, metric=metric)
+        b = cross_check(gt, preds, CLASSES, SEARCH, metric=metric)
+        assert a.keys() == b.keys() and all(a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)

@@ -11,9 +11,13 @@ same confidence formulas; `tests/test_ensemble.py` checks the fused boxes and sc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 
-from cellseg.instances import PROB_SCALE, InstanceSet
+from cellseg.calibrate import calibrate_set
+from cellseg.instances import PROB_SCALE, InstanceSet, instance_set_names, iter_instance_sets
 
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -85,6 +89,31 @@ def fuse_instance_sets(
     fused.classes[rank[cluster_of]] = every.classes[members]
     _fuse_masks(fused, every, members, rank[cluster_of], model[members], weights, absent_as_zero)
     return fused
+
+
+def fuse_fold_folders(
+    folders: dict[int, str | Path], out: str | Path, calibration: dict[int, dict] | None = None, **fusion
+) -> int:
+    """Fuse the predict folders of the folds (`{fold: folder}` of `<name>.npz` files) image by
+    image into `out` (created), one `<name>.npz` per image of the first fold's folder, each
+    fold's scores first mapped through its `calibration` map when given (`cellseg.calibrate`).
+    Reads and fuses one image at a time, so memory does not grow with the number of images.
+    `fusion`: keyword arguments of `fuse_instance_sets`. Returns the number of images fused.
+    `FileNotFoundError` names a fold's folder that lacks one of the first fold's images."""
+    calibration = calibration or {}
+    names = instance_set_names(next(iter(folders.values())))
+    readers = [_calibrated(folder, names, calibration.get(fold)) for fold, folder in folders.items()]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, sets in zip(names, zip(*readers)):
+        fuse_instance_sets(list(sets), **fusion).save(out / f"{name}.npz")
+    return len(names)
+
+
+def _calibrated(folder: str | Path, names: list[str], score_map: dict | None) -> Iterator[InstanceSet]:
+    """The sets of `names` in `folder`, one at a time, scores mapped through `score_map`."""
+    for _, instances in iter_instance_sets(folder, names):
+        yield calibrate_set(instances, score_map)
 
 
 def _cluster(boxes: np.ndarray, weighted_scores: np.ndarray, iou_thr: float) -> tuple[np.ndarray, np.ndarray]:

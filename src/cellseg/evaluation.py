@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.instances import InstanceSet, load_instance_sets
-from cellseg.metrics import evaluate_predictions, prepare_ground_truth, sartorius_per_image
+from cellseg.metrics import GroundTruth, as_ground_truth, evaluate_predictions, sartorius_per_image
 from cellseg.postprocess import apply_thresholds
 
 
@@ -52,7 +52,7 @@ def apply_tuned(preds: list[InstanceSet], thresholds: dict) -> list[InstanceSet]
 
 
 def scoreboard(
-    labels_list: list[np.ndarray],
+    labels_list: list[np.ndarray] | GroundTruth,
     fold_preds: dict[int, list[InstanceSet]],
     ensemble_preds: list[InstanceSet],
     thresholds: dict,
@@ -66,19 +66,21 @@ def scoreboard(
     `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`, `AJI`/`AJI_<name>`) and the
     tuned ensemble's PR curve.
 
-    labels_list: (C, H, W) ground truth per image, in the predictions' order; `class_names`
-    are its C classes. thresholds: the tune stage's choice (`score_thresholds` and
+    labels_list: (C, H, W) ground truth per image, in the predictions' order, or their
+    `GroundTruth` (`prepare_ground_truth`, which reads them one at a time); `class_names` are
+    its C classes. thresholds: the tune stage's choice (`score_thresholds` and
     `mask_thresholds` by 1-based class id, `nms_threshold`). class_agnostic: every class
     merged into one on both sides, no per-class columns; the labels' classes then need not
     be the model's.
     """
     rows, curves = [], []
+    gt = as_ground_truth(labels_list, class_names)  # converted once for every model
     tuned = apply_tuned(ensemble_preds, thresholds)
     models = [(f"fold {k}", "default", preds) for k, preds in sorted(fold_preds.items())]
     models += [("ensemble", "default", ensemble_preds), ("ensemble", "tuned", tuned)]
     for model, thresholds_used, preds in models:
         metrics, curve = evaluate_predictions(
-            labels_list, preds, class_names, max_dets=max_dets, evaluator=evaluator, class_agnostic=class_agnostic
+            gt, preds, class_names, max_dets=max_dets, evaluator=evaluator, class_agnostic=class_agnostic
         )
         rows.append({"model": model, "thresholds": thresholds_used, **metrics})
         curves.append(curve)
@@ -86,15 +88,16 @@ def scoreboard(
 
 
 def per_image_scores(
-    image_ids: list[str], labels_list: list[np.ndarray], preds: list[InstanceSet], class_names
+    image_ids: list[str], labels_list: list[np.ndarray] | GroundTruth, preds: list[InstanceSet], class_names
 ) -> pd.DataFrame:
-    """Sartorius score and instance counts per image, for picking the best and worst images."""
-    gt = prepare_ground_truth(labels_list, class_names)
+    """Sartorius score and instance counts per image, for picking the best and worst images;
+    `labels_list` as `scoreboard` takes it."""
+    gt = as_ground_truth(labels_list, class_names)
     return pd.DataFrame(
         {
             "image_id": image_ids,
             "sartorius": sartorius_per_image(gt, preds),
-            "n_true": [int(sum(len(np.unique(p[p > 0])) for p in labels)) for labels in labels_list],
+            "n_true": [len(classes) for classes in gt.classes],
             "n_predicted": [len(p) for p in preds],
         }
     )

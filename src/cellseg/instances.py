@@ -8,6 +8,7 @@ running the network again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,10 +222,21 @@ def save_instance_sets(folder: str | Path, sets: dict[str, InstanceSet]) -> None
 
 def load_instance_sets(folder: str | Path, names: list[str] | None = None) -> dict[str, InstanceSet]:
     """Read `<name>.npz` files of `folder`: the given names (each must exist) or all, sorted."""
+    return dict(iter_instance_sets(folder, names))
+
+
+def iter_instance_sets(folder: str | Path, names: list[str] | None = None) -> Iterator[tuple[str, InstanceSet]]:
+    """`(name, set)` of `load_instance_sets`, read one file at a time, so that a stage over
+    thousands of images holds one image's set; every file is checked to exist first."""
     folder = Path(folder)
-    if names is None:
-        names = sorted(path.stem for path in folder.glob("*.npz"))
+    names = instance_set_names(folder) if names is None else list(names)
     missing = [name for name in names if not (folder / f"{name}.npz").is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: no predictions for {', '.join(missing)}")
-    return {name: InstanceSet.load(folder / f"{name}.npz") for name in names}
+    for name in names:
+        yield name, InstanceSet.load(folder / f"{name}.npz")
+
+
+def instance_set_names(folder: str | Path) -> list[str]:
+    """Names of the `<name>.npz` files of `folder`, sorted."""
+    return sorted(path.stem for path in Path(folder).glob("*.npz"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,24 @@ class GroundTruth:
     classes: list[np.ndarray]
     class_names: list[str]
 
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def subset(self, index) -> GroundTruth:
+        """The images at positions `index` (in that order), as `prepare_ground_truth` of their
+        label stacks alone would give them: image and annotation ids renumbered from 1."""
+        index = [int(i) for i in index]
+        by_image = {}
+        for ann in self.coco["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        images, annotations = [], []
+        for new_id, i in enumerate(index, start=1):
+            images.append({**self.coco["images"][i], "id": new_id})
+            for ann in by_image.get(i + 1, []):
+                annotations.append({**ann, "id": len(annotations) + 1, "image_id": new_id})
+        coco = {**self.coco, "images": images, "annotations": annotations}
+        return GroundTruth(coco, [self.pixels[i] for i in index], [self.classes[i] for i in index], self.class_names)
+
 
 def encode_window(mask: np.ndarray, x0: int, y0: int, image_size: tuple[int, int]) -> dict:
     """COCO RLE (counts as str) of an (h, w) bool crop placed at (x0, y0) in an image of
@@ -77,43 +96,61 @@ def encode_window(mask: np.ndarray, x0: int, y0: int, image_size: tuple[int, int
     return rle
 
 
-def prepare_ground_truth(labels_list: list[np.ndarray], class_names: list[str]) -> GroundTruth:
-    """Convert label stacks (per image (C, H, W) int, 0 = background) for scoring."""
-    pixels, classes = [], []
-    for labels in labels_list:
+def prepare_ground_truth(labels_list: Iterable[np.ndarray], class_names: list[str]) -> GroundTruth:
+    """Convert label stacks (per image (C, H, W) int, 0 = background) for scoring, one at a
+    time: `labels_list` may be a generator, so that a whole dataset's dense labels are never
+    held at once (the result is several times smaller)."""
+    pixels, classes, images, annotations = [], [], [], []
+    for image_id, labels in enumerate(labels_list, start=1):
         matrix, instance_classes = _label_pixels(labels)
         pixels.append(matrix)
         classes.append(instance_classes)
-    return GroundTruth(ground_truth_to_coco(labels_list, class_names), pixels, classes, list(class_names))
+        _add_coco_image(image_id, labels, images, annotations)
+    coco = {"images": images, "annotations": annotations, "categories": _categories(class_names)}
+    return GroundTruth(coco, pixels, classes, list(class_names))
 
 
-def ground_truth_to_coco(labels_list: list[np.ndarray], class_names: list[str]) -> dict:
+def ground_truth_to_coco(labels_list: Iterable[np.ndarray], class_names: list[str]) -> dict:
     """A COCO dataset dict from label stacks; image ids are 1..len(labels_list) in order.
 
     labels_list: per image a (C, H, W) int label stack, 0 = background.
     """
     images, annotations = [], []
     for image_id, labels in enumerate(labels_list, start=1):
-        height, width = labels.shape[1:]
-        images.append({"id": image_id, "height": int(height), "width": int(width)})
-        for class_index, plane in enumerate(labels):
-            for instance, window in enumerate(ndimage.find_objects(plane), start=1):
-                if window is None:
-                    continue
-                rle = encode_window(plane[window] == instance, window[1].start, window[0].start, (height, width))
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": class_index + 1,
-                        "segmentation": rle,
-                        "area": float(mask_utils.area(rle)),
-                        "bbox": mask_utils.toBbox(rle).tolist(),
-                        "iscrowd": 0,
-                    }
-                )
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
-    return {"images": images, "annotations": annotations, "categories": categories}
+        _add_coco_image(image_id, labels, images, annotations)
+    return {"images": images, "annotations": annotations, "categories": _categories(class_names)}
+
+
+def _add_coco_image(image_id: int, labels: np.ndarray, images: list, annotations: list) -> None:
+    """Append one (C, H, W) label stack's COCO image and annotations (ids continuing)."""
+    height, width = labels.shape[1:]
+    images.append({"id": image_id, "height": int(height), "width": int(width)})
+    for class_index, plane in enumerate(labels):
+        for instance, window in enumerate(ndimage.find_objects(plane), start=1):
+            if window is None:
+                continue
+            rle = encode_window(plane[window] == instance, window[1].start, window[0].start, (height, width))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": class_index + 1,
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "iscrowd": 0,
+                }
+            )
+
+
+def _categories(class_names: list[str]) -> list[dict]:
+    return [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+
+
+def as_ground_truth(truth: Sequence[np.ndarray] | GroundTruth, class_names: list[str]) -> GroundTruth:
+    """`truth` itself when it is a `GroundTruth` already, else `prepare_ground_truth` of its
+    label stacks."""
+    return truth if isinstance(truth, GroundTruth) else prepare_ground_truth(truth, class_names)
 
 
 def predictions_to_coco(preds: list[InstanceSet], mask_threshold: float) -> list[dict]:
@@ -386,7 +423,7 @@ def metric_value(
 
 
 def evaluate_predictions(
-    labels_list: list[np.ndarray],
+    labels_list: Sequence[np.ndarray] | GroundTruth,
     preds: list[InstanceSet],
     class_names: list[str],
     mask_threshold: float = 0.5,
@@ -399,9 +436,10 @@ def evaluate_predictions(
 
     class_agnostic: merge every class into one on both sides first (see `merge_classes`), so
     that the labels may come from a dataset with another class list; the dict then holds no
-    per-class keys.
+    per-class keys. labels_list: per image a (C, H, W) label stack, or their `GroundTruth`
+    (prepared once for several calls).
     """
-    gt = prepare_ground_truth(labels_list, class_names)
+    gt = as_ground_truth(labels_list, class_names)
     if class_agnostic:
         gt, preds = merge_classes(gt, preds)
     precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)

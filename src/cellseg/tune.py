@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 
 from cellseg.instances import InstanceSet
-from cellseg.metrics import DEFAULT_EVALUATOR, GroundTruth, metric_value, prepare_ground_truth
+from cellseg.metrics import DEFAULT_EVALUATOR, GroundTruth, as_ground_truth, metric_value
 from cellseg.postprocess import apply_thresholds, per_instance
 
 DEFAULTS = {"score_threshold": 0.0, "mask_threshold": 0.5, "nms_threshold": 1.0}
 
 
 def tune_thresholds(
-    labels_list: list[np.ndarray],
+    labels_list: list[np.ndarray] | GroundTruth,
     preds: list[InstanceSet],
     class_names: list[str],
     search: dict,
@@ -39,9 +39,11 @@ def tune_thresholds(
     Returns best = {score_thresholds: {class id (1-based): float}, mask_thresholds: {class id:
     float}, nms_threshold, metric, score} and trials (one row per evaluation: stage (grid, mask
     or score), class (a name, or `all` in the grid), score_threshold, mask_threshold (the
-    class's, or all classes' in the grid), nms_threshold, score).
+    class's, or all classes' in the grid), nms_threshold, score). labels_list: per image a
+    (C, H, W) label stack, or their `GroundTruth` (`prepare_ground_truth`, which reads them one
+    at a time), in `preds`' order.
     """
-    score = _scorer(prepare_ground_truth(labels_list, class_names), metric, max_dets, evaluator)
+    score = _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)
     trials = []
     mask_threshold, nms_threshold, value, processed = _grid_stage(preds, search, score, trials)
     grid_best = _Best({k + 1: mask_threshold for k in range(len(class_names))}, value, processed)
@@ -131,7 +133,7 @@ def _score_stage(
 
 
 def score_with(
-    labels_list: list[np.ndarray],
+    labels_list: list[np.ndarray] | GroundTruth,
     preds: list[InstanceSet],
     class_names: list[str],
     best: dict,
@@ -143,12 +145,11 @@ def score_with(
     processed = [
         apply_thresholds(p, best["score_thresholds"], best["mask_thresholds"], best["nms_threshold"]) for p in preds
     ]
-    gt = prepare_ground_truth(labels_list, class_names)
-    return _scorer(gt, metric, max_dets, evaluator)(processed)
+    return _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)(processed)
 
 
 def cross_check(
-    labels_list: list[np.ndarray],
+    labels_list: list[np.ndarray] | GroundTruth,
     preds: list[InstanceSet],
     class_names: list[str],
     search: dict,
@@ -168,13 +169,20 @@ def cross_check(
         return report
     options = {"metric": metric, "max_dets": max_dets, "evaluator": evaluator}
     for tuned, held_out in [("a", "b"), ("b", "a")]:
-        labels_t, preds_t = [labels_list[i] for i in halves[tuned]], [preds[i] for i in halves[tuned]]
-        labels_h, preds_h = [labels_list[i] for i in halves[held_out]], [preds[i] for i in halves[held_out]]
+        labels_t, preds_t = _take(labels_list, halves[tuned]), [preds[i] for i in halves[tuned]]
+        labels_h, preds_h = _take(labels_list, halves[held_out]), [preds[i] for i in halves[held_out]]
         best, _ = tune_thresholds(labels_t, preds_t, class_names, search, **options)
         report[f"tuned_{tuned}"] = best["score"]
         report[f"held_out_{held_out}"] = score_with(labels_h, preds_h, class_names, best, **options)
     report["held_out"] = (report["held_out_a"] + report["held_out_b"]) / 2
     return report
+
+
+def _take(labels_list: list[np.ndarray] | GroundTruth, index: np.ndarray) -> list[np.ndarray] | GroundTruth:
+    """The images at positions `index` of label stacks or of a `GroundTruth`."""
+    if isinstance(labels_list, GroundTruth):
+        return labels_list.subset(index)
+    return [labels_list[i] for i in index]
 
 
 def _scorer(gt: GroundTruth, metric: str, max_dets: int, evaluator: str):

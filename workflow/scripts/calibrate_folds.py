@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 import numpy as np
 
 from cellseg.calibrate import fit_calibration, write_calibration
-from cellseg.instances import load_instance_sets
+from cellseg.instances import iter_instance_sets
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 
@@ -16,8 +16,8 @@ with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
     scores = {}
     for fold, folder in zip(p.folds, snakemake.input):
-        sets = list(load_instance_sets(folder).values())
-        scores[fold] = np.concatenate([s.scores for s in sets]) if sets else np.zeros(0)
+        found = [instances.scores for _, instances in iter_instance_sets(folder)]  # one image's masks at a time
+        scores[fold] = np.concatenate(found) if found else np.zeros(0)
         log.info("fold %d: %d validation detections, median score %.3f", fold, len(scores[fold]),
                  float(np.median(scores[fold])) if len(scores[fold]) else float("nan"))  # fmt: skip
     with atomic_path(snakemake.output[0]) as tmp:

@@ -10,19 +10,22 @@ from cellseg.dataset import load_sample
 from cellseg.evaluation import apply_tuned, load_predictions, per_image_scores, read_thresholds, scoreboard
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
+from cellseg.memory import release_freed_memory
+from cellseg.metrics import prepare_ground_truth
 from cellseg.split import read_split, validation_ids
 
 with job_logging(snakemake.log[0]) as log:
+    release_freed_memory()
     p = snakemake.params
     ids = validation_ids(read_split(snakemake.input.split))
-    labels = [load_sample(p.source, image_id).labels for image_id in ids]
+    truth = prepare_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes)
     folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, ids)
     thresholds = read_thresholds(snakemake.input.thresholds)
     scores, curve = scoreboard(
-        labels, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator
+        truth, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator
     )
-    agnostic, _ = scoreboard(labels, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, class_agnostic=True)
-    per_image = per_image_scores(ids, labels, apply_tuned(ensemble, thresholds), p.classes)
+    agnostic, _ = scoreboard(truth, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, class_agnostic=True)
+    per_image = per_image_scores(ids, truth, apply_tuned(ensemble, thresholds), p.classes)
     log.info("validation scores:\n%s", scores.to_string())
     for table, path in [(scores, snakemake.output.scores), (agnostic, snakemake.output.agnostic),
                         (per_image, snakemake.output.per_image), (curve, snakemake.output.pr_curve)]:

@@ -11,17 +11,21 @@ from cellseg.dataset import load_sample
 from cellseg.instances import load_instance_sets
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
+from cellseg.memory import release_freed_memory
+from cellseg.metrics import prepare_ground_truth
 from cellseg.split import read_split, validation_ids
 from cellseg.tune import cross_check, tune_thresholds
 
 with job_logging(snakemake.log[0]) as log:
+    release_freed_memory()
     p = snakemake.params
     ids = validation_ids(read_split(snakemake.input.split))
-    labels = [load_sample(p.source, image_id).labels for image_id in ids]
+    # a generator: one image's dense labels held at a time, not the whole set's (README, Scale)
+    truth = prepare_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes)
     preds = list(load_instance_sets(snakemake.input.ensemble, ids).values())
     options = {"metric": p.metric, "max_dets": p.max_dets, "evaluator": p.evaluator}
-    best, trials = tune_thresholds(labels, preds, p.classes, p.search, **options)
-    best["cross_check"] = cross_check(labels, preds, p.classes, p.search, **options)
+    best, trials = tune_thresholds(truth, preds, p.classes, p.search, **options)
+    best["cross_check"] = cross_check(truth, preds, p.classes, p.search, **options)
     log.info("tuned on %d images: %s", len(ids), best)
     with atomic_path(snakemake.output.thresholds) as tmp:
         tmp.write_text(json.dumps(best, indent=1) + "\n")
