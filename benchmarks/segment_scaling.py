@@ -8,11 +8,12 @@ with random weights unless `--weights` names trained ones: time and memory depen
 network and the number of detections, not on accuracy; `--max-dets` caps the detections per
 tile as a trained model's would be.
 
-`--detector dark-blobs` replaces the network by a stand-in that costs almost nothing: nuclei
-as the connected components of dark pixels, in `CellMaskRCNN.detect`'s output format. It
-measures everything around the network (lazy tile reads, seam merging, fusion, tiled label
-writing, GeoJSON, CSV, overlay) at sizes whose network time a CPU cannot afford; the network's
-own memory is per batch of tiles, the same at every image size. Run from the repository root:
+`--detector dark-blobs` replaces the network by a stand-in that costs almost nothing
+(`dark_blobs.DarkBlobDetector`): nuclei as the connected components of dark pixels, in
+`CellMaskRCNN.detect`'s output format. It measures everything around the network (lazy tile
+reads, seam merging, fusion, tiled label writing, GeoJSON, CSV, overlay) at sizes whose network
+time a CPU cannot afford; the network's own memory is per batch of tiles, the same at every
+image size. Run from the repository root:
 
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 2000
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 4000 16000 20000 --detector dark-blobs
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from scipy import ndimage
+from dark_blobs import DarkBlobDetector
 
 MONUSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg" / "train"
 
@@ -61,31 +62,6 @@ def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
     tiles = (pixel_block(y, x) for y in range(0, size, tile) for x in range(0, size, tile))
     tifffile.imwrite(path, tiles, shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
                      photometric="rgb", compression="zlib", bigtiff=size * size * 3 > 2**31)
-
-
-class DarkBlobDetector(torch.nn.Module):
-    """Stand-in for the network (`--detector dark-blobs`): each connected component of pixels
-    darker than `level` (haematoxylin-stained nuclei, on H&E) with at least `min_area` pixels is
-    one cell of class 1, its window the component's box and its crop the component."""
-
-    def __init__(self, level: float = 0.45, min_area: int = 20):
-        super().__init__()
-        self.level, self.min_area = level, min_area
-
-    def detect(self, images: list[torch.Tensor]) -> list[dict]:
-        return [self._blobs(image.float().mean(0).cpu().numpy() < self.level) for image in images]
-
-    def _blobs(self, dark: np.ndarray) -> dict:
-        labels, _ = ndimage.label(dark)
-        windows, crops = [], []
-        for k, box in enumerate(ndimage.find_objects(labels), 1):
-            crop = labels[box] == k
-            if crop.sum() >= self.min_area:
-                windows.append((box[1].start, box[0].start, box[1].stop, box[0].stop))
-                crops.append(crop.astype(np.float32))
-        windows = np.asarray(windows, np.int64).reshape(-1, 4)
-        return {"boxes": windows.astype(np.float32), "scores": np.full(len(windows), 0.9, np.float32),
-                "labels": np.ones(len(windows), np.int64), "windows": windows, "crops": crops}
 
 
 def run_one(args) -> dict:
