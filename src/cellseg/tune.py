@@ -168,21 +168,15 @@ def cross_check(
     if len(preds) < 2:
         return report
     options = {"metric": metric, "max_dets": max_dets, "evaluator": evaluator}
+    gt = as_ground_truth(labels_list, class_names)  # converted once, then split
     for tuned, held_out in [("a", "b"), ("b", "a")]:
-        labels_t, preds_t = _take(labels_list, halves[tuned]), [preds[i] for i in halves[tuned]]
-        labels_h, preds_h = _take(labels_list, halves[held_out]), [preds[i] for i in halves[held_out]]
+        labels_t, preds_t = gt.subset(halves[tuned]), [preds[i] for i in halves[tuned]]
+        labels_h, preds_h = gt.subset(halves[held_out]), [preds[i] for i in halves[held_out]]
         best, _ = tune_thresholds(labels_t, preds_t, class_names, search, **options)
         report[f"tuned_{tuned}"] = best["score"]
         report[f"held_out_{held_out}"] = score_with(labels_h, preds_h, class_names, best, **options)
     report["held_out"] = (report["held_out_a"] + report["held_out_b"]) / 2
     return report
-
-
-def _take(labels_list: list[np.ndarray] | GroundTruth, index: np.ndarray) -> list[np.ndarray] | GroundTruth:
-    """The images at positions `index` of label stacks or of a `GroundTruth`."""
-    if isinstance(labels_list, GroundTruth):
-        return labels_list.subset(index)
-    return [labels_list[i] for i in index]
 
 
 def _scorer(gt: GroundTruth, metric: str, max_dets: int, evaluator: str):
