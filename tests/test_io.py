@@ -8,7 +8,15 @@ import pytest
 import tifffile
 
 from cellseg.errors import DataError
-from cellseg.io import atomic_path, read_image, read_mask, read_tiff_header, save_npz_atomic, write_tiff
+from cellseg.io import (
+    atomic_path,
+    read_image,
+    read_mask,
+    read_tiff_header,
+    relabel_consecutive,
+    save_npz_atomic,
+    write_tiff,
+)
 
 
 def _rgba(height, width, seed=0):
@@ -105,6 +113,16 @@ def test_mask_with_300_cells(tmp_path):
     labels = read_mask(tmp_path / "m.tif")
     assert labels.max() == 340
     assert (np.bincount(labels.ravel())[1:] == 15 * 13).all()
+
+
+@pytest.mark.parametrize("big_id", [12, 2**40])  # a lookup table; a sort for ids far above the pixel count
+def test_relabel_consecutive_keeps_id_order_and_zero(big_id):
+    with_background = np.array([[0, 5, 5], [big_id, 0, 3]], np.int64)
+    without_background = np.array([[4, 5, 5], [big_id, 4, 3]], np.int64)
+    for labels, expected in [(with_background, [[0, 2, 2], [3, 0, 1]]), (without_background, [[2, 3, 3], [4, 2, 1]])]:
+        relabelled = relabel_consecutive(labels)
+        assert relabelled.dtype == np.int32
+        np.testing.assert_array_equal(relabelled, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])

@@ -157,14 +157,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(colour)
 
 
+# Largest id, per pixel, that `relabel_consecutive` renumbers through a lookup table.
+_LOOKUP_LIMIT = 4
+
+
 def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     """Renumber a label image's ids to 1..n in ascending order of the old ids; 0 stays 0.
 
     `labels` is `(H, W)` of non-negative integral values (any dtype); returns `(H, W) int32`.
+    Ids up to a few times the pixel count (every real mask) go through a lookup table, one
+    counting pass instead of `np.unique`'s sort, which cost most of a preprocessing job.
     """
+    flat = labels.ravel()
+    if flat.size and np.issubdtype(labels.dtype, np.integer) and int(flat.max()) <= _LOOKUP_LIMIT * flat.size:
+        present = np.bincount(flat) > 0
+        present[0] = True  # 0 stays 0 whether or not it occurs
+        lookup = (np.cumsum(present) - 1).astype(np.int32)
+        return lookup[flat].reshape(labels.shape)
     ids, inverse = np.unique(labels, return_inverse=True)
     inverse = inverse.reshape(labels.shape).astype(np.int32)
-    return inverse if ids[0] == 0 else inverse + 1
+    return inverse if ids.size == 0 or ids[0] == 0 else inverse + 1
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -230,12 +242,20 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
+# zlib level of the shard files: level 1 deflates much faster than numpy's default (6), for
+# slightly larger files (measured in the README, Scale).
+NPZ_LEVEL = 1
+
+
 @contextlib.contextmanager
 def npz_writer(path: str | os.PathLike) -> Iterator[Callable[[str, np.ndarray], None]]:
     """Yield `add(name, array)`, which appends one array to a compressed `.npz` at `path`; the
     file appears atomically when the block succeeds. Unlike `save_npz_atomic`, the arrays need
     not all be in memory at once (a shard of many images' tiles). Readable by `np.load`."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+    with (
+        atomic_path(path) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=NPZ_LEVEL) as archive,
+    ):
 
         def add(name: str, array: np.ndarray) -> None:
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
