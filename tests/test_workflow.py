@@ -233,7 +233,7 @@ def test_lint_reports_nothing(tmp_path):
             id="ensemble-calibrate",
         ),
         pytest.param({"train": {"repeat_factor_threshold": 0.5}}, FROM_TRAIN, [], id="train-repeat-factor"),
-        pytest.param({"train": {"copy_paste": 0.0}}, FROM_TRAIN, [], id="train-copy-paste-off"),
+        pytest.param({"train": {"copy_paste": 0.5}}, FROM_TRAIN, [], id="train-copy-paste"),
         pytest.param(
             {"split": {"group_by": r"^demo_train_00(\d)"}}, {"split_dataset": 1, **FROM_TRAIN}, [], id="split-group-by"
         ),

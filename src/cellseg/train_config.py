@@ -62,7 +62,7 @@ TRAIN_PRESETS = {
         "channels_last": False,
         "class_weighted_loss": False,
         "repeat_factor_threshold": None,
-        "copy_paste": 0.5,
+        "copy_paste": 0.0,
         "ema_decay": None,
         "val_every_epochs": 2,
         "val_tile_size": None,
