@@ -38,7 +38,8 @@ def relabel_by_sort(labels: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def earlier_settings():
-    """Patch in the sort-based renumbering and zlib level 6 for the block."""
+    """Patch in the sort-based renumbering and zlib level 6 for the block (`read_mask` and
+    `npz_writer` look both up in `cellseg.io` at call time)."""
     relabel, level = io.relabel_consecutive, io.NPZ_LEVEL
     io.relabel_consecutive, io.NPZ_LEVEL = relabel_by_sort, 6
     try:
@@ -77,7 +78,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         write_dataset(root, args.images, n_templates=40)
-        # The io functions are looked up at call time, so patching the module switches them.
         source = {"path": str(root), "classes": CLASSES, "format": "reference"}
         image_ids = sorted(p.name for p in (root / "train").iterdir())
         best = {}
