@@ -6,19 +6,22 @@ raised `max_dets` and also read off at 100, the value leaderboards typically rep
 values are read from the accumulated precision array rather than pycocotools' `stats`, whose
 first entry is always taken at 100 detections whatever `maxDets` says.
 
-Two COCO back ends give identical numbers (tested): `faster` (faster-coco-eval, C++ matching,
-the default because it is several times quicker) and `pycocotools` (the reference).
+Three COCO back ends give identical numbers (tested): `streaming` (`cellseg.coco_ap`, one
+image's masks in memory at a time, the default), `faster` (faster-coco-eval) and `pycocotools`
+(the reference); the last two hold the whole set's masks.
 
-Matching for the Sartorius metric, F1, PQ and AJI uses an IoU matrix from sparse pixel-membership
-matrices: row i of `A` marks the pixels of instance i, so `A @ B.T` counts the pixels of every
-overlapping pair at once (a bincount of label pairs that also allows overlapping masks, which
-predictions and instances of different classes have).
+Ground truth is kept as COCO RLEs, and the Sartorius metric, F1, PQ and AJI match on RLE IoUs
+image by image (pycocotools' `iou`, which also allows overlapping masks, as predictions and
+instances of different classes have). The sparse pixel-membership matrices (`instance_pixels`:
+row i marks the pixels of instance i, so `A @ B.T` counts every overlapping pair at once) serve
+mask NMS.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,14 +36,13 @@ from pycocotools.cocoeval import COCOeval
 from scipy import ndimage, sparse
 from scipy.optimize import linear_sum_assignment
 
+from cellseg.coco_ap import IOU_THRESHOLDS, CocoAccumulator, rle_areas, rle_ious
 from cellseg.instances import InstanceSet, quantised_threshold
 
 COCO_DEFAULT_MAX_DETS = 100
-EVALUATORS = ("faster", "pycocotools")
-DEFAULT_EVALUATOR = "faster"
-IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
-# pycocotools' area ranges (all, small, medium, large) in pixels, bounds inclusive.
-AREA_RANGES = [(0, 1e10), (0, 32**2), (32**2, 96**2), (96**2, 1e10)]
+WHOLE_SET_EVALUATORS = ("faster", "pycocotools")
+EVALUATORS = ("streaming", *WHOLE_SET_EVALUATORS)
+DEFAULT_EVALUATOR = "streaming"
 METRICS = ("AP", "AP50", "AP50@100", "sartorius", "F1", "PQ")
 # The one class that class-agnostic scoring merges every class into.
 AGNOSTIC_CLASS = "cell"
@@ -48,35 +50,47 @@ AGNOSTIC_CLASS = "cell"
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """Ground truth of a list of images, converted once for repeated scoring.
-
-    coco: COCO dataset dict (image ids 1..n in order).
-    pixels: per image a sparse (n_gt, H*W) membership matrix.
-    classes: per image (n_gt,) int64 1-based category ids.
+    """Ground truth of a list of images, converted once for repeated scoring: per image its
+    size, its instances' COCO RLEs (all classes) and their 1-based class ids, a few bytes per
+    boundary run rather than a mask per instance.
     """
 
-    coco: dict
-    pixels: list[sparse.csr_matrix]
+    sizes: list[tuple[int, int]]
+    rles: list[list[dict]]
     classes: list[np.ndarray]
     class_names: list[str]
 
     def __len__(self) -> int:
-        return len(self.pixels)
+        return len(self.rles)
+
+    @functools.cached_property
+    def coco(self) -> dict:
+        """COCO dataset dict (image and annotation ids from 1, in order), for the whole-set
+        evaluators."""
+        images, annotations = [], []
+        for image_id, ((height, width), rles, classes) in enumerate(zip(self.sizes, self.rles, self.classes), 1):
+            images.append({"id": image_id, "height": height, "width": width})
+            for rle, class_id in zip(rles, classes):
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": int(class_id),
+                        "segmentation": rle,
+                        "area": float(mask_utils.area(rle)),
+                        "bbox": mask_utils.toBbox(rle).tolist(),
+                        "iscrowd": 0,
+                    }
+                )
+        return {"images": images, "annotations": annotations, "categories": _categories(self.class_names)}
 
     def subset(self, index) -> GroundTruth:
-        """The images at positions `index` (in that order), as `prepare_ground_truth` of their
-        label stacks alone would give them: image and annotation ids renumbered from 1."""
+        """The images at positions `index`, in that order."""
         index = [int(i) for i in index]
-        by_image = {}
-        for ann in self.coco["annotations"]:
-            by_image.setdefault(ann["image_id"], []).append(ann)
-        images, annotations = [], []
-        for new_id, i in enumerate(index, start=1):
-            images.append({**self.coco["images"][i], "id": new_id})
-            for ann in by_image.get(i + 1, []):
-                annotations.append({**ann, "id": len(annotations) + 1, "image_id": new_id})
-        coco = {**self.coco, "images": images, "annotations": annotations}
-        return GroundTruth(coco, [self.pixels[i] for i in index], [self.classes[i] for i in index], self.class_names)
+        return GroundTruth(
+            [self.sizes[i] for i in index], [self.rles[i] for i in index], [self.classes[i] for i in index],
+            self.class_names,
+        )  # fmt: skip
 
 
 def encode_window(mask: np.ndarray, x0: int, y0: int, image_size: tuple[int, int]) -> dict:
@@ -99,15 +113,21 @@ def encode_window(mask: np.ndarray, x0: int, y0: int, image_size: tuple[int, int
 def prepare_ground_truth(labels_list: Iterable[np.ndarray], class_names: list[str]) -> GroundTruth:
     """Convert label stacks (per image (C, H, W) int, 0 = background) for scoring, one at a
     time: `labels_list` may be a generator, so that a whole dataset's dense labels are never
-    held at once (the result is several times smaller)."""
-    pixels, classes, images, annotations = [], [], [], []
-    for image_id, labels in enumerate(labels_list, start=1):
-        matrix, instance_classes = _label_pixels(labels)
-        pixels.append(matrix)
-        classes.append(instance_classes)
-        _add_coco_image(image_id, labels, images, annotations)
-    coco = {"images": images, "annotations": annotations, "categories": _categories(class_names)}
-    return GroundTruth(coco, pixels, classes, list(class_names))
+    held at once."""
+    sizes, rles, classes = [], [], []
+    for labels in labels_list:
+        height, width = labels.shape[1:]
+        sizes.append((int(height), int(width)))
+        image_rles, image_classes = [], []
+        for class_index, plane in enumerate(labels):
+            for instance, window in enumerate(ndimage.find_objects(plane), start=1):
+                if window is not None:
+                    crop = plane[window] == instance
+                    image_rles.append(encode_window(crop, window[1].start, window[0].start, (height, width)))
+                    image_classes.append(class_index + 1)
+        rles.append(image_rles)
+        classes.append(np.array(image_classes, np.int64))
+    return GroundTruth(sizes, rles, classes, list(class_names))
 
 
 def ground_truth_to_coco(labels_list: Iterable[np.ndarray], class_names: list[str]) -> dict:
@@ -115,32 +135,7 @@ def ground_truth_to_coco(labels_list: Iterable[np.ndarray], class_names: list[st
 
     labels_list: per image a (C, H, W) int label stack, 0 = background.
     """
-    images, annotations = [], []
-    for image_id, labels in enumerate(labels_list, start=1):
-        _add_coco_image(image_id, labels, images, annotations)
-    return {"images": images, "annotations": annotations, "categories": _categories(class_names)}
-
-
-def _add_coco_image(image_id: int, labels: np.ndarray, images: list, annotations: list) -> None:
-    """Append one (C, H, W) label stack's COCO image and annotations (ids continuing)."""
-    height, width = labels.shape[1:]
-    images.append({"id": image_id, "height": int(height), "width": int(width)})
-    for class_index, plane in enumerate(labels):
-        for instance, window in enumerate(ndimage.find_objects(plane), start=1):
-            if window is None:
-                continue
-            rle = encode_window(plane[window] == instance, window[1].start, window[0].start, (height, width))
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": class_index + 1,
-                    "segmentation": rle,
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": mask_utils.toBbox(rle).tolist(),
-                    "iscrowd": 0,
-                }
-            )
+    return prepare_ground_truth(labels_list, class_names).coco
 
 
 def _categories(class_names: list[str]) -> list[dict]:
@@ -153,22 +148,21 @@ def as_ground_truth(truth: Sequence[np.ndarray] | GroundTruth, class_names: list
     return truth if isinstance(truth, GroundTruth) else prepare_ground_truth(truth, class_names)
 
 
+def instance_rles(instances: InstanceSet, mask_threshold: float) -> list[dict]:
+    """COCO RLE of each binarised mask (probability >= threshold)."""
+    level = quantised_threshold(mask_threshold)
+    return [
+        encode_window(probs >= level, x0, y0, instances.image_size)
+        for (x0, y0, _, _), probs in zip(instances.windows, instances.probs)
+    ]
+
+
 def predictions_to_coco(preds: list[InstanceSet], mask_threshold: float) -> list[dict]:
     """COCO result dicts; image ids are 1..len(preds) in order."""
     results = []
-    level = quantised_threshold(mask_threshold)
     for image_id, instances in enumerate(preds, start=1):
-        for (x0, y0, _, _), probs, score, class_id in zip(
-            instances.windows, instances.probs, instances.scores, instances.classes
-        ):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(class_id),
-                    "segmentation": encode_window(probs >= level, x0, y0, instances.image_size),
-                    "score": float(score),
-                }
-            )
+        for rle, score, class_id in zip(instance_rles(instances, mask_threshold), instances.scores, instances.classes):
+            results.append({"image_id": image_id, "category_id": int(class_id), "segmentation": rle, "score": float(score)})
     return results
 
 
@@ -177,8 +171,8 @@ def run_cocoeval(gt: dict, results: list[dict], max_dets: int, evaluator: str = 
 
     maxDets are [1, 100, max_dets]; `results` is not modified. `results` must not be empty.
     """
-    if evaluator not in EVALUATORS:
-        raise ValueError(f"unknown COCO evaluator {evaluator!r}; choose one of {EVALUATORS}")
+    if evaluator not in WHOLE_SET_EVALUATORS:
+        raise ValueError(f"unknown whole-set COCO evaluator {evaluator!r}; choose one of {WHOLE_SET_EVALUATORS}")
     results = [dict(r) for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         if evaluator == "faster":
@@ -203,22 +197,30 @@ def coco_precision(
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
 ) -> np.ndarray:
-    """COCO's accumulated precision, (iou 10, recall 101, class, area 4, maxDets 3) float.
+    """COCO's accumulated precision, (iou 10, recall 101, class, area 4, maxDets 3) float, with
+    maxDets 1, 100 and `max_dets` (at least 100).
 
-    -1 marks a class or area range without ground truth, as in pycocotools.
+    -1 marks a class or area range without ground truth, as in pycocotools. `streaming`
+    (`cellseg.coco_ap`) holds one image's masks at a time; `faster` and `pycocotools` hold the
+    whole set's.
     """
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"unknown COCO evaluator {evaluator!r}; choose one of {EVALUATORS}")
+    max_dets_list = [1, COCO_DEFAULT_MAX_DETS, max_dets]
+    if evaluator == "streaming":
+        accumulator = CocoAccumulator(len(gt.class_names), max_dets_list)
+        for truth_rles, truth_classes, instances in zip(gt.rles, gt.classes, preds):
+            rles = instance_rles(instances, mask_threshold)
+            accumulator.add_image(truth_rles, truth_classes, rles, instances.classes, instances.scores.astype(float))
+        return accumulator.precision()
     results = predictions_to_coco(preds, mask_threshold)
     if results:
         return run_cocoeval(gt.coco, results, max_dets, evaluator).eval["precision"]
     # pycocotools cannot load an empty result list: precision is 0 wherever there is ground truth.
-    areas = np.array([a["area"] for a in gt.coco["annotations"]])
-    categories = np.array([a["category_id"] for a in gt.coco["annotations"]])
-    precision = -np.ones((len(IOU_THRESHOLDS), 101, len(gt.class_names), len(AREA_RANGES), 3))
-    for k in range(len(gt.class_names)):
-        for a, (low, high) in enumerate(AREA_RANGES):
-            if np.any((categories == k + 1) & (areas >= low) & (areas <= high)):
-                precision[:, :, k, a, :] = 0.0
-    return precision
+    accumulator = CocoAccumulator(len(gt.class_names), max_dets_list)
+    for truth_rles, truth_classes in zip(gt.rles, gt.classes):
+        accumulator.add_image(truth_rles, truth_classes, [], np.zeros(0), np.zeros(0))
+    return accumulator.precision()
 
 
 def metrics_from_precision(precision: np.ndarray, class_names: list[str]) -> dict:
@@ -297,6 +299,19 @@ def iou_matrix(a: sparse.csr_matrix, b: sparse.csr_matrix) -> np.ndarray:
     return _iou(*overlap_counts(a, b))
 
 
+def image_overlaps(
+    truth_rles: list[dict], instances: InstanceSet, mask_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's pixel counts, float: the (n_true, n_pred) intersection of every ground-truth
+    instance (COCO RLE) with every binarised prediction, the (n_true,) and (n_pred,) areas.
+    The intersection follows exactly from pycocotools' RLE IoU and the integer areas."""
+    rles = instance_rles(instances, mask_threshold)
+    area_true, area_pred = rle_areas(truth_rles), rle_areas(rles)
+    iou = rle_ious(rles, truth_rles).T
+    intersection = np.rint(iou * (area_true[:, None] + area_pred[None, :]) / (1 + iou))
+    return intersection, area_true, area_pred
+
+
 def sartorius_per_image(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> np.ndarray:
     """Per image, the mean over IoU thresholds 0.5:0.05:0.95 of TP / (TP + FP + FN).
 
@@ -306,8 +321,8 @@ def sartorius_per_image(gt: GroundTruth, preds: list[InstanceSet], mask_threshol
     An image with neither ground truth nor predictions scores 1.
     """
     scores = np.empty(len(preds))
-    for i, (truth, instances) in enumerate(zip(gt.pixels, preds)):
-        iou = iou_matrix(truth, instance_pixels(instances, mask_threshold))
+    for i, (truth, instances) in enumerate(zip(gt.rles, preds)):
+        iou = _iou(*image_overlaps(truth, instances, mask_threshold))
         n_true, n_pred = iou.shape
         per_threshold = []
         for t in IOU_THRESHOLDS:
@@ -328,8 +343,8 @@ def f1_per_class(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: floa
     over the classes present in ground truth or predictions (`F1`); NaN where neither is."""
     n_classes = len(gt.class_names)
     tp, n_true, n_pred = np.zeros(n_classes), np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, instances in zip(gt.pixels, gt.classes, preds):
-        iou = iou_matrix(truth, instance_pixels(instances, mask_threshold))
+    for truth, truth_classes, instances in zip(gt.rles, gt.classes, preds):
+        iou = _iou(*image_overlaps(truth, instances, mask_threshold))
         for k in range(n_classes):
             rows, cols = truth_classes == k + 1, instances.classes == k + 1
             tp[k] += _match_count(iou[np.ix_(rows, cols)] >= 0.5)
@@ -355,8 +370,8 @@ def panoptic_quality(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: 
     """
     n_classes = len(gt.class_names)
     tp, fp, fn, iou_sum = (np.zeros(n_classes) for _ in range(4))
-    for truth, truth_classes, instances in zip(gt.pixels, gt.classes, preds):
-        iou = iou_matrix(truth, instance_pixels(instances, mask_threshold))
+    for truth, truth_classes, instances in zip(gt.rles, gt.classes, preds):
+        iou = _iou(*image_overlaps(truth, instances, mask_threshold))
         for k in range(n_classes):
             pairs = iou[np.ix_(truth_classes == k + 1, instances.classes == k + 1)]
             matched = _matched_ious(pairs)
@@ -386,8 +401,8 @@ def aggregated_jaccard(gt: GroundTruth, preds: list[InstanceSet], mask_threshold
     """
     n_classes = len(gt.class_names)
     intersection, union = np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, instances in zip(gt.pixels, gt.classes, preds):
-        overlap, area_true, area_pred = overlap_counts(truth, instance_pixels(instances, mask_threshold))
+    for truth, truth_classes, instances in zip(gt.rles, gt.classes, preds):
+        overlap, area_true, area_pred = image_overlaps(truth, instances, mask_threshold)
         for k in range(n_classes):
             rows, cols = truth_classes == k + 1, instances.classes == k + 1
             inter, uni = _aji_sums(overlap[np.ix_(rows, cols)], area_true[rows], area_pred[cols])
@@ -457,32 +472,8 @@ def merge_classes(gt: GroundTruth, preds: list[InstanceSet]) -> tuple[GroundTrut
     """The same instances with every class merged into one (`AGNOSTIC_CLASS`, id 1), in the
     ground truth and in the predictions alike: a cell found with the wrong class counts as
     found. Instances of different classes that overlap stay separate instances."""
-    coco = {
-        **gt.coco,
-        "annotations": [{**ann, "category_id": 1} for ann in gt.coco["annotations"]],
-        "categories": [{"id": 1, "name": AGNOSTIC_CLASS}],
-    }
-    merged = GroundTruth(coco, gt.pixels, [np.ones_like(c) for c in gt.classes], [AGNOSTIC_CLASS])
+    merged = GroundTruth(gt.sizes, gt.rles, [np.ones_like(c) for c in gt.classes], [AGNOSTIC_CLASS])
     return merged, [dataclasses.replace(p, classes=np.ones_like(p.classes)) for p in preds]
-
-
-def _label_pixels(labels: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
-    """Membership matrix and 1-based classes of all instances of a (C, H, W) label stack."""
-    rows, columns, classes = [], [], []
-    offset = 0
-    for class_index, plane in enumerate(labels):
-        flat = plane.ravel()
-        pixels = np.flatnonzero(flat)
-        ids, inverse = np.unique(flat[pixels], return_inverse=True)
-        rows.append(offset + inverse)
-        columns.append(pixels)
-        classes.append(np.full(len(ids), class_index + 1, np.int64))
-        offset += len(ids)
-    rows, columns = np.concatenate(rows), np.concatenate(columns)
-    matrix = sparse.csr_matrix(
-        (np.ones(len(rows), np.float32), (rows, columns)), shape=(offset, labels[0].size)
-    )
-    return matrix, np.concatenate(classes)
 
 
 def _iou(intersection: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
