@@ -162,7 +162,9 @@ def predictions_to_coco(preds: list[InstanceSet], mask_threshold: float) -> list
     results = []
     for image_id, instances in enumerate(preds, start=1):
         for rle, score, class_id in zip(instance_rles(instances, mask_threshold), instances.scores, instances.classes):
-            results.append({"image_id": image_id, "category_id": int(class_id), "segmentation": rle, "score": float(score)})
+            results.append(
+                {"image_id": image_id, "category_id": int(class_id), "segmentation": rle, "score": float(score)}
+            )
     return results
 
 
@@ -196,6 +198,7 @@ def coco_precision(
     mask_threshold: float = 0.5,
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
+    rles: list[list[dict]] | None = None,
 ) -> np.ndarray:
     """COCO's accumulated precision, (iou 10, recall 101, class, area 4, maxDets 3) float, with
     maxDets 1, 100 and `max_dets` (at least 100).
@@ -209,9 +212,10 @@ def coco_precision(
     max_dets_list = [1, COCO_DEFAULT_MAX_DETS, max_dets]
     if evaluator == "streaming":
         accumulator = CocoAccumulator(len(gt.class_names), max_dets_list)
-        for truth_rles, truth_classes, instances in zip(gt.rles, gt.classes, preds):
-            rles = instance_rles(instances, mask_threshold)
-            accumulator.add_image(truth_rles, truth_classes, rles, instances.classes, instances.scores.astype(float))
+        for truth, truth_classes, instances, found in zip(
+            gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
+        ):
+            accumulator.add_image(truth, truth_classes, found, instances.classes, instances.scores.astype(float))
         return accumulator.precision()
     results = predictions_to_coco(preds, mask_threshold)
     if results:
@@ -299,20 +303,28 @@ def iou_matrix(a: sparse.csr_matrix, b: sparse.csr_matrix) -> np.ndarray:
     return _iou(*overlap_counts(a, b))
 
 
-def image_overlaps(
-    truth_rles: list[dict], instances: InstanceSet, mask_threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encoded_masks(preds: list[InstanceSet], mask_threshold: float, rles: list[list[dict]] | None) -> list:
+    """Per image the RLEs of the binarised predicted masks: `rles` when the caller has encoded
+    them already (one encoding serves every metric), else computed image by image."""
+    return rles if rles is not None else (instance_rles(p, mask_threshold) for p in preds)
+
+
+def image_overlaps(truth_rles: list[dict], rles: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's pixel counts, float: the (n_true, n_pred) intersection of every ground-truth
-    instance (COCO RLE) with every binarised prediction, the (n_true,) and (n_pred,) areas.
-    The intersection follows exactly from pycocotools' RLE IoU and the integer areas."""
-    rles = instance_rles(instances, mask_threshold)
+    instance with every binarised prediction (both COCO RLEs), the (n_true,) and (n_pred,)
+    areas. The intersection follows exactly from pycocotools' RLE IoU and the integer areas."""
     area_true, area_pred = rle_areas(truth_rles), rle_areas(rles)
     iou = rle_ious(rles, truth_rles).T
     intersection = np.rint(iou * (area_true[:, None] + area_pred[None, :]) / (1 + iou))
     return intersection, area_true, area_pred
 
 
-def sartorius_per_image(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> np.ndarray:
+def sartorius_per_image(
+    gt: GroundTruth,
+    preds: list[InstanceSet],
+    mask_threshold: float = 0.5,
+    rles: list[list[dict]] | None = None,
+) -> np.ndarray:
     """Per image, the mean over IoU thresholds 0.5:0.05:0.95 of TP / (TP + FP + FN).
 
     Class-agnostic, as in the Kaggle Sartorius competition (one cell type per image there):
@@ -321,8 +333,8 @@ def sartorius_per_image(gt: GroundTruth, preds: list[InstanceSet], mask_threshol
     An image with neither ground truth nor predictions scores 1.
     """
     scores = np.empty(len(preds))
-    for i, (truth, instances) in enumerate(zip(gt.rles, preds)):
-        iou = _iou(*image_overlaps(truth, instances, mask_threshold))
+    for i, (truth, found) in enumerate(zip(gt.rles, encoded_masks(preds, mask_threshold, rles))):
+        iou = _iou(*image_overlaps(truth, found))
         n_true, n_pred = iou.shape
         per_threshold = []
         for t in IOU_THRESHOLDS:
@@ -333,18 +345,30 @@ def sartorius_per_image(gt: GroundTruth, preds: list[InstanceSet], mask_threshol
     return scores
 
 
-def sartorius_metric(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> float:
+def sartorius_metric(
+    gt: GroundTruth,
+    preds: list[InstanceSet],
+    mask_threshold: float = 0.5,
+    rles: list[list[dict]] | None = None,
+) -> float:
     """Mean over images of `sartorius_per_image`."""
-    return float(np.mean(sartorius_per_image(gt, preds, mask_threshold)))
+    return float(np.mean(sartorius_per_image(gt, preds, mask_threshold, rles)))
 
 
-def f1_per_class(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> dict:
+def f1_per_class(
+    gt: GroundTruth,
+    preds: list[InstanceSet],
+    mask_threshold: float = 0.5,
+    rles: list[list[dict]] | None = None,
+) -> dict:
     """F1 at IoU >= 0.5 per class (`F1_<name>`, TP/FP/FN summed over images) and their mean
     over the classes present in ground truth or predictions (`F1`); NaN where neither is."""
     n_classes = len(gt.class_names)
     tp, n_true, n_pred = np.zeros(n_classes), np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, instances in zip(gt.rles, gt.classes, preds):
-        iou = _iou(*image_overlaps(truth, instances, mask_threshold))
+    for truth, truth_classes, instances, found in zip(
+        gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
+    ):
+        iou = _iou(*image_overlaps(truth, found))
         for k in range(n_classes):
             rows, cols = truth_classes == k + 1, instances.classes == k + 1
             tp[k] += _match_count(iou[np.ix_(rows, cols)] >= 0.5)
@@ -357,7 +381,12 @@ def f1_per_class(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: floa
     return metrics
 
 
-def panoptic_quality(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> dict:
+def panoptic_quality(
+    gt: GroundTruth,
+    preds: list[InstanceSet],
+    mask_threshold: float = 0.5,
+    rles: list[list[dict]] | None = None,
+) -> dict:
     """Panoptic quality as MoNuSAC scores it: per class, TP/FP/FN and the matched IoUs are summed
     over all images, SQ = sum of matched IoUs / TP, DQ = TP / (TP + FP/2 + FN/2), PQ = DQ x SQ.
 
@@ -370,8 +399,10 @@ def panoptic_quality(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: 
     """
     n_classes = len(gt.class_names)
     tp, fp, fn, iou_sum = (np.zeros(n_classes) for _ in range(4))
-    for truth, truth_classes, instances in zip(gt.rles, gt.classes, preds):
-        iou = _iou(*image_overlaps(truth, instances, mask_threshold))
+    for truth, truth_classes, instances, found in zip(
+        gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
+    ):
+        iou = _iou(*image_overlaps(truth, found))
         for k in range(n_classes):
             pairs = iou[np.ix_(truth_classes == k + 1, instances.classes == k + 1)]
             matched = _matched_ious(pairs)
@@ -388,7 +419,12 @@ def panoptic_quality(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: 
     return metrics
 
 
-def aggregated_jaccard(gt: GroundTruth, preds: list[InstanceSet], mask_threshold: float = 0.5) -> dict:
+def aggregated_jaccard(
+    gt: GroundTruth,
+    preds: list[InstanceSet],
+    mask_threshold: float = 0.5,
+    rles: list[list[dict]] | None = None,
+) -> dict:
     """Aggregated Jaccard index (Kumar et al. 2017) per class over the set (`AJI_<name>`) and
     its mean over classes (`AJI`).
 
@@ -401,8 +437,10 @@ def aggregated_jaccard(gt: GroundTruth, preds: list[InstanceSet], mask_threshold
     """
     n_classes = len(gt.class_names)
     intersection, union = np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, instances in zip(gt.rles, gt.classes, preds):
-        overlap, area_true, area_pred = image_overlaps(truth, instances, mask_threshold)
+    for truth, truth_classes, instances, found in zip(
+        gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
+    ):
+        overlap, area_true, area_pred = image_overlaps(truth, found)
         for k in range(n_classes):
             rows, cols = truth_classes == k + 1, instances.classes == k + 1
             inter, uni = _aji_sums(overlap[np.ix_(rows, cols)], area_true[rows], area_pred[cols])
@@ -457,12 +495,13 @@ def evaluate_predictions(
     gt = as_ground_truth(labels_list, class_names)
     if class_agnostic:
         gt, preds = merge_classes(gt, preds)
-    precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
+    rles = [instance_rles(p, mask_threshold) for p in preds]  # encoded once for every metric
+    precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator, rles)
     metrics = metrics_from_precision(precision, gt.class_names)
-    metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold)
-    metrics.update(f1_per_class(gt, preds, mask_threshold))
-    metrics.update(panoptic_quality(gt, preds, mask_threshold))
-    metrics.update(aggregated_jaccard(gt, preds, mask_threshold))
+    metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold, rles)
+    metrics.update(f1_per_class(gt, preds, mask_threshold, rles))
+    metrics.update(panoptic_quality(gt, preds, mask_threshold, rles))
+    metrics.update(aggregated_jaccard(gt, preds, mask_threshold, rles))
     if class_agnostic:
         metrics = {key: value for key, value in metrics.items() if not key.endswith(f"_{AGNOSTIC_CLASS}")}
     return metrics, pr_curve(precision)
