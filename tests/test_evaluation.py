@@ -34,7 +34,7 @@ def test_scoreboard_has_the_panoptic_and_leaderboard_columns():
     masks = np.asarray([labels[0] == 1, labels[1] == 1])
     preds = [InstanceSet.from_dense(np.zeros((2, 4)), [0.9, 0.8], [1, 2], masks)]
     thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
-    table, _ = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster")
+    table, _ = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster")["per_class"]
     columns = ["AP50@100", "AP50@100_a", "AP50@100_b", "PQ", "SQ", "DQ", "PQ_a", "PQ_b", "AJI", "AJI_a"]
     assert (table[columns] == 1.0).all().all()
     assert list(table["model"]) == ["fold 0", "ensemble", "ensemble"]
@@ -47,9 +47,13 @@ def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
     for folder, score in [("f0", 0.1), ("f2", 0.2), ("ens", 0.3)]:
         save_instance_sets(tmp_path / folder, {"x": one(score), "y": one(score + 0.5)})
     folds, ensemble = load_predictions({0: tmp_path / "f0", 2: tmp_path / "f2"}, tmp_path / "ens", ["y", "x"])
-    assert list(folds) == [0, 2]
+    assert list(folds) == [0, 2] and len(ensemble) == 2
     assert [float(p.scores[0]) for p in folds[2]] == pytest.approx([0.7, 0.2])
-    assert [float(p.scores[0]) for p in ensemble] == pytest.approx([0.8, 0.3])
+    for _ in range(2):  # read from disk again on every pass
+        assert [float(p.scores[0]) for p in ensemble] == pytest.approx([0.8, 0.3])
+    (tmp_path / "ens" / "x.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="no predictions for x"):
+        list(ensemble)
 
 
 def test_scoreboard_and_per_image_scores_take_prepared_ground_truth():
@@ -64,10 +68,15 @@ def test_scoreboard_and_per_image_scores_take_prepared_ground_truth():
     preds = [InstanceSet.from_dense(np.zeros((3, 4)), [0.9, 0.8, 0.3], [1, 2, 1], masks)]
     thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
     gt = prepare_ground_truth(iter([labels]), CLASSES)
-    for agnostic in (False, True):
-        a, curve_a = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster", class_agnostic=agnostic)
-        b, curve_b = scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", class_agnostic=agnostic)
+    kinds = ("per_class", "agnostic")
+    from_labels = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=kinds)
+    from_truth = scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=kinds)
+    for kind in kinds:
+        (a, curve_a), (b, curve_b) = from_labels[kind], from_truth[kind]
         assert a.equals(b) and curve_a.equals(curve_b)
+    assert "AP50@100_a" in from_labels["per_class"][0] and "AP50@100_a" not in from_labels["agnostic"][0]
+    with pytest.raises(ValueError, match="unknown scoreboard kinds"):
+        scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=("agnostic", "perclass"))
     a = per_image_scores(["x"], [labels], preds, CLASSES)
     assert a.equals(per_image_scores(["x"], gt, preds, CLASSES))
     assert a["n_true"].tolist() == [3]

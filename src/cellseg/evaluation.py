@@ -9,14 +9,18 @@ how much of that gain survives on images the thresholds were not tuned on).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cellseg.instances import InstanceSet, load_instance_sets
-from cellseg.metrics import GroundTruth, as_ground_truth, evaluate_predictions, sartorius_per_image
+from cellseg.instances import InstanceSet, iter_instance_sets
+from cellseg.metrics import GroundTruth, as_ground_truth, binarise, evaluate_predictions, sartorius_per_image
 from cellseg.postprocess import apply_thresholds
+
+# The scoreboard's two tables: classes as they are, or every class merged into one.
+KINDS = ("per_class", "agnostic")
 
 
 def read_thresholds(path: str | Path) -> dict:
@@ -28,76 +32,97 @@ def read_thresholds(path: str | Path) -> dict:
     return thresholds
 
 
+class StoredSets:
+    """The `InstanceSet`s of the images `names` (in that order) in a predict folder, read from
+    disk one at a time on each pass over them, so that scoring thousands of images never holds
+    a model's predictions of all of them."""
+
+    def __init__(self, folder: str | Path, names: list[str]):
+        self.folder, self.names = Path(folder), list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[InstanceSet]:
+        return (instances for _, instances in iter_instance_sets(self.folder, self.names))
+
+
 def load_predictions(
     fold_folders: dict[int, str | Path], ensemble_folder: str | Path, names: list[str]
-) -> tuple[dict[int, list[InstanceSet]], list[InstanceSet]]:
-    """Each fold's and the ensemble's `InstanceSet`s of the images `names`, in that order, as
-    `scoreboard` takes them. `fold_folders`: `{fold: its predict folder}`."""
-    folds = {fold: list(load_instance_sets(folder, names).values()) for fold, folder in fold_folders.items()}
-    return folds, list(load_instance_sets(ensemble_folder, names).values())
+) -> tuple[dict[int, StoredSets], StoredSets]:
+    """Each fold's and the ensemble's predictions of the images `names`, as `scoreboard` takes
+    them. `fold_folders`: `{fold: its predict folder}`."""
+    folds = {fold: StoredSets(folder, names) for fold, folder in fold_folders.items()}
+    return folds, StoredSets(ensemble_folder, names)
 
 
-def apply_tuned(preds: list[InstanceSet], thresholds: dict) -> list[InstanceSet]:
-    """Predictions after the tuned per-class score and mask thresholds and the NMS threshold
-    (masks binarised)."""
-    return [
-        apply_thresholds(
-            p,
-            thresholds["score_thresholds"],
-            thresholds["mask_thresholds"],
-            thresholds["nms_threshold"],
-        )
-        for p in preds
-    ]
+def tuned(instances: InstanceSet, thresholds: dict) -> InstanceSet:
+    """One image's predictions after the tuned per-class score and mask thresholds and the NMS
+    threshold (masks binarised)."""
+    return apply_thresholds(
+        instances, thresholds["score_thresholds"], thresholds["mask_thresholds"], thresholds["nms_threshold"]
+    )
+
+
+def apply_tuned(preds: Iterable[InstanceSet], thresholds: dict) -> list[InstanceSet]:
+    """`tuned` of every image's predictions."""
+    return [tuned(p, thresholds) for p in preds]
 
 
 def scoreboard(
     labels_list: list[np.ndarray] | GroundTruth,
-    fold_preds: dict[int, list[InstanceSet]],
-    ensemble_preds: list[InstanceSet],
+    fold_preds: dict[int, Iterable[InstanceSet]],
+    ensemble_preds: Iterable[InstanceSet],
     thresholds: dict,
     class_names: list[str],
     max_dets: int,
     evaluator: str,
-    class_agnostic: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scores table (one row per model: `model`, `thresholds`, then the columns of
-    `cellseg.metrics.evaluate_predictions`: COCO AP keys incl. `AP50@100` and per class
-    `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`, `AJI`/`AJI_<name>`) and the
-    tuned ensemble's PR curve.
+    kinds: tuple[str, ...] = ("per_class",),
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per kind (`per_class`, `agnostic`: every class merged into one on both sides, no
+    per-class columns, so the labels' classes need not be the model's) the scores table and
+    the tuned ensemble's PR curve. A table has one row per model: `model`, `thresholds`, then
+    the columns of `cellseg.metrics.evaluate_predictions` (COCO AP keys incl. `AP50@100` and
+    per class `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`,
+    `AJI`/`AJI_<name>`).
 
     labels_list: (C, H, W) ground truth per image, in the predictions' order, or their
     `GroundTruth` (`prepare_ground_truth`, which reads them one at a time); `class_names` are
-    its C classes. thresholds: the tune stage's choice (`score_thresholds` and
-    `mask_thresholds` by 1-based class id, `nms_threshold`). class_agnostic: every class
-    merged into one on both sides, no per-class columns; the labels' classes then need not
-    be the model's.
+    its C classes. fold_preds, ensemble_preds: per image `InstanceSet`s, lists or
+    `StoredSets`; each model's are read in one pass (the ensemble's twice) and held only as
+    binarised RLEs while it is scored. thresholds: the tune stage's choice (`score_thresholds`
+    and `mask_thresholds` by 1-based class id, `nms_threshold`).
     """
-    rows, curves = [], []
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown scoreboard kinds {sorted(unknown)}; choose from {KINDS}")
     gt = as_ground_truth(labels_list, class_names)  # converted once for every model
-    tuned = apply_tuned(ensemble_preds, thresholds)
     models = [(f"fold {k}", "default", preds) for k, preds in sorted(fold_preds.items())]
-    models += [("ensemble", "default", ensemble_preds), ("ensemble", "tuned", tuned)]
+    models += [("ensemble", "default", ensemble_preds)]
+    models += [("ensemble", "tuned", (tuned(p, thresholds) for p in ensemble_preds))]
+    rows, curves = {kind: [] for kind in kinds}, {}
     for model, thresholds_used, preds in models:
-        metrics, curve = evaluate_predictions(
-            gt, preds, class_names, max_dets=max_dets, evaluator=evaluator, class_agnostic=class_agnostic
-        )
-        rows.append({"model": model, "thresholds": thresholds_used, **metrics})
-        curves.append(curve)
-    return pd.DataFrame(rows), curves[-1]  # the last model is the tuned ensemble
+        found = [binarise(p, 0.5) for p in preds]  # one read and one encoding for every kind
+        for kind in kinds:
+            metrics, curves[kind] = evaluate_predictions(
+                gt, found, class_names, max_dets=max_dets, evaluator=evaluator, class_agnostic=kind == "agnostic"
+            )
+            rows[kind].append({"model": model, "thresholds": thresholds_used, **metrics})
+    return {kind: (pd.DataFrame(rows[kind]), curves[kind]) for kind in kinds}  # the last curve: tuned
 
 
 def per_image_scores(
-    image_ids: list[str], labels_list: list[np.ndarray] | GroundTruth, preds: list[InstanceSet], class_names
+    image_ids: list[str], labels_list: list[np.ndarray] | GroundTruth, preds: Iterable[InstanceSet], class_names
 ) -> pd.DataFrame:
     """Sartorius score and instance counts per image, for picking the best and worst images;
     `labels_list` as `scoreboard` takes it."""
     gt = as_ground_truth(labels_list, class_names)
+    found = [binarise(p, 0.5) for p in preds]
     return pd.DataFrame(
         {
             "image_id": image_ids,
-            "sartorius": sartorius_per_image(gt, preds),
+            "sartorius": sartorius_per_image(gt, found),
             "n_true": [len(classes) for classes in gt.classes],
-            "n_predicted": [len(p) for p in preds],
+            "n_predicted": [len(f.classes) for f in found],
         }
     )

@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,11 +157,33 @@ def instance_rles(instances: InstanceSet, mask_threshold: float) -> list[dict]:
     ]
 
 
-def predictions_to_coco(preds: list[InstanceSet], mask_threshold: float) -> list[dict]:
+@dataclass(frozen=True)
+class Binarised:
+    """One image's predictions as the metrics see them: each binarised mask as a COCO RLE,
+    its 1-based class and its score; a few bytes per boundary run, not a mask."""
+
+    rles: list[dict]
+    classes: np.ndarray
+    scores: np.ndarray
+
+
+def binarise(instances: InstanceSet | Binarised, mask_threshold: float) -> Binarised:
+    """`instances` with every mask binarised at `mask_threshold` and encoded (a `Binarised`
+    passes through as it is)."""
+    if isinstance(instances, Binarised):
+        return instances
+    return Binarised(instance_rles(instances, mask_threshold), instances.classes, instances.scores.astype(float))
+
+
+def _binarised(preds: Iterable[InstanceSet | Binarised], mask_threshold: float) -> Iterator[Binarised]:
+    return (binarise(p, mask_threshold) for p in preds)
+
+
+def predictions_to_coco(preds: Iterable[InstanceSet | Binarised], mask_threshold: float) -> list[dict]:
     """COCO result dicts; image ids are 1..len(preds) in order."""
     results = []
-    for image_id, instances in enumerate(preds, start=1):
-        for rle, score, class_id in zip(instance_rles(instances, mask_threshold), instances.scores, instances.classes):
+    for image_id, found in enumerate(_binarised(preds, mask_threshold), start=1):
+        for rle, score, class_id in zip(found.rles, found.scores, found.classes):
             results.append(
                 {"image_id": image_id, "category_id": int(class_id), "segmentation": rle, "score": float(score)}
             )
@@ -194,11 +216,10 @@ def run_cocoeval(gt: dict, results: list[dict], max_dets: int, evaluator: str = 
 
 def coco_precision(
     gt: GroundTruth,
-    preds: list[InstanceSet],
+    preds: Sequence[InstanceSet | Binarised],
     mask_threshold: float = 0.5,
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
-    rles: list[list[dict]] | None = None,
 ) -> np.ndarray:
     """COCO's accumulated precision, (iou 10, recall 101, class, area 4, maxDets 3) float, with
     maxDets 1, 100 and `max_dets` (at least 100).
@@ -212,10 +233,8 @@ def coco_precision(
     max_dets_list = [1, COCO_DEFAULT_MAX_DETS, max_dets]
     if evaluator == "streaming":
         accumulator = CocoAccumulator(len(gt.class_names), max_dets_list)
-        for truth, truth_classes, instances, found in zip(
-            gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
-        ):
-            accumulator.add_image(truth, truth_classes, found, instances.classes, instances.scores.astype(float))
+        for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
+            accumulator.add_image(truth, truth_classes, found.rles, found.classes, found.scores)
         return accumulator.precision()
     results = predictions_to_coco(preds, mask_threshold)
     if results:
@@ -303,12 +322,6 @@ def iou_matrix(a: sparse.csr_matrix, b: sparse.csr_matrix) -> np.ndarray:
     return _iou(*overlap_counts(a, b))
 
 
-def encoded_masks(preds: list[InstanceSet], mask_threshold: float, rles: list[list[dict]] | None) -> list:
-    """Per image the RLEs of the binarised predicted masks: `rles` when the caller has encoded
-    them already (one encoding serves every metric), else computed image by image."""
-    return rles if rles is not None else (instance_rles(p, mask_threshold) for p in preds)
-
-
 def image_overlaps(truth_rles: list[dict], rles: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image's pixel counts, float: the (n_true, n_pred) intersection of every ground-truth
     instance with every binarised prediction (both COCO RLEs), the (n_true,) and (n_pred,)
@@ -321,56 +334,51 @@ def image_overlaps(truth_rles: list[dict], rles: list[dict]) -> tuple[np.ndarray
 
 def sartorius_per_image(
     gt: GroundTruth,
-    preds: list[InstanceSet],
+    preds: Iterable[InstanceSet | Binarised],
     mask_threshold: float = 0.5,
-    rles: list[list[dict]] | None = None,
 ) -> np.ndarray:
-    """Per image, the mean over IoU thresholds 0.5:0.05:0.95 of TP / (TP + FP + FN).
+    """Per image (`preds` read once, one at a time), the mean over IoU thresholds 0.5:0.05:0.95 of TP / (TP + FP + FN).
 
     Class-agnostic, as in the Kaggle Sartorius competition (one cell type per image there):
     all ground-truth instances of all classes against all predicted instances, whatever their
     class or score (apply score thresholds first). A match needs IoU > t and is one-to-one.
     An image with neither ground truth nor predictions scores 1.
     """
-    scores = np.empty(len(preds))
-    for i, (truth, found) in enumerate(zip(gt.rles, encoded_masks(preds, mask_threshold, rles))):
-        iou = _iou(*image_overlaps(truth, found))
+    scores = []
+    for truth, found in zip(gt.rles, _binarised(preds, mask_threshold)):
+        iou = _iou(*image_overlaps(truth, found.rles))
         n_true, n_pred = iou.shape
         per_threshold = []
         for t in IOU_THRESHOLDS:
             tp = _match_count(iou > t)
             total = n_true + n_pred - tp
             per_threshold.append(tp / total if total else 1.0)
-        scores[i] = np.mean(per_threshold)
-    return scores
+        scores.append(np.mean(per_threshold))
+    return np.array(scores, float)
 
 
 def sartorius_metric(
     gt: GroundTruth,
-    preds: list[InstanceSet],
+    preds: Sequence[InstanceSet | Binarised],
     mask_threshold: float = 0.5,
-    rles: list[list[dict]] | None = None,
 ) -> float:
     """Mean over images of `sartorius_per_image`."""
-    return float(np.mean(sartorius_per_image(gt, preds, mask_threshold, rles)))
+    return float(np.mean(sartorius_per_image(gt, preds, mask_threshold)))
 
 
 def f1_per_class(
     gt: GroundTruth,
-    preds: list[InstanceSet],
+    preds: Sequence[InstanceSet | Binarised],
     mask_threshold: float = 0.5,
-    rles: list[list[dict]] | None = None,
 ) -> dict:
     """F1 at IoU >= 0.5 per class (`F1_<name>`, TP/FP/FN summed over images) and their mean
     over the classes present in ground truth or predictions (`F1`); NaN where neither is."""
     n_classes = len(gt.class_names)
     tp, n_true, n_pred = np.zeros(n_classes), np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, instances, found in zip(
-        gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
-    ):
-        iou = _iou(*image_overlaps(truth, found))
+    for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
+        iou = _iou(*image_overlaps(truth, found.rles))
         for k in range(n_classes):
-            rows, cols = truth_classes == k + 1, instances.classes == k + 1
+            rows, cols = truth_classes == k + 1, found.classes == k + 1
             tp[k] += _match_count(iou[np.ix_(rows, cols)] >= 0.5)
             n_true[k] += rows.sum()
             n_pred[k] += cols.sum()
@@ -383,9 +391,8 @@ def f1_per_class(
 
 def panoptic_quality(
     gt: GroundTruth,
-    preds: list[InstanceSet],
+    preds: Sequence[InstanceSet | Binarised],
     mask_threshold: float = 0.5,
-    rles: list[list[dict]] | None = None,
 ) -> dict:
     """Panoptic quality as MoNuSAC scores it: per class, TP/FP/FN and the matched IoUs are summed
     over all images, SQ = sum of matched IoUs / TP, DQ = TP / (TP + FP/2 + FN/2), PQ = DQ x SQ.
@@ -399,12 +406,10 @@ def panoptic_quality(
     """
     n_classes = len(gt.class_names)
     tp, fp, fn, iou_sum = (np.zeros(n_classes) for _ in range(4))
-    for truth, truth_classes, instances, found in zip(
-        gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
-    ):
-        iou = _iou(*image_overlaps(truth, found))
+    for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
+        iou = _iou(*image_overlaps(truth, found.rles))
         for k in range(n_classes):
-            pairs = iou[np.ix_(truth_classes == k + 1, instances.classes == k + 1)]
+            pairs = iou[np.ix_(truth_classes == k + 1, found.classes == k + 1)]
             matched = _matched_ious(pairs)
             tp[k] += len(matched)
             fn[k] += pairs.shape[0] - len(matched)
@@ -421,9 +426,8 @@ def panoptic_quality(
 
 def aggregated_jaccard(
     gt: GroundTruth,
-    preds: list[InstanceSet],
+    preds: Sequence[InstanceSet | Binarised],
     mask_threshold: float = 0.5,
-    rles: list[list[dict]] | None = None,
 ) -> dict:
     """Aggregated Jaccard index (Kumar et al. 2017) per class over the set (`AJI_<name>`) and
     its mean over classes (`AJI`).
@@ -437,12 +441,10 @@ def aggregated_jaccard(
     """
     n_classes = len(gt.class_names)
     intersection, union = np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, instances, found in zip(
-        gt.rles, gt.classes, preds, encoded_masks(preds, mask_threshold, rles)
-    ):
-        overlap, area_true, area_pred = image_overlaps(truth, found)
+    for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
+        overlap, area_true, area_pred = image_overlaps(truth, found.rles)
         for k in range(n_classes):
-            rows, cols = truth_classes == k + 1, instances.classes == k + 1
+            rows, cols = truth_classes == k + 1, found.classes == k + 1
             inter, uni = _aji_sums(overlap[np.ix_(rows, cols)], area_true[rows], area_pred[cols])
             intersection[k] += inter
             union[k] += uni
@@ -495,13 +497,13 @@ def evaluate_predictions(
     gt = as_ground_truth(labels_list, class_names)
     if class_agnostic:
         gt, preds = merge_classes(gt, preds)
-    rles = [instance_rles(p, mask_threshold) for p in preds]  # encoded once for every metric
-    precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator, rles)
+    preds = list(_binarised(preds, mask_threshold))  # encoded once, for every metric
+    precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
     metrics = metrics_from_precision(precision, gt.class_names)
-    metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold, rles)
-    metrics.update(f1_per_class(gt, preds, mask_threshold, rles))
-    metrics.update(panoptic_quality(gt, preds, mask_threshold, rles))
-    metrics.update(aggregated_jaccard(gt, preds, mask_threshold, rles))
+    metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold)
+    metrics.update(f1_per_class(gt, preds, mask_threshold))
+    metrics.update(panoptic_quality(gt, preds, mask_threshold))
+    metrics.update(aggregated_jaccard(gt, preds, mask_threshold))
     if class_agnostic:
         metrics = {key: value for key, value in metrics.items() if not key.endswith(f"_{AGNOSTIC_CLASS}")}
     return metrics, pr_curve(precision)

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from cellseg.dataset import load_sample
-from cellseg.evaluation import apply_tuned, load_predictions, per_image_scores, read_thresholds, scoreboard
+from cellseg.evaluation import KINDS, load_predictions, per_image_scores, read_thresholds, scoreboard, tuned
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
@@ -21,11 +21,9 @@ with job_logging(snakemake.log[0]) as log:
     truth = prepare_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes)
     folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, ids)
     thresholds = read_thresholds(snakemake.input.thresholds)
-    scores, curve = scoreboard(
-        truth, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator
-    )
-    agnostic, _ = scoreboard(truth, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, class_agnostic=True)
-    per_image = per_image_scores(ids, truth, apply_tuned(ensemble, thresholds), p.classes)
+    tables = scoreboard(truth, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, kinds=KINDS)
+    (scores, curve), (agnostic, _) = tables["per_class"], tables["agnostic"]
+    per_image = per_image_scores(ids, truth, (tuned(instances, thresholds) for instances in ensemble), p.classes)
     log.info("validation scores:\n%s", scores.to_string())
     for table, path in [(scores, snakemake.output.scores), (agnostic, snakemake.output.agnostic),
                         (per_image, snakemake.output.per_image), (curve, snakemake.output.pr_curve)]:
