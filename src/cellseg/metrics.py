@@ -166,6 +166,11 @@ class Binarised:
     classes: np.ndarray
     scores: np.ndarray
 
+    def select(self, keep: np.ndarray) -> Binarised:
+        """The instances where the bool array `keep` is true, in order."""
+        index = np.flatnonzero(keep)
+        return Binarised([self.rles[i] for i in index], self.classes[index], self.scores[index])
+
 
 def binarise(instances: InstanceSet | Binarised, mask_threshold: float) -> Binarised:
     """`instances` with every mask binarised at `mask_threshold` and encoded (a `Binarised`

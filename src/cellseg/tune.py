@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.instances import InstanceSet
-from cellseg.metrics import DEFAULT_EVALUATOR, GroundTruth, as_ground_truth, metric_value
+from cellseg.metrics import DEFAULT_EVALUATOR, Binarised, GroundTruth, as_ground_truth, binarise, metric_value
 from cellseg.postprocess import apply_thresholds, per_instance
 
 DEFAULTS = {"score_threshold": 0.0, "mask_threshold": 0.5, "nms_threshold": 1.0}
@@ -69,12 +69,12 @@ class _Best:
 
     masks: dict[int, float]
     value: float
-    processed: list[InstanceSet]
+    processed: list[Binarised]
 
 
 def _grid_stage(
     preds: list[InstanceSet], search: dict, score: Callable, trials: list
-) -> tuple[float, float, float, list[InstanceSet]]:
+) -> tuple[float, float, float, list[Binarised]]:
     """Best (mask threshold, NMS threshold, score, post-processed sets) over the grid, one mask
     threshold for all classes and every score kept; the defaults come first. Appends its
     trials."""
@@ -82,7 +82,7 @@ def _grid_stage(
     nms = _with_default(search["nms_thresholds"], DEFAULTS["nms_threshold"])
     best = None
     for mask_threshold, nms_threshold in [(m, n) for m in masks for n in nms]:
-        processed = [apply_thresholds(p, 0.0, mask_threshold, nms_threshold) for p in preds]
+        processed = _post_processed(preds, 0.0, mask_threshold, nms_threshold)
         value = score(processed)
         trials.append(("grid", "all", 0.0, mask_threshold, nms_threshold, value))
         if best is None or _better(value, best[2]):
@@ -103,7 +103,7 @@ def _mask_stage(
     for class_id, name in zip(list(best.masks), class_names):
         for candidate in [c for c in candidates if c != best.masks[class_id]]:
             masks = {**best.masks, class_id: candidate}
-            processed = [apply_thresholds(p, 0.0, masks, nms_threshold) for p in preds]
+            processed = _post_processed(preds, 0.0, masks, nms_threshold)
             value = score(processed)
             trials.append(("mask", name, 0.0, candidate, nms_threshold, value))
             if _better(value, best.value):
@@ -142,9 +142,7 @@ def score_with(
     evaluator: str = DEFAULT_EVALUATOR,
 ) -> float:
     """`metric` of `preds` after applying the thresholds in `best` (as `tune_thresholds` returns)."""
-    processed = [
-        apply_thresholds(p, best["score_thresholds"], best["mask_thresholds"], best["nms_threshold"]) for p in preds
-    ]
+    processed = _post_processed(preds, best["score_thresholds"], best["mask_thresholds"], best["nms_threshold"])
     return _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)(processed)
 
 
@@ -177,6 +175,14 @@ def cross_check(
         report[f"held_out_{held_out}"] = score_with(labels_h, preds_h, class_names, best, **options)
     report["held_out"] = (report["held_out_a"] + report["held_out_b"]) / 2
     return report
+
+
+def _post_processed(
+    preds: list[InstanceSet], scores: dict[int, float] | float, masks: dict[int, float] | float, nms_threshold: float
+) -> list[Binarised]:
+    """`apply_thresholds` of every image, kept as binarised RLEs: a trial's sets cost a few bytes
+    per boundary run, and the score stage filters them without encoding the masks again."""
+    return [binarise(apply_thresholds(p, scores, masks, nms_threshold), 0.5) for p in preds]
 
 
 def _scorer(gt: GroundTruth, metric: str, max_dets: int, evaluator: str):
