@@ -68,8 +68,9 @@ def test_one_missed_of_two_gives_half_the_recall_points(labels):
     assert metrics["AP"] == pytest.approx(51 / 101)
 
 
-def test_no_predictions_score_zero_and_nan_without_ground_truth(labels):
-    metrics = coco_mask_metrics([labels], [InstanceSet.empty((64, 64))], CLASSES + ["c"])
+@pytest.mark.parametrize("evaluator", ["streaming", "faster", "pycocotools"])
+def test_no_predictions_score_zero_and_nan_without_ground_truth(labels, evaluator):
+    metrics = coco_mask_metrics([labels], [InstanceSet.empty((64, 64))], CLASSES + ["c"], evaluator=evaluator)
     assert metrics["AP"] == 0.0 and metrics["AP_a"] == 0.0
     assert np.isnan(metrics["AP_c"]) and np.isnan(metrics["AP_large"])
 

@@ -244,11 +244,8 @@ def coco_precision(
     results = predictions_to_coco(preds, mask_threshold)
     if results:
         return run_cocoeval(gt.coco, results, max_dets, evaluator).eval["precision"]
-    # pycocotools cannot load an empty result list: precision is 0 wherever there is ground truth.
-    accumulator = CocoAccumulator(len(gt.class_names), max_dets_list)
-    for truth_rles, truth_classes in zip(gt.rles, gt.classes):
-        accumulator.add_image(truth_rles, truth_classes, [], np.zeros(0), np.zeros(0))
-    return accumulator.precision()
+    # pycocotools cannot load an empty result list; the accumulator scores it (0 where there is ground truth)
+    return coco_precision(gt, preds, mask_threshold, max_dets, "streaming")
 
 
 def metrics_from_precision(precision: np.ndarray, class_names: list[str]) -> dict:
@@ -342,7 +339,8 @@ def sartorius_per_image(
     preds: Iterable[InstanceSet | Binarised],
     mask_threshold: float = 0.5,
 ) -> np.ndarray:
-    """Per image (`preds` read once, one at a time), the mean over IoU thresholds 0.5:0.05:0.95 of TP / (TP + FP + FN).
+    """Per image (`preds` read once, in order), the mean over IoU thresholds 0.5:0.05:0.95 of
+    TP / (TP + FP + FN).
 
     Class-agnostic, as in the Kaggle Sartorius competition (one cell type per image there):
     all ground-truth instances of all classes against all predicted instances, whatever their
@@ -362,20 +360,12 @@ def sartorius_per_image(
     return np.array(scores, float)
 
 
-def sartorius_metric(
-    gt: GroundTruth,
-    preds: Sequence[InstanceSet | Binarised],
-    mask_threshold: float = 0.5,
-) -> float:
+def sartorius_metric(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> float:
     """Mean over images of `sartorius_per_image`."""
     return float(np.mean(sartorius_per_image(gt, preds, mask_threshold)))
 
 
-def f1_per_class(
-    gt: GroundTruth,
-    preds: Sequence[InstanceSet | Binarised],
-    mask_threshold: float = 0.5,
-) -> dict:
+def f1_per_class(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
     """F1 at IoU >= 0.5 per class (`F1_<name>`, TP/FP/FN summed over images) and their mean
     over the classes present in ground truth or predictions (`F1`); NaN where neither is."""
     n_classes = len(gt.class_names)
@@ -394,11 +384,7 @@ def f1_per_class(
     return metrics
 
 
-def panoptic_quality(
-    gt: GroundTruth,
-    preds: Sequence[InstanceSet | Binarised],
-    mask_threshold: float = 0.5,
-) -> dict:
+def panoptic_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
     """Panoptic quality as MoNuSAC scores it: per class, TP/FP/FN and the matched IoUs are summed
     over all images, SQ = sum of matched IoUs / TP, DQ = TP / (TP + FP/2 + FN/2), PQ = DQ x SQ.
 
@@ -429,11 +415,7 @@ def panoptic_quality(
     return metrics
 
 
-def aggregated_jaccard(
-    gt: GroundTruth,
-    preds: Sequence[InstanceSet | Binarised],
-    mask_threshold: float = 0.5,
-) -> dict:
+def aggregated_jaccard(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
     """Aggregated Jaccard index (Kumar et al. 2017) per class over the set (`AJI_<name>`) and
     its mean over classes (`AJI`).
 
