@@ -601,6 +601,10 @@ def _assert_failed_before_jobs(proc, workdir: Path, *expected: str):
             {"ensemble": {"calibrate": "isotonic"}}, "ensemble.calibrate = 'isotonic' is not one of", id="calibrate"
         ),
         pytest.param({"preprocess": {"shards": 0}}, "preprocess.shards = 0: 0 is less than the minimum of 1", id="shards"),
+        pytest.param(
+            {"evaluate": {"max_dets": 50}}, "evaluate.max_dets = 50: 50 is less than the minimum of 100", id="max-dets"
+        ),
+        pytest.param({"evaluate": {"evaluator": "fast"}}, "evaluate.evaluator = 'fast' is not one of", id="evaluator"),
     ],
 )
 def test_config_error_names_the_key(tmp_path, override, expected):
