@@ -4,9 +4,9 @@ score and match flags, never every image's masks.
 pycocotools and faster-coco-eval evaluate a whole set at once: every image's ground truth,
 detections and IoU matrices stay in memory until they accumulate, so the tune and evaluate
 jobs grew with the number of images. pycocotools' per-image step (`evaluateImg`) could be run
-image by image, but it is a Python loop over detections x ground truth x IoU thresholds,
-about 50 times slower than faster-coco-eval on dense images, and faster-coco-eval's per-image
-results are not readable from Python. So `CocoAccumulator` does both steps itself, as
+image by image, but it is a Python loop over detections x ground truth x IoU thresholds, far
+slower than faster-coco-eval on dense images (README, benchmarks), and faster-coco-eval's
+per-image results are not readable from Python. So `CocoAccumulator` does both steps itself, as
 pycocotools defines them (its precision array is equal to pycocotools', tested):
 `add_image` matches one image's detections per class and area range (greedy in score order,
 ground truth outside the area range ignored), `precision` accumulates over the images.
@@ -59,16 +59,14 @@ class CocoAccumulator:
             truth = np.flatnonzero(truth_classes == k + 1)
             found = np.flatnonzero(classes == k + 1)
             found = found[np.argsort(-scores[found], kind="mergesort")][: self.max_dets[-1]]
-            if not len(found):
-                self._n_truth[k] += [_inside(truth_areas[truth], r).sum() for r in AREA_RANGES]
-                continue
             ious = rle_ious([rles[i] for i in found], [truth_rles[i] for i in truth])
             for a, area_range in enumerate(AREA_RANGES):
                 truth_ignored = ~_inside(truth_areas[truth], area_range)
-                matched, ignored = _match(ious, truth_ignored)
-                ignored |= ~matched & ~_inside(areas[found], area_range)[None, :]
-                self._detections[k, a].add(scores[found], matched, ignored)
                 self._n_truth[k, a] += np.count_nonzero(~truth_ignored)
+                if len(found):
+                    matched, ignored = _match(ious, truth_ignored)
+                    ignored |= ~matched & ~_inside(areas[found], area_range)[None, :]
+                    self._detections[k, a].add(scores[found], matched, ignored)
 
     def precision(self) -> np.ndarray:
         """pycocotools' `eval["precision"]` of the images added so far."""
