@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cellseg.evaluation import apply_tuned, load_predictions, read_thresholds, scoreboard
@@ -56,7 +57,7 @@ def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
         list(ensemble)
 
 
-def test_scoreboard_and_per_image_scores_take_prepared_ground_truth():
+def test_scoreboard_and_per_image_scores_take_prepared_or_streamed_ground_truth():
     from cellseg.evaluation import per_image_scores
     from cellseg.metrics import prepare_ground_truth
 
@@ -69,14 +70,18 @@ def test_scoreboard_and_per_image_scores_take_prepared_ground_truth():
     thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
     gt = prepare_ground_truth(iter([labels]), CLASSES)
     kinds = ("per_class", "agnostic")
-    from_labels = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=kinds)
     from_truth = scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=kinds)
-    for kind in kinds:
-        (a, curve_a), (b, curve_b) = from_labels[kind], from_truth[kind]
-        assert a.equals(b) and curve_a.equals(curve_b)
-    assert "AP50@100_a" in from_labels["per_class"][0] and "AP50@100_a" not in from_labels["agnostic"][0]
+    for truth, evaluator in [([labels], "faster"), (iter([labels]), "faster"), (iter([labels]), "streaming")]:
+        board = scoreboard(truth, {0: preds}, preds, thresholds, CLASSES, 100, evaluator, kinds=kinds)
+        for kind in kinds:
+            (a, curve_a), (b, curve_b) = board[kind], from_truth[kind]
+            pd.testing.assert_frame_equal(a, b)
+            pd.testing.assert_frame_equal(curve_a, curve_b)
+    assert "AP50@100_a" in from_truth["per_class"][0] and "AP50@100_a" not in from_truth["agnostic"][0]
     with pytest.raises(ValueError, match="unknown scoreboard kinds"):
         scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=("agnostic", "perclass"))
-    a = per_image_scores(["x"], [labels], preds, CLASSES)
-    assert a.equals(per_image_scores(["x"], gt, preds, CLASSES))
-    assert a["n_true"].tolist() == [3]
+    with pytest.raises(ValueError):  # one more image of labels than of predictions
+        scoreboard([labels, labels], {0: preds}, preds, thresholds, CLASSES, 100, "streaming")
+    a = per_image_scores(["x"], [labels], preds)
+    assert a.equals(per_image_scores(["x"], gt, preds))
+    assert a["n_true"].tolist() == [3] and a["n_predicted"].tolist() == [3]

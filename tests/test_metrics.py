@@ -19,6 +19,7 @@ from cellseg.metrics import (
     prepare_ground_truth,
     run_cocoeval,
     sartorius_metric,
+    sartorius_per_image,
 )
 
 CLASSES = ["a", "b"]
@@ -318,3 +319,21 @@ def test_evaluate_predictions_takes_prepared_ground_truth():
         assert a.keys() == b.keys()
         np.testing.assert_array_equal(list(a.values()), list(b.values()))
         assert curve_a.equals(curve_b)
+
+
+@pytest.mark.parametrize("evaluator", ["streaming", "faster", "pycocotools"])
+def test_one_pass_scores_equal_each_metric_on_its_own(evaluator):
+    """`evaluate_predictions` scores every metric in one pass over the images (a generator of
+    labels, read once); each equals its own whole-set function."""
+    labels_list, preds = random_case(seed=4)
+    gt = prepare_ground_truth(labels_list, CLASSES)
+    metrics, curve = evaluate_predictions(iter(labels_list), iter(preds), CLASSES, evaluator=evaluator)
+    expected = coco_mask_metrics(labels_list, preds, CLASSES, evaluator="pycocotools")
+    expected["sartorius"] = float(np.mean(sartorius_per_image(gt, preds)))
+    for part in (f1_per_class(gt, preds), panoptic_quality(gt, preds), aggregated_jaccard(gt, preds)):
+        expected.update(part)
+    assert metrics.keys() == expected.keys()
+    np.testing.assert_allclose(list(metrics.values()), list(expected.values()), atol=1e-12)
+    assert 0 < metrics["F1"] < 1 and 0 < metrics["AJI"] < 1 and 0 < metrics["sartorius"] < 1
+    with pytest.raises(ValueError):  # labels of one image more than predictions
+        evaluate_predictions(labels_list, preds[:-1], CLASSES, evaluator=evaluator)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.instances import InstanceSet, iter_instance_sets
-from cellseg.metrics import GroundTruth, as_ground_truth, binarise, evaluate_predictions, sartorius_per_image
+from cellseg.metrics import GroundTruth, SetScorer, binarise, image_sartorius, iter_truth
 from cellseg.postprocess import apply_thresholds
 
 # The scoreboard's two tables: classes as they are, or every class merged into one.
@@ -70,7 +70,7 @@ def apply_tuned(preds: Iterable[InstanceSet], thresholds: dict) -> list[Instance
 
 
 def scoreboard(
-    labels_list: list[np.ndarray] | GroundTruth,
+    labels_list: Iterable[np.ndarray] | GroundTruth,
     fold_preds: dict[int, Iterable[InstanceSet]],
     ensemble_preds: Iterable[InstanceSet],
     thresholds: dict,
@@ -86,43 +86,54 @@ def scoreboard(
     per class `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`,
     `AJI`/`AJI_<name>`).
 
-    labels_list: (C, H, W) ground truth per image, in the predictions' order, or their
-    `GroundTruth` (`prepare_ground_truth`, which reads them one at a time); `class_names` are
-    its C classes. fold_preds, ensemble_preds: per image `InstanceSet`s, lists or
-    `StoredSets`; each model's are read in one pass (the ensemble's twice) and held only as
-    binarised RLEs while it is scored. thresholds: the tune stage's choice (`score_thresholds`
-    and `mask_thresholds` by 1-based class id, `nms_threshold`).
+    One pass over the images scores every model and kind: each image's ground truth is encoded
+    once, and each model's predictions of it are binarised, scored and dropped, so that
+    (with the `streaming` evaluator) the job holds no image's masks but the current one's.
+    labels_list: (C, H, W) ground truth per image, in the predictions' order (a generator is
+    read once), or their `GroundTruth`; `class_names` are its C classes. fold_preds,
+    ensemble_preds: per image `InstanceSet`s, lists or `StoredSets` (the ensemble's are
+    iterated twice at once: raw and tuned). thresholds: the tune stage's choice
+    (`score_thresholds` and `mask_thresholds` by 1-based class id, `nms_threshold`).
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown scoreboard kinds {sorted(unknown)}; choose from {KINDS}")
-    gt = as_ground_truth(labels_list, class_names)  # converted once for every model
     models = [(f"fold {k}", "default", preds) for k, preds in sorted(fold_preds.items())]
     models += [("ensemble", "default", ensemble_preds)]
     models += [("ensemble", "tuned", (tuned(p, thresholds) for p in ensemble_preds))]
-    rows, curves = {kind: [] for kind in kinds}, {}
-    for model, thresholds_used, preds in models:
-        found = [binarise(p, 0.5) for p in preds]  # one read and one encoding for every kind
-        for kind in kinds:
-            metrics, curves[kind] = evaluate_predictions(
-                gt, found, class_names, max_dets=max_dets, evaluator=evaluator, class_agnostic=kind == "agnostic"
-            )
-            rows[kind].append({"model": model, "thresholds": thresholds_used, **metrics})
-    return {kind: (pd.DataFrame(rows[kind]), curves[kind]) for kind in kinds}  # the last curve: tuned
+    scorers = [
+        {kind: SetScorer(class_names, max_dets, evaluator, class_agnostic=kind == "agnostic") for kind in kinds}
+        for _ in models
+    ]
+    for truth, *image_preds in zip(iter_truth(labels_list), *(preds for *_, preds in models), strict=True):
+        for by_kind, instances in zip(scorers, image_preds):
+            found = binarise(instances, 0.5)  # one encoding for every kind
+            for scorer in by_kind.values():
+                scorer.add_image(truth, found)
+    board = {}
+    for kind in kinds:
+        rows, curve = [], None
+        for (model, thresholds_used, _), by_kind in zip(models, scorers):
+            metrics, curve = by_kind[kind].result()
+            rows.append({"model": model, "thresholds": thresholds_used, **metrics})
+        board[kind] = (pd.DataFrame(rows), curve)  # the last curve: the tuned ensemble's
+    return board
 
 
 def per_image_scores(
-    image_ids: list[str], labels_list: list[np.ndarray] | GroundTruth, preds: Iterable[InstanceSet], class_names
+    image_ids: list[str], labels_list: Iterable[np.ndarray] | GroundTruth, preds: Iterable[InstanceSet]
 ) -> pd.DataFrame:
     """Sartorius score and instance counts per image, for picking the best and worst images;
-    `labels_list` as `scoreboard` takes it."""
-    gt = as_ground_truth(labels_list, class_names)
-    found = [binarise(p, 0.5) for p in preds]
-    return pd.DataFrame(
-        {
-            "image_id": image_ids,
-            "sartorius": sartorius_per_image(gt, found),
-            "n_true": [len(classes) for classes in gt.classes],
-            "n_predicted": [len(f.classes) for f in found],
-        }
-    )
+    `labels_list` as `scoreboard` takes it, read once."""
+    rows = []
+    for image_id, truth, instances in zip(image_ids, iter_truth(labels_list), preds, strict=True):
+        found = binarise(instances, 0.5)
+        rows.append(
+            {
+                "image_id": image_id,
+                "sartorius": image_sartorius(truth.rles, found.rles),
+                "n_true": len(truth.classes),
+                "n_predicted": len(found.classes),
+            }
+        )
+    return pd.DataFrame(rows, columns=["image_id", "sartorius", "n_true", "n_predicted"])

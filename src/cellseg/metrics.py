@@ -20,11 +20,11 @@ mask NMS.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,15 @@ DEFAULT_EVALUATOR = "streaming"
 METRICS = ("AP", "AP50", "AP50@100", "sartorius", "F1", "PQ")
 # The one class that class-agnostic scoring merges every class into.
 AGNOSTIC_CLASS = "cell"
+
+
+class ImageTruth(NamedTuple):
+    """One image's ground truth: its (H, W), its instances' COCO RLEs (all classes) and their
+    1-based class ids."""
+
+    size: tuple[int, int]
+    rles: list[dict]
+    classes: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,9 @@ class GroundTruth:
                 )
         return {"images": images, "annotations": annotations, "categories": _categories(self.class_names)}
 
+    def __iter__(self) -> Iterator[ImageTruth]:
+        return (ImageTruth(*image) for image in zip(self.sizes, self.rles, self.classes))
+
     def subset(self, index) -> GroundTruth:
         """The images at positions `index`, in that order."""
         index = [int(i) for i in index]
@@ -110,24 +122,34 @@ def encode_window(mask: np.ndarray, x0: int, y0: int, image_size: tuple[int, int
     return rle
 
 
+def encode_truth(labels: np.ndarray) -> ImageTruth:
+    """One image's ground truth from its (C, H, W) int label stack (0 = background)."""
+    height, width = labels.shape[1:]
+    rles, classes = [], []
+    for class_index, plane in enumerate(labels):
+        for instance, window in enumerate(ndimage.find_objects(plane), start=1):
+            if window is not None:
+                crop = plane[window] == instance
+                rles.append(encode_window(crop, window[1].start, window[0].start, (height, width)))
+                classes.append(class_index + 1)
+    return ImageTruth((int(height), int(width)), rles, np.array(classes, np.int64))
+
+
 def prepare_ground_truth(labels_list: Iterable[np.ndarray], class_names: list[str]) -> GroundTruth:
     """Convert label stacks (per image (C, H, W) int, 0 = background) for scoring, one at a
     time: `labels_list` may be a generator, so that a whole dataset's dense labels are never
     held at once."""
-    sizes, rles, classes = [], [], []
-    for labels in labels_list:
-        height, width = labels.shape[1:]
-        sizes.append((int(height), int(width)))
-        image_rles, image_classes = [], []
-        for class_index, plane in enumerate(labels):
-            for instance, window in enumerate(ndimage.find_objects(plane), start=1):
-                if window is not None:
-                    crop = plane[window] == instance
-                    image_rles.append(encode_window(crop, window[1].start, window[0].start, (height, width)))
-                    image_classes.append(class_index + 1)
-        rles.append(image_rles)
-        classes.append(np.array(image_classes, np.int64))
-    return GroundTruth(sizes, rles, classes, list(class_names))
+    images = [encode_truth(labels) for labels in labels_list]
+    return GroundTruth(
+        [image.size for image in images], [image.rles for image in images], [image.classes for image in images],
+        list(class_names),
+    )  # fmt: skip
+
+
+def iter_truth(truth: Iterable[np.ndarray] | GroundTruth) -> Iterator[ImageTruth]:
+    """Each image's ground truth in turn, from a `GroundTruth` or from label stacks encoded one
+    at a time (a generator of them is read once, never held)."""
+    return iter(truth) if isinstance(truth, GroundTruth) else (encode_truth(labels) for labels in truth)
 
 
 def ground_truth_to_coco(labels_list: Iterable[np.ndarray], class_names: list[str]) -> dict:
@@ -238,8 +260,8 @@ def coco_precision(
     max_dets_list = [1, COCO_DEFAULT_MAX_DETS, max_dets]
     if evaluator == "streaming":
         accumulator = CocoAccumulator(len(gt.class_names), max_dets_list)
-        for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
-            accumulator.add_image(truth, truth_classes, found.rles, found.classes, found.scores)
+        for truth, found in zip(gt, _binarised(preds, mask_threshold)):
+            accumulator.add_image(truth.rles, truth.classes, found.rles, found.classes, found.scores)
         return accumulator.precision()
     results = predictions_to_coco(preds, mask_threshold)
     if results:
@@ -334,6 +356,12 @@ def image_overlaps(truth_rles: list[dict], rles: list[dict]) -> tuple[np.ndarray
     return intersection, area_true, area_pred
 
 
+def image_sartorius(truth_rles: list[dict], rles: list[dict]) -> float:
+    """One image's Sartorius score (see `sartorius_per_image`) of binarised predictions (COCO
+    RLEs) against its ground truth (RLEs)."""
+    return _sartorius(_iou(*image_overlaps(truth_rles, rles)))
+
+
 def sartorius_per_image(
     gt: GroundTruth,
     preds: Iterable[InstanceSet | Binarised],
@@ -347,17 +375,7 @@ def sartorius_per_image(
     class or score (apply score thresholds first). A match needs IoU > t and is one-to-one.
     An image with neither ground truth nor predictions scores 1.
     """
-    scores = []
-    for truth, found in zip(gt.rles, _binarised(preds, mask_threshold)):
-        iou = _iou(*image_overlaps(truth, found.rles))
-        n_true, n_pred = iou.shape
-        per_threshold = []
-        for t in IOU_THRESHOLDS:
-            tp = _match_count(iou > t)
-            total = n_true + n_pred - tp
-            per_threshold.append(tp / total if total else 1.0)
-        scores.append(np.mean(per_threshold))
-    return np.array(scores, float)
+    return np.array([_sartorius(_iou(*overlaps)) for _, _, overlaps in _image_pairs(gt, preds, mask_threshold)], float)
 
 
 def sartorius_metric(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> float:
@@ -369,19 +387,10 @@ def f1_per_class(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask
     """F1 at IoU >= 0.5 per class (`F1_<name>`, TP/FP/FN summed over images) and their mean
     over the classes present in ground truth or predictions (`F1`); NaN where neither is."""
     n_classes = len(gt.class_names)
-    tp, n_true, n_pred = np.zeros(n_classes), np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
-        iou = _iou(*image_overlaps(truth, found.rles))
-        for k in range(n_classes):
-            rows, cols = truth_classes == k + 1, found.classes == k + 1
-            tp[k] += _match_count(iou[np.ix_(rows, cols)] >= 0.5)
-            n_true[k] += rows.sum()
-            n_pred[k] += cols.sum()
-    denominator = n_true + n_pred
-    f1 = np.divide(2 * tp, denominator, out=np.full(n_classes, np.nan), where=denominator > 0)
-    metrics = {f"F1_{name}": float(v) for name, v in zip(gt.class_names, f1)}
-    metrics["F1"] = _class_mean(f1)
-    return metrics
+    counts = np.zeros((3, n_classes))
+    for truth, found, overlaps in _image_pairs(gt, preds, mask_threshold):
+        counts += _f1_counts(truth.classes, found.classes, _iou(*overlaps), n_classes)
+    return _f1_metrics(counts, gt.class_names)
 
 
 def panoptic_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
@@ -396,23 +405,10 @@ def panoptic_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], 
     with predictions only scores 0.
     """
     n_classes = len(gt.class_names)
-    tp, fp, fn, iou_sum = (np.zeros(n_classes) for _ in range(4))
-    for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
-        iou = _iou(*image_overlaps(truth, found.rles))
-        for k in range(n_classes):
-            pairs = iou[np.ix_(truth_classes == k + 1, found.classes == k + 1)]
-            matched = _matched_ious(pairs)
-            tp[k] += len(matched)
-            fn[k] += pairs.shape[0] - len(matched)
-            fp[k] += pairs.shape[1] - len(matched)
-            iou_sum[k] += matched.sum()
-    present = tp + fp + fn > 0
-    dq = np.divide(tp, tp + (fp + fn) / 2, out=np.full(n_classes, np.nan), where=present)
-    sq = np.where(present, np.divide(iou_sum, tp, out=np.zeros(n_classes), where=tp > 0), np.nan)
-    pq = dq * sq
-    metrics = {"PQ": _class_mean(pq), "SQ": _class_mean(sq), "DQ": _class_mean(dq)}
-    metrics.update({f"PQ_{name}": float(v) for name, v in zip(gt.class_names, pq)})
-    return metrics
+    sums = np.zeros((4, n_classes))
+    for truth, found, overlaps in _image_pairs(gt, preds, mask_threshold):
+        sums += _pq_sums(truth.classes, found.classes, _iou(*overlaps), n_classes)
+    return _pq_metrics(sums, gt.class_names)
 
 
 def aggregated_jaccard(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
@@ -427,18 +423,10 @@ def aggregated_jaccard(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised]
     nor predictions is NaN and left out of the mean.
     """
     n_classes = len(gt.class_names)
-    intersection, union = np.zeros(n_classes), np.zeros(n_classes)
-    for truth, truth_classes, found in zip(gt.rles, gt.classes, _binarised(preds, mask_threshold)):
-        overlap, area_true, area_pred = image_overlaps(truth, found.rles)
-        for k in range(n_classes):
-            rows, cols = truth_classes == k + 1, found.classes == k + 1
-            inter, uni = _aji_sums(overlap[np.ix_(rows, cols)], area_true[rows], area_pred[cols])
-            intersection[k] += inter
-            union[k] += uni
-    aji = np.divide(intersection, union, out=np.full(n_classes, np.nan), where=union > 0)
-    metrics = {f"AJI_{name}": float(v) for name, v in zip(gt.class_names, aji)}
-    metrics["AJI"] = _class_mean(aji)
-    return metrics
+    sums = np.zeros((2, n_classes))
+    for truth, found, overlaps in _image_pairs(gt, preds, mask_threshold):
+        sums += _aji_sums(truth.classes, found.classes, overlaps, n_classes)
+    return _aji_metrics(sums, gt.class_names)
 
 
 def metric_value(
@@ -464,9 +452,75 @@ def metric_value(
     raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
+class SetScorer:
+    """Every metric of `evaluate_predictions`, accumulated one image at a time: with the
+    `streaming` COCO evaluator it holds per image a score and a few counts, per detection its
+    COCO match flags, and neither the masks nor the ground truth of the images already added
+    (the whole-set evaluators keep every image's RLEs until `result`).
+
+    class_agnostic: every class merged into one (`AGNOSTIC_CLASS`) on both sides as images are
+    added, so that the labels may come from a dataset with another class list (a cell found
+    with the wrong class counts as found; overlapping instances stay separate); the metrics
+    then hold no per-class keys.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        max_dets: int = 1000,
+        evaluator: str = DEFAULT_EVALUATOR,
+        class_agnostic: bool = False,
+    ):
+        if evaluator not in EVALUATORS:
+            raise ValueError(f"unknown COCO evaluator {evaluator!r}; choose one of {EVALUATORS}")
+        self.class_agnostic = class_agnostic
+        self.class_names = [AGNOSTIC_CLASS] if class_agnostic else list(class_names)
+        self.max_dets, self.evaluator = max_dets, evaluator
+        n_classes = len(self.class_names)
+        self._coco = CocoAccumulator(n_classes, [1, COCO_DEFAULT_MAX_DETS, max_dets])
+        self._whole_set: list[tuple[ImageTruth, Binarised]] = []
+        self._sartorius: list[float] = []
+        self._f1, self._pq, self._aji = np.zeros((3, n_classes)), np.zeros((4, n_classes)), np.zeros((2, n_classes))
+
+    def add_image(self, truth: ImageTruth, found: Binarised) -> None:
+        """Score one image's binarised predictions against its ground truth."""
+        if self.class_agnostic:
+            truth = truth._replace(classes=np.ones_like(truth.classes))
+            found = Binarised(found.rles, np.ones_like(found.classes), found.scores)
+        overlaps = image_overlaps(truth.rles, found.rles)
+        iou, n_classes = _iou(*overlaps), len(self.class_names)
+        self._sartorius.append(_sartorius(iou))
+        self._f1 += _f1_counts(truth.classes, found.classes, iou, n_classes)
+        self._pq += _pq_sums(truth.classes, found.classes, iou, n_classes)
+        self._aji += _aji_sums(truth.classes, found.classes, overlaps, n_classes)
+        if self.evaluator in WHOLE_SET_EVALUATORS:
+            self._whole_set.append((truth, found))
+        else:
+            self._coco.add_image(truth.rles, truth.classes, found.rles, found.classes, found.scores)
+
+    def result(self) -> tuple[dict, pd.DataFrame]:
+        """The metrics of the images added so far (see `evaluate_predictions`) and the PR curve."""
+        if self.evaluator in WHOLE_SET_EVALUATORS:
+            truths = [truth for truth, _ in self._whole_set]
+            gt = GroundTruth([t.size for t in truths], [t.rles for t in truths], [t.classes for t in truths],
+                             self.class_names)  # fmt: skip
+            found = [f for _, f in self._whole_set]
+            precision = coco_precision(gt, found, max_dets=self.max_dets, evaluator=self.evaluator)
+        else:
+            precision = self._coco.precision()
+        metrics = metrics_from_precision(precision, self.class_names)
+        metrics["sartorius"] = float(np.mean(self._sartorius)) if self._sartorius else float("nan")
+        metrics.update(_f1_metrics(self._f1, self.class_names))
+        metrics.update(_pq_metrics(self._pq, self.class_names))
+        metrics.update(_aji_metrics(self._aji, self.class_names))
+        if self.class_agnostic:
+            metrics = {key: value for key, value in metrics.items() if not key.endswith(f"_{AGNOSTIC_CLASS}")}
+        return metrics, pr_curve(precision)
+
+
 def evaluate_predictions(
-    labels_list: Sequence[np.ndarray] | GroundTruth,
-    preds: list[InstanceSet],
+    labels_list: Iterable[np.ndarray] | GroundTruth,
+    preds: Iterable[InstanceSet | Binarised],
     class_names: list[str],
     mask_threshold: float = 0.5,
     max_dets: int = 1000,
@@ -474,34 +528,96 @@ def evaluate_predictions(
     class_agnostic: bool = False,
 ) -> tuple[dict, pd.DataFrame]:
     """All metrics in one dict (COCO keys, `sartorius`, `F1`, `F1_<name>`, `PQ`, `SQ`, `DQ`,
-    `PQ_<name>`, `AJI`, `AJI_<name>`) and the PR curve.
+    `PQ_<name>`, `AJI`, `AJI_<name>`) and the PR curve, in one pass over the images
+    (`SetScorer`).
 
-    class_agnostic: merge every class into one on both sides first (see `merge_classes`), so
-    that the labels may come from a dataset with another class list; the dict then holds no
-    per-class keys. labels_list: per image a (C, H, W) label stack, or their `GroundTruth`
-    (prepared once for several calls).
+    class_agnostic: merge every class into one on both sides (see `SetScorer`). labels_list:
+    per image a (C, H, W) label stack (a generator is read once), or their `GroundTruth`
+    (prepared once for several calls); as many as `preds`.
     """
-    gt = as_ground_truth(labels_list, class_names)
-    if class_agnostic:
-        gt, preds = merge_classes(gt, preds)
-    preds = list(_binarised(preds, mask_threshold))  # encoded once, for every metric
-    precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
-    metrics = metrics_from_precision(precision, gt.class_names)
-    metrics["sartorius"] = sartorius_metric(gt, preds, mask_threshold)
-    metrics.update(f1_per_class(gt, preds, mask_threshold))
-    metrics.update(panoptic_quality(gt, preds, mask_threshold))
-    metrics.update(aggregated_jaccard(gt, preds, mask_threshold))
-    if class_agnostic:
-        metrics = {key: value for key, value in metrics.items() if not key.endswith(f"_{AGNOSTIC_CLASS}")}
-    return metrics, pr_curve(precision)
+    scorer = SetScorer(class_names, max_dets, evaluator, class_agnostic)
+    for truth, found in zip(iter_truth(labels_list), _binarised(preds, mask_threshold), strict=True):
+        scorer.add_image(truth, found)
+    return scorer.result()
 
 
-def merge_classes(gt: GroundTruth, preds: list[InstanceSet]) -> tuple[GroundTruth, list[InstanceSet]]:
-    """The same instances with every class merged into one (`AGNOSTIC_CLASS`, id 1), in the
-    ground truth and in the predictions alike: a cell found with the wrong class counts as
-    found. Instances of different classes that overlap stay separate instances."""
-    merged = GroundTruth(gt.sizes, gt.rles, [np.ones_like(c) for c in gt.classes], [AGNOSTIC_CLASS])
-    return merged, [dataclasses.replace(p, classes=np.ones_like(p.classes)) for p in preds]
+def _image_pairs(
+    gt: GroundTruth, preds: Iterable[InstanceSet | Binarised], mask_threshold: float
+) -> Iterator[tuple[ImageTruth, Binarised, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Each image's ground truth, binarised predictions and `image_overlaps`, in order."""
+    for truth, found in zip(gt, _binarised(preds, mask_threshold)):
+        yield truth, found, image_overlaps(truth.rles, found.rles)
+
+
+def _sartorius(iou: np.ndarray) -> float:
+    """Mean over IoU thresholds of TP / (TP + FP + FN) of one image's (n_true, n_pred) IoUs."""
+    n_true, n_pred = iou.shape
+    per_threshold = []
+    for t in IOU_THRESHOLDS:
+        tp = _match_count(iou > t)
+        total = n_true + n_pred - tp
+        per_threshold.append(tp / total if total else 1.0)
+    return float(np.mean(per_threshold))
+
+
+def _f1_counts(truth_classes: np.ndarray, classes: np.ndarray, iou: np.ndarray, n_classes: int) -> np.ndarray:
+    """One image's (3, C) counts per class: TP at IoU >= 0.5, ground-truth instances, predictions."""
+    counts = np.zeros((3, n_classes))
+    for k in range(n_classes):
+        rows, cols = truth_classes == k + 1, classes == k + 1
+        counts[:, k] = _match_count(iou[np.ix_(rows, cols)] >= 0.5), rows.sum(), cols.sum()
+    return counts
+
+
+def _f1_metrics(counts: np.ndarray, class_names: list[str]) -> dict:
+    tp, n_true, n_pred = counts
+    denominator = n_true + n_pred
+    f1 = np.divide(2 * tp, denominator, out=np.full(len(class_names), np.nan), where=denominator > 0)
+    metrics = {f"F1_{name}": float(v) for name, v in zip(class_names, f1)}
+    metrics["F1"] = _class_mean(f1)
+    return metrics
+
+
+def _pq_sums(truth_classes: np.ndarray, classes: np.ndarray, iou: np.ndarray, n_classes: int) -> np.ndarray:
+    """One image's (4, C) panoptic sums per class: TP, FP, FN and the TPs' summed IoU."""
+    sums = np.zeros((4, n_classes))
+    for k in range(n_classes):
+        pairs = iou[np.ix_(truth_classes == k + 1, classes == k + 1)]
+        matched = _matched_ious(pairs)
+        sums[:, k] = len(matched), pairs.shape[1] - len(matched), pairs.shape[0] - len(matched), matched.sum()
+    return sums
+
+
+def _pq_metrics(sums: np.ndarray, class_names: list[str]) -> dict:
+    tp, fp, fn, iou_sum = sums
+    n_classes = len(class_names)
+    present = tp + fp + fn > 0
+    dq = np.divide(tp, tp + (fp + fn) / 2, out=np.full(n_classes, np.nan), where=present)
+    sq = np.where(present, np.divide(iou_sum, tp, out=np.zeros(n_classes), where=tp > 0), np.nan)
+    pq = dq * sq
+    metrics = {"PQ": _class_mean(pq), "SQ": _class_mean(sq), "DQ": _class_mean(dq)}
+    metrics.update({f"PQ_{name}": float(v) for name, v in zip(class_names, pq)})
+    return metrics
+
+
+def _aji_sums(
+    truth_classes: np.ndarray, classes: np.ndarray, overlaps: tuple[np.ndarray, ...], n_classes: int
+) -> np.ndarray:
+    """One image's (2, C) AJI intersection and union sums per class, from `image_overlaps`."""
+    overlap, area_true, area_pred = overlaps
+    sums = np.zeros((2, n_classes))
+    for k in range(n_classes):
+        rows, cols = truth_classes == k + 1, classes == k + 1
+        sums[:, k] = _aji_class_sums(overlap[np.ix_(rows, cols)], area_true[rows], area_pred[cols])
+    return sums
+
+
+def _aji_metrics(sums: np.ndarray, class_names: list[str]) -> dict:
+    intersection, union = sums
+    aji = np.divide(intersection, union, out=np.full(len(class_names), np.nan), where=union > 0)
+    metrics = {f"AJI_{name}": float(v) for name, v in zip(class_names, aji)}
+    metrics["AJI"] = _class_mean(aji)
+    return metrics
 
 
 def _iou(intersection: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
@@ -522,7 +638,7 @@ def _matched_ious(iou: np.ndarray) -> np.ndarray:
     return best[best > 0.5]
 
 
-def _aji_sums(overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray) -> tuple[float, float]:
+def _aji_class_sums(overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray) -> tuple[float, float]:
     """AJI's intersection and union sums of one class in one image, from the (n_true, n_pred)
     pixel overlaps and the (n_true,), (n_pred,) areas (see `aggregated_jaccard`)."""
     if not overlap.size:

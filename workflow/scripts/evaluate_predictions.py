@@ -11,19 +11,22 @@ from cellseg.evaluation import KINDS, load_predictions, per_image_scores, read_t
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
-from cellseg.metrics import prepare_ground_truth
 from cellseg.split import read_split, validation_ids
 
 with job_logging(snakemake.log[0]) as log:
     release_freed_memory()
     p = snakemake.params
     ids = validation_ids(read_split(snakemake.input.split))
-    truth = prepare_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes)
+
+    def labels():
+        """The validation images' label stacks, read one at a time on each pass."""
+        return (load_sample(p.source, image_id).labels for image_id in ids)
+
     folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, ids)
     thresholds = read_thresholds(snakemake.input.thresholds)
-    tables = scoreboard(truth, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, kinds=KINDS)
+    tables = scoreboard(labels(), folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, kinds=KINDS)
     (scores, curve), (agnostic, _) = tables["per_class"], tables["agnostic"]
-    per_image = per_image_scores(ids, truth, (tuned(instances, thresholds) for instances in ensemble), p.classes)
+    per_image = per_image_scores(ids, labels(), (tuned(instances, thresholds) for instances in ensemble))
     log.info("validation scores:\n%s", scores.to_string())
     for table, path in [(scores, snakemake.output.scores), (agnostic, snakemake.output.agnostic),
                         (per_image, snakemake.output.per_image), (curve, snakemake.output.pr_curve)]:

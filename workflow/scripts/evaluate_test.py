@@ -12,7 +12,6 @@ from cellseg.evaluation import load_predictions, read_thresholds, scoreboard
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
-from cellseg.metrics import prepare_ground_truth
 
 with job_logging(snakemake.log[0]) as log:
     release_freed_memory()
@@ -21,14 +20,13 @@ with job_logging(snakemake.log[0]) as log:
     names = [t.name for t in tests]
     test_classes = p.source["classes"]
     labels = (load_ground_truth(p.source["test_gt"], t.name, test_classes, (t.height, t.width)) for t in tests)
-    truth = prepare_ground_truth(labels, test_classes)
     folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, names)
     thresholds = read_thresholds(snakemake.input.thresholds)
     if "scores" not in snakemake.output.keys():
         log.info("class-agnostic scores only: the test set's classes %s are not the model's %s", test_classes, p.classes)
     kinds = {"agnostic": "agnostic", "scores": "per_class"}  # output name: scoreboard kind
     names_out = list(snakemake.output.keys())  # agnostic, and scores (per class) when the classes match
-    tables = scoreboard(truth, folds, ensemble, thresholds, test_classes, p.max_dets, p.evaluator,
+    tables = scoreboard(labels, folds, ensemble, thresholds, test_classes, p.max_dets, p.evaluator,
                         kinds=tuple(kinds[name] for name in names_out))  # fmt: skip
     for name in names_out:
         scores, _ = tables[kinds[name]]
