@@ -20,7 +20,9 @@ from cellseg.metrics import (
     run_cocoeval,
     sartorius_metric,
     sartorius_per_image,
+    spool_ground_truth,
 )
+from cellseg.spool import Spool
 
 CLASSES = ["a", "b"]
 
@@ -293,16 +295,22 @@ def test_class_agnostic_scores_labels_of_another_class_list(labels):
     assert metrics["AP50"] == pytest.approx(0.75, abs=0.01)  # recall 3/4 at precision 1
 
 
-def test_ground_truth_from_a_generator_and_its_subsets_equal_the_lists():
-    """The tune and evaluate jobs convert labels one image at a time (a generator) and take
-    halves of the result (tune's cross-check): both as from the label stacks themselves."""
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_ground_truth_from_a_generator_and_its_subsets_equal_the_lists(on_disk, tmp_path):
+    """The tune and evaluate jobs convert labels one image at a time (a generator), tune into a
+    spool on disk, and take halves of the result (tune's cross-check): all as from the label
+    stacks themselves."""
     labels_list, _ = random_case(seed=2, n_images=5)
-    gt = prepare_ground_truth(iter(labels_list), CLASSES)
+    if on_disk:
+        gt = spool_ground_truth(iter(labels_list), CLASSES, tmp_path)
+        assert isinstance(gt.images, Spool) and isinstance(gt.subset([1]).images, Spool)
+    else:
+        gt = prepare_ground_truth(iter(labels_list), CLASSES)
 
     def same(a, b):
         assert a.coco == b.coco and a.class_names == b.class_names and len(a) == len(b)
-        assert a.sizes == b.sizes and a.rles == b.rles
-        assert all(np.array_equal(x, y) for x, y in zip(a.classes, b.classes))
+        for x, y in zip(a, b, strict=True):
+            assert x.size == y.size and x.rles == y.rles and np.array_equal(x.classes, y.classes)
 
     same(gt, prepare_ground_truth(labels_list, CLASSES))
     assert gt.coco == ground_truth_to_coco(labels_list, CLASSES)

@@ -1,11 +1,12 @@
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from cellseg.instances import InstanceSet
-from cellseg.metrics import METRICS, metric_value, prepare_ground_truth
+from cellseg.instances import InstanceSet, StoredSets, save_instance_sets
+from cellseg.metrics import METRICS, metric_value, prepare_ground_truth, spool_ground_truth
 from cellseg.postprocess import apply_thresholds
 from cellseg.tune import cross_check, score_with, tune_thresholds
 
@@ -159,3 +160,28 @@ def test_prepared_ground_truth_tunes_and_cross_checks_as_the_labels(data):
         a = cross_check(labels_list, preds, CLASSES, SEARCH, metric=metric)
         b = cross_check(gt, preds, CLASSES, SEARCH, metric=metric)
         assert a.keys() == b.keys() and all(a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)
+
+
+def test_tuning_from_disk_equals_tuning_in_memory(data, tmp_path, monkeypatch):
+    """The tune job reads the predictions from disk on every pass (`StoredSets`) and the ground
+    truth from a spool: the same trials and thresholds as from lists, and no spool left over."""
+    labels_list, preds = data
+    names = [f"img{i}" for i in range(len(preds))]
+    save_instance_sets(tmp_path / "ensemble", dict(zip(names, preds)))
+    stored = StoredSets(tmp_path / "ensemble", names)
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spools))  # where tune writes its trials' spools
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        gt = spool_ground_truth(iter(labels_list), CLASSES, spools)
+        for metric in ("AP50@100", "sartorius"):
+            best, trials = tune_thresholds(labels_list, preds, CLASSES, SEARCH, metric=metric)
+            best_disk, trials_disk = tune_thresholds(gt, stored, CLASSES, SEARCH, metric=metric)
+            assert best_disk == best and trials_disk.equals(trials)
+            a = cross_check(labels_list, preds, CLASSES, SEARCH, metric=metric)
+            b = cross_check(gt, stored, CLASSES, SEARCH, metric=metric)
+            assert a == pytest.approx(b, nan_ok=True)
+        assert [p.name for p in spools.iterdir() if p.is_dir()] == []  # trials' spools removed
+    finally:
+        tempfile.tempdir = None

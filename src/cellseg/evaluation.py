@@ -9,13 +9,13 @@ how much of that gain survives on images the thresholds were not tuned on).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cellseg.instances import InstanceSet, iter_instance_sets
+from cellseg.instances import InstanceSet, StoredSets
 from cellseg.metrics import GroundTruth, SetScorer, binarise, image_sartorius, iter_truth
 from cellseg.postprocess import apply_thresholds
 
@@ -30,21 +30,6 @@ def read_thresholds(path: str | Path) -> dict:
     for key in ("score_thresholds", "mask_thresholds"):
         thresholds[key] = {int(k): float(v) for k, v in thresholds[key].items()}
     return thresholds
-
-
-class StoredSets:
-    """The `InstanceSet`s of the images `names` (in that order) in a predict folder, read from
-    disk one at a time on each pass over them, so that scoring thousands of images never holds
-    a model's predictions of all of them."""
-
-    def __init__(self, folder: str | Path, names: list[str]):
-        self.folder, self.names = Path(folder), list(names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self) -> Iterator[InstanceSet]:
-        return (instances for _, instances in iter_instance_sets(self.folder, self.names))
 
 
 def load_predictions(

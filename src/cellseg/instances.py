@@ -240,3 +240,22 @@ def iter_instance_sets(folder: str | Path, names: list[str] | None = None) -> It
 def instance_set_names(folder: str | Path) -> list[str]:
     """Names of the `<name>.npz` files of `folder`, sorted."""
     return sorted(path.stem for path in Path(folder).glob("*.npz"))
+
+
+class StoredSets:
+    """The `InstanceSet`s of the images `names` (in that order) in a predict folder, read from
+    disk one at a time on each pass over them, so that scoring thousands of images never holds
+    a model's predictions of all of them."""
+
+    def __init__(self, folder: str | Path, names: list[str]):
+        self.folder, self.names = Path(folder), list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[InstanceSet]:
+        return (instances for _, instances in iter_instance_sets(self.folder, self.names))
+
+    def subset(self, index) -> StoredSets:
+        """The images at positions `index`, in that order, still read from disk."""
+        return StoredSets(self.folder, [self.names[int(i)] for i in index])

@@ -24,6 +24,7 @@ import functools
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -38,6 +39,7 @@ from scipy.optimize import linear_sum_assignment
 
 from cellseg.coco_ap import IOU_THRESHOLDS, CocoAccumulator, rle_areas, rle_ious
 from cellseg.instances import InstanceSet, quantised_threshold
+from cellseg.spool import Spool
 
 COCO_DEFAULT_MAX_DETS = 100
 WHOLE_SET_EVALUATORS = ("faster", "pycocotools")
@@ -59,25 +61,27 @@ class ImageTruth(NamedTuple):
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """Ground truth of a list of images, converted once for repeated scoring: per image its
-    size, its instances' COCO RLEs (all classes) and their 1-based class ids, a few bytes per
-    boundary run rather than a mask per instance.
+    """Ground truth of a list of images, converted once for repeated scoring: per image an
+    `ImageTruth`, its instances as COCO RLEs (a few bytes per boundary run rather than a mask
+    per instance). `images` is a list, or a `Spool` on disk (`spool_ground_truth`), read anew
+    on each pass.
     """
 
-    sizes: list[tuple[int, int]]
-    rles: list[list[dict]]
-    classes: list[np.ndarray]
+    images: Sequence[ImageTruth]
     class_names: list[str]
 
     def __len__(self) -> int:
-        return len(self.rles)
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[ImageTruth]:
+        return iter(self.images)
 
     @functools.cached_property
     def coco(self) -> dict:
         """COCO dataset dict (image and annotation ids from 1, in order), for the whole-set
         evaluators."""
         images, annotations = [], []
-        for image_id, ((height, width), rles, classes) in enumerate(zip(self.sizes, self.rles, self.classes), 1):
+        for image_id, ((height, width), rles, classes) in enumerate(self, 1):
             images.append({"id": image_id, "height": height, "width": width})
             for rle, class_id in zip(rles, classes):
                 annotations.append(
@@ -93,16 +97,11 @@ class GroundTruth:
                 )
         return {"images": images, "annotations": annotations, "categories": _categories(self.class_names)}
 
-    def __iter__(self) -> Iterator[ImageTruth]:
-        return (ImageTruth(*image) for image in zip(self.sizes, self.rles, self.classes))
-
     def subset(self, index) -> GroundTruth:
-        """The images at positions `index`, in that order."""
-        index = [int(i) for i in index]
-        return GroundTruth(
-            [self.sizes[i] for i in index], [self.rles[i] for i in index], [self.classes[i] for i in index],
-            self.class_names,
-        )  # fmt: skip
+        """The images at positions `index`, in that order (a spool's in a new spool)."""
+        if isinstance(self.images, Spool):
+            return GroundTruth(self.images.subset(index), self.class_names)
+        return GroundTruth([self.images[int(i)] for i in index], self.class_names)
 
 
 def encode_window(mask: np.ndarray, x0: int, y0: int, image_size: tuple[int, int]) -> dict:
@@ -139,11 +138,13 @@ def prepare_ground_truth(labels_list: Iterable[np.ndarray], class_names: list[st
     """Convert label stacks (per image (C, H, W) int, 0 = background) for scoring, one at a
     time: `labels_list` may be a generator, so that a whole dataset's dense labels are never
     held at once."""
-    images = [encode_truth(labels) for labels in labels_list]
-    return GroundTruth(
-        [image.size for image in images], [image.rles for image in images], [image.classes for image in images],
-        list(class_names),
-    )  # fmt: skip
+    return GroundTruth([encode_truth(labels) for labels in labels_list], list(class_names))
+
+
+def spool_ground_truth(labels_list: Iterable[np.ndarray], class_names: list[str], directory: str | Path) -> GroundTruth:
+    """`prepare_ground_truth` kept on disk (a `Spool` in `directory`): each pass over it reads
+    one image's RLEs at a time, so that revisiting the set holds none of it."""
+    return GroundTruth(Spool((encode_truth(labels) for labels in labels_list), directory), list(class_names))
 
 
 def iter_truth(truth: Iterable[np.ndarray] | GroundTruth) -> Iterator[ImageTruth]:
@@ -263,6 +264,7 @@ def coco_precision(
         for truth, found in zip(gt, _binarised(preds, mask_threshold)):
             accumulator.add_image(truth.rles, truth.classes, found.rles, found.classes, found.scores)
         return accumulator.precision()
+    preds = list(_binarised(preds, mask_threshold))  # a generator is read once, then scored twice if empty
     results = predictions_to_coco(preds, mask_threshold)
     if results:
         return run_cocoeval(gt.coco, results, max_dets, evaluator).eval["precision"]
@@ -501,9 +503,7 @@ class SetScorer:
     def result(self) -> tuple[dict, pd.DataFrame]:
         """The metrics of the images added so far (see `evaluate_predictions`) and the PR curve."""
         if self.evaluator in WHOLE_SET_EVALUATORS:
-            truths = [truth for truth, _ in self._whole_set]
-            gt = GroundTruth([t.size for t in truths], [t.rles for t in truths], [t.classes for t in truths],
-                             self.class_names)  # fmt: skip
+            gt = GroundTruth([truth for truth, _ in self._whole_set], self.class_names)
             found = [f for _, f in self._whole_set]
             precision = coco_precision(gt, found, max_dets=self.max_dets, evaluator=self.evaluator)
         else:

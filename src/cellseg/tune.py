@@ -7,26 +7,34 @@ threshold, then one over each class's score threshold, i.e. |mask| x |nms| + C x
 score never affects a higher one), so the score pass only filters the cached post-processed
 sets. The defaults (score 0, mask 0.5, NMS off) are always the first trial and are replaced
 only by a strictly better score, so tuning never scores below them in-sample.
+
+Every trial reads the predictions and the ground truth in one pass, image by image, and writes
+its post-processed sets to a `Spool` on disk (the best trial's is kept for the score stage), so
+that with predictions read from disk (`StoredSets`) and spooled ground truth
+(`spool_ground_truth`) the search holds one image at a time, whatever the number of images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cellseg.instances import InstanceSet
+from cellseg.instances import InstanceSet, StoredSets
 from cellseg.metrics import DEFAULT_EVALUATOR, Binarised, GroundTruth, as_ground_truth, binarise, metric_value
 from cellseg.postprocess import apply_thresholds, per_instance
+from cellseg.spool import Spool
 
 DEFAULTS = {"score_threshold": 0.0, "mask_threshold": 0.5, "nms_threshold": 1.0}
 
 
 def tune_thresholds(
     labels_list: list[np.ndarray] | GroundTruth,
-    preds: list[InstanceSet],
+    preds: Sequence[InstanceSet],
     class_names: list[str],
     search: dict,
     metric: str = "AP",
@@ -40,17 +48,20 @@ def tune_thresholds(
     float}, nms_threshold, metric, score} and trials (one row per evaluation: stage (grid, mask
     or score), class (a name, or `all` in the grid), score_threshold, mask_threshold (the
     class's, or all classes' in the grid), nms_threshold, score). labels_list: per image a
-    (C, H, W) label stack, or their `GroundTruth` (`prepare_ground_truth`, which reads them one
-    at a time), in `preds`' order.
+    (C, H, W) label stack, or their `GroundTruth` (`prepare_ground_truth`, or
+    `spool_ground_truth` to keep it on disk), in `preds`' order. preds: a list, or
+    `StoredSets` (read from disk on every pass).
     """
     score = _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)
     trials = []
-    mask_threshold, nms_threshold, value, processed = _grid_stage(preds, search, score, trials)
-    grid_best = _Best({k + 1: mask_threshold for k in range(len(class_names))}, value, processed)
-    candidates = _with_default(search["mask_thresholds"], DEFAULTS["mask_threshold"])
-    masks_best = _mask_stage(preds, class_names, candidates, nms_threshold, score, grid_best, trials)
-    candidates = _with_default(search["score_thresholds"], DEFAULTS["score_threshold"])[1:]
-    thresholds, value = _score_stage(class_names, candidates, nms_threshold, score, masks_best, trials)
+    with tempfile.TemporaryDirectory(prefix="cellseg_tune_") as spool_dir:
+        spool = _Spooler(preds, spool_dir)
+        mask_threshold, nms_threshold, value, processed = _grid_stage(spool, search, score, trials)
+        grid_best = _Best({k + 1: mask_threshold for k in range(len(class_names))}, value, processed)
+        candidates = _with_default(search["mask_thresholds"], DEFAULTS["mask_threshold"])
+        masks_best = _mask_stage(spool, class_names, candidates, nms_threshold, score, grid_best, trials)
+        candidates = _with_default(search["score_thresholds"], DEFAULTS["score_threshold"])[1:]
+        thresholds, value = _score_stage(class_names, candidates, nms_threshold, score, masks_best, trials)
     best = {
         "score_thresholds": thresholds,
         "mask_thresholds": masks_best.masks,
@@ -69,29 +80,42 @@ class _Best:
 
     masks: dict[int, float]
     value: float
-    processed: list[Binarised]
+    processed: Spool
 
 
-def _grid_stage(
-    preds: list[InstanceSet], search: dict, score: Callable, trials: list
-) -> tuple[float, float, float, list[Binarised]]:
+class _Spooler:
+    """Post-processes every image's predictions with one trial's thresholds into a `Spool` of
+    `Binarised` sets in `directory`."""
+
+    def __init__(self, preds: Iterable[InstanceSet], directory: str | Path):
+        self.preds, self.directory = preds, directory
+
+    def __call__(self, masks: dict[int, float] | float, nms_threshold: float) -> Spool:
+        return Spool(_post_processed(self.preds, 0.0, masks, nms_threshold), self.directory)
+
+
+def _grid_stage(spool: _Spooler, search: dict, score: Callable, trials: list) -> tuple[float, float, float, Spool]:
     """Best (mask threshold, NMS threshold, score, post-processed sets) over the grid, one mask
     threshold for all classes and every score kept; the defaults come first. Appends its
-    trials."""
+    trials; deletes the spools of the trials it does not keep."""
     masks = _with_default(search["mask_thresholds"], DEFAULTS["mask_threshold"])
     nms = _with_default(search["nms_thresholds"], DEFAULTS["nms_threshold"])
     best = None
     for mask_threshold, nms_threshold in [(m, n) for m in masks for n in nms]:
-        processed = _post_processed(preds, 0.0, mask_threshold, nms_threshold)
+        processed = spool(mask_threshold, nms_threshold)
         value = score(processed)
         trials.append(("grid", "all", 0.0, mask_threshold, nms_threshold, value))
         if best is None or _better(value, best[2]):
+            if best is not None:
+                best[3].delete()
             best = (mask_threshold, nms_threshold, value, processed)
+        else:
+            processed.delete()
     return best
 
 
 def _mask_stage(
-    preds: list[InstanceSet],
+    spool: _Spooler,
     class_names: list[str],
     candidates: list[float],
     nms_threshold: float,
@@ -99,15 +123,19 @@ def _mask_stage(
     best: _Best,
     trials: list,
 ) -> _Best:
-    """One coordinate pass over each class's mask threshold from `best`; appends its trials."""
+    """One coordinate pass over each class's mask threshold from `best`; appends its trials;
+    deletes the spools of the trials it does not keep."""
     for class_id, name in zip(list(best.masks), class_names):
         for candidate in [c for c in candidates if c != best.masks[class_id]]:
             masks = {**best.masks, class_id: candidate}
-            processed = _post_processed(preds, 0.0, masks, nms_threshold)
+            processed = spool(masks, nms_threshold)
             value = score(processed)
             trials.append(("mask", name, 0.0, candidate, nms_threshold, value))
             if _better(value, best.value):
+                best.processed.delete()
                 best = _Best(masks, value, processed)
+            else:
+                processed.delete()
     return best
 
 
@@ -125,7 +153,7 @@ def _score_stage(
     for class_id, name in zip(list(thresholds), class_names):
         for candidate in candidates:
             trial = {**thresholds, class_id: candidate}
-            trial_value = score([p.select(p.scores >= per_instance(p.classes, trial, 0.0)) for p in best.processed])
+            trial_value = score(p.select(p.scores >= per_instance(p.classes, trial, 0.0)) for p in best.processed)
             trials.append(("score", name, candidate, best.masks[class_id], nms_threshold, trial_value))
             if _better(trial_value, value):
                 thresholds, value = trial, trial_value
@@ -134,7 +162,7 @@ def _score_stage(
 
 def score_with(
     labels_list: list[np.ndarray] | GroundTruth,
-    preds: list[InstanceSet],
+    preds: Iterable[InstanceSet],
     class_names: list[str],
     best: dict,
     metric: str = "AP",
@@ -148,7 +176,7 @@ def score_with(
 
 def cross_check(
     labels_list: list[np.ndarray] | GroundTruth,
-    preds: list[InstanceSet],
+    preds: Sequence[InstanceSet],
     class_names: list[str],
     search: dict,
     metric: str = "AP",
@@ -168,8 +196,8 @@ def cross_check(
     options = {"metric": metric, "max_dets": max_dets, "evaluator": evaluator}
     gt = as_ground_truth(labels_list, class_names)  # converted once, then split
     for tuned, held_out in [("a", "b"), ("b", "a")]:
-        labels_t, preds_t = gt.subset(halves[tuned]), [preds[i] for i in halves[tuned]]
-        labels_h, preds_h = gt.subset(halves[held_out]), [preds[i] for i in halves[held_out]]
+        labels_t, preds_t = gt.subset(halves[tuned]), _subset(preds, halves[tuned])
+        labels_h, preds_h = gt.subset(halves[held_out]), _subset(preds, halves[held_out])
         best, _ = tune_thresholds(labels_t, preds_t, class_names, search, **options)
         report[f"tuned_{tuned}"] = best["score"]
         report[f"held_out_{held_out}"] = score_with(labels_h, preds_h, class_names, best, **options)
@@ -178,11 +206,16 @@ def cross_check(
 
 
 def _post_processed(
-    preds: list[InstanceSet], scores: dict[int, float] | float, masks: dict[int, float] | float, nms_threshold: float
-) -> list[Binarised]:
-    """`apply_thresholds` of every image, kept as binarised RLEs: a trial's sets cost a few bytes
-    per boundary run, and the score stage filters them without encoding the masks again."""
-    return [binarise(apply_thresholds(p, scores, masks, nms_threshold), 0.5) for p in preds]
+    preds: Iterable[InstanceSet], scores: dict[int, float] | float, masks: dict[int, float] | float, nms_threshold: float
+) -> Iterator[Binarised]:
+    """`apply_thresholds` of each image in turn, as binarised RLEs: a trial's sets cost a few
+    bytes per boundary run, and the score stage filters them without encoding the masks again."""
+    return (binarise(apply_thresholds(p, scores, masks, nms_threshold), 0.5) for p in preds)
+
+
+def _subset(preds: Sequence[InstanceSet], index: np.ndarray) -> Sequence[InstanceSet]:
+    """The predictions at positions `index`: of `StoredSets` still read from disk."""
+    return preds.subset(index) if isinstance(preds, StoredSets) else [preds[i] for i in index]
 
 
 def _scorer(gt: GroundTruth, metric: str, max_dets: int, evaluator: str):

@@ -3,16 +3,17 @@ ensembled predictions."""
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from cellseg.dataset import load_sample
-from cellseg.instances import load_instance_sets
+from cellseg.instances import StoredSets
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
-from cellseg.metrics import prepare_ground_truth
+from cellseg.metrics import spool_ground_truth
 from cellseg.split import read_split, validation_ids
 from cellseg.tune import cross_check, tune_thresholds
 
@@ -20,12 +21,13 @@ with job_logging(snakemake.log[0]) as log:
     release_freed_memory()
     p = snakemake.params
     ids = validation_ids(read_split(snakemake.input.split))
-    # a generator: one image's dense labels held at a time, not the whole set's (README, Scale)
-    truth = prepare_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes)
-    preds = list(load_instance_sets(snakemake.input.ensemble, ids).values())
+    preds = StoredSets(snakemake.input.ensemble, ids)  # read from disk on every pass
     options = {"metric": p.metric, "max_dets": p.max_dets, "evaluator": p.evaluator}
-    best, trials = tune_thresholds(truth, preds, p.classes, p.search, **options)
-    best["cross_check"] = cross_check(truth, preds, p.classes, p.search, **options)
+    with tempfile.TemporaryDirectory(prefix="cellseg_truth_") as spool_dir:
+        # encoded once, one image at a time, then read back from disk on every pass (README, Scale)
+        truth = spool_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes, spool_dir)
+        best, trials = tune_thresholds(truth, preds, p.classes, p.search, **options)
+        best["cross_check"] = cross_check(truth, preds, p.classes, p.search, **options)
     log.info("tuned on %d images: %s", len(ids), best)
     with atomic_path(snakemake.output.thresholds) as tmp:
         tmp.write_text(json.dumps(best, indent=1) + "\n")
