@@ -17,14 +17,18 @@ take them), after `cellseg.memory.release_freed_memory()`. The only stand-in is 
 components of dark pixels, a slightly different darkness level per fold so that the folds
 differ), whose memory is per tile, the same at any number of images. The tune search is cut
 to a few points (`--search small`; `config` for config.yaml's) because its memory depends on
-the predictions held, not on the number of trials. Run from the repository root, one thread:
+the predictions held, not on the number of trials. `--baseline REV` also runs the tune and
+evaluate jobs of commit REV (its own scripts and package, `git archive`) on the same predictions,
+after this code's, and says whether both chose the same thresholds and wrote the same scores.
+Run from the repository root, one thread:
 
-    .venv/bin/python benchmarks/stage_memory.py --images 1000 10000
+    .venv/bin/python benchmarks/stage_memory.py --images 1000 10000 [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -32,6 +36,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -171,10 +176,50 @@ def run_size(args, n: int, base: Path) -> list[dict]:
             command = [sys.executable, __file__, "--stage", stage, "--fold", str(fold), "--work", str(work),
                        "--folds", str(args.folds), "--classes", str(args.classes), "--search", args.search]  # fmt: skip
             out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
-            row = {"images": n, **json.loads(out.strip().splitlines()[-1])}
+            row = {"images": n, "code": "this", **json.loads(out.strip().splitlines()[-1])}
             print(json.dumps(row), flush=True)
             rows.append(row)
+    if args.baseline:
+        rows += run_baseline(args, n, work, base / "baseline", env)
     return rows
+
+
+def run_baseline(args, n: int, work: Path, tree: Path, env: dict) -> list[dict]:
+    """The tune and evaluate jobs of commit `args.baseline` on this code's predictions; checks
+    that their thresholds and scores equal this code's (which they overwrite)."""
+    if not tree.exists():
+        archive = subprocess.run(["git", "archive", "--format=tar", args.baseline, "benchmarks", "workflow", "src", "config.yaml"],
+                                 cwd=ROOT, capture_output=True, check=True).stdout  # fmt: skip
+        tree.mkdir()
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tree, filter="data")
+    results = work / "results"
+    ours = {path: path.read_bytes() for path in [results / "tune/thresholds.json", *sorted((results / "evaluate").glob("*.tsv"))]}
+    rows = []
+    for stage in ("tune", "evaluate"):
+        command = [sys.executable, str(tree / "benchmarks/stage_memory.py"), "--stage", stage, "--work", str(work),
+                   "--folds", str(args.folds), "--classes", str(args.classes), "--search", args.search]  # fmt: skip
+        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+        row = {"images": n, "code": args.baseline, **json.loads(out.strip().splitlines()[-1])}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    for path, content in ours.items():
+        same = _same_output(path, content)
+        print(f"{n} images: {path.relative_to(work)} {'equal to' if same else 'DIFFERS from'} {args.baseline}'s", flush=True)
+    return rows
+
+
+def _same_output(path: Path, ours: bytes) -> bool:
+    """Whether `path` (written by the baseline) holds what this code wrote: JSON equal, tables
+    equal to 1e-12."""
+    if path.suffix == ".json":
+        return json.loads(ours) == json.loads(path.read_text())
+    a, b = pd.read_csv(io.BytesIO(ours), sep="\t"), pd.read_csv(path, sep="\t")
+    try:
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-12)
+    except AssertionError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -185,6 +230,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=2, help="demo classes (label files per image)")
     parser.add_argument("--templates", type=int, default=40, help="distinct demo images drawn")
     parser.add_argument("--search", choices=["small", "config"], default="small", help="tune search grid")
+    parser.add_argument("--baseline", default=None, help="commit whose tune and evaluate jobs also run (see above)")
     parser.add_argument("--workdir", default=None, help="where the images and results are written (removed after)")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--fold", type=int, default=0, help=argparse.SUPPRESS)
@@ -200,14 +246,14 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     peaks = {}
     for row in rows:  # the predict jobs' peak is the largest fold's
-        key = (row["stage"], row["images"])
+        key = (row["code"], row["stage"], row["images"])
         peaks[key] = max(peaks.get(key, (0, 0)), (row["peak_rss_mib"], row["seconds"]))
     small, large = min(args.images), max(args.images)
-    print(f"| stage | peak RSS, {small:,} images | peak RSS, {large:,} images | ratio |")
-    print("| --- | --- | --- | --- |")
-    for stage in args.stages:
-        (a, sa), (b, sb) = peaks[(stage, small)], peaks[(stage, large)]
-        print(f"| {stage} | {a} MiB ({sa:.0f} s) | {b} MiB ({sb:.0f} s) | {b / a:.2f} |")
+    print(f"| code | stage | peak RSS, {small:,} images | peak RSS, {large:,} images | ratio |")
+    print("| --- | --- | --- | --- | --- |")
+    for code, stage in dict.fromkeys((code, stage) for code, stage, _ in peaks):
+        (a, sa), (b, sb) = peaks[(code, stage, small)], peaks[(code, stage, large)]
+        print(f"| {code} | {stage} | {a} MiB ({sa:.0f} s) | {b} MiB ({sb:.0f} s) | {b / a:.2f} |")
 
 
 if __name__ == "__main__":
