@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from cellseg import coco_ap
 from cellseg.coco_ap import CocoAccumulator
 from cellseg.metrics import run_cocoeval
 
@@ -41,8 +42,12 @@ def encode(mask):
     return rle
 
 
-@pytest.mark.parametrize("seed, max_dets", [(0, [1, 100, 1000]), (1, [1, 100, 1000]), (2, [1, 3, 5]), (3, [2, 100, 4])])
-def test_accumulated_precision_equals_pycocotools(seed, max_dets):
+@pytest.mark.parametrize(
+    "seed, max_dets, merge_every",
+    [(0, [1, 100, 1000], 256), (1, [1, 100, 1000], 2), (2, [1, 3, 5], 256), (3, [2, 100, 4], 3)],
+)
+def test_accumulated_precision_equals_pycocotools(seed, max_dets, merge_every, monkeypatch):
+    monkeypatch.setattr(coco_ap, "_MERGE_EVERY", merge_every)  # 2, 3: the packed parts merged as they come
     rng = np.random.default_rng(seed)
     n_classes, size = 3, 160
     images, annotations, results = [], [], []

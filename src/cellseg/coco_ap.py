@@ -24,7 +24,7 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 # pycocotools' area ranges (all, small, medium, large) in pixels, bounds inclusive.
 AREA_RANGES = [(0, 1e10), (0, 32**2), (32**2, 96**2), (96**2, 1e10)]
-# A (class, area range)'s per-image arrays are merged into one once this many are held.
+# A class's per-image arrays are merged into one once this many are held.
 _MERGE_EVERY = 256
 
 
@@ -38,8 +38,7 @@ class CocoAccumulator:
 
     def __init__(self, n_classes: int, max_dets: Sequence[int]):
         self.max_dets = sorted(max_dets)
-        cells = [(k, a) for k in range(n_classes) for a in range(len(AREA_RANGES))]
-        self._detections = {cell: _Detections() for cell in cells}
+        self._detections = [_Detections() for _ in range(n_classes)]
         self._n_truth = np.zeros((n_classes, len(AREA_RANGES)), np.int64)
 
     def add_image(
@@ -60,50 +59,61 @@ class CocoAccumulator:
             found = np.flatnonzero(classes == k + 1)
             found = found[np.argsort(-scores[found], kind="mergesort")][: self.max_dets[-1]]
             ious = rle_ious([rles[i] for i in found], [truth_rles[i] for i in truth])
+            flags = np.zeros((len(found), len(AREA_RANGES), 2, len(IOU_THRESHOLDS)), bool)
             for a, area_range in enumerate(AREA_RANGES):
                 truth_ignored = ~_inside(truth_areas[truth], area_range)
                 self._n_truth[k, a] += np.count_nonzero(~truth_ignored)
                 if len(found):
                     matched, ignored = _match(ious, truth_ignored)
                     ignored |= ~matched & ~_inside(areas[found], area_range)[None, :]
-                    self._detections[k, a].add(scores[found], matched, ignored)
+                    flags[:, a, 0], flags[:, a, 1] = matched.T, ignored.T
+            if len(found):
+                self._detections[k].add(scores[found], flags)
 
     def precision(self) -> np.ndarray:
         """pycocotools' `eval["precision"]` of the images added so far."""
         n_classes, n_areas = self._n_truth.shape
         shape = (len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), n_classes, n_areas, len(self.max_dets))
         precision = -np.ones(shape)
-        for (k, a), detections in self._detections.items():
-            if not self._n_truth[k, a]:
-                continue
-            scores, rank, matched, ignored = detections.merged()
-            for m, max_det in enumerate(self.max_dets):
-                kept = rank < max_det
-                order = np.argsort(-scores[kept], kind="mergesort")
-                precision[:, :, k, a, m] = _interpolated_precision(
-                    matched[:, kept][:, order], ignored[:, kept][:, order], self._n_truth[k, a]
-                )
+        for k, detections in enumerate(self._detections):
+            scores, rank, flags = detections.merged()
+            for a in range(n_areas):
+                if not self._n_truth[k, a]:
+                    continue
+                matched, ignored = flags[:, a, 0].T, flags[:, a, 1].T
+                for m, max_det in enumerate(self.max_dets):
+                    kept = rank < max_det
+                    order = np.argsort(-scores[kept], kind="mergesort")
+                    precision[:, :, k, a, m] = _interpolated_precision(
+                        matched[:, kept][:, order], ignored[:, kept][:, order], self._n_truth[k, a]
+                    )
         return precision
 
 
 class _Detections:
-    """One (class, area range)'s detections in image order: score, rank within its image (by
-    score), and per IoU threshold whether matched and whether ignored."""
+    """One class's detections in image order: score, rank within its image (by score), and per
+    area range and IoU threshold whether matched and whether ignored, packed eight flags to a
+    byte (22 bytes a detection in all)."""
+
+    _FLAGS = (len(AREA_RANGES), 2, len(IOU_THRESHOLDS))
 
     def __init__(self):
         self._parts: list[tuple[np.ndarray, ...]] = []
 
-    def add(self, scores: np.ndarray, matched: np.ndarray, ignored: np.ndarray) -> None:
-        self._parts.append((scores, np.arange(len(scores), dtype=np.int32), matched, ignored))
+    def add(self, scores: np.ndarray, flags: np.ndarray) -> None:
+        """flags: (detections, area range, matched / ignored, IoU threshold) bool."""
+        packed = np.packbits(flags.reshape(len(scores), -1), axis=1)
+        self._parts.append((scores, np.arange(len(scores), dtype=np.int32), packed))
         if len(self._parts) >= _MERGE_EVERY:
-            self._parts = [self.merged()]
+            self._parts = [tuple(np.concatenate(part) for part in zip(*self._parts))]
 
-    def merged(self) -> tuple[np.ndarray, ...]:
+    def merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores, ranks and the (detections, area range, 2, IoU threshold) bool flags."""
         if not self._parts:
-            empty = np.zeros((len(IOU_THRESHOLDS), 0), bool)
-            return np.zeros(0), np.zeros(0, np.int32), empty, empty
-        scores, rank, matched, ignored = zip(*self._parts)
-        return np.concatenate(scores), np.concatenate(rank), np.hstack(matched), np.hstack(ignored)
+            return np.zeros(0), np.zeros(0, np.int32), np.zeros((0, *self._FLAGS), bool)
+        scores, rank, packed = (np.concatenate(part) for part in zip(*self._parts))
+        flags = np.unpackbits(packed, axis=1, count=int(np.prod(self._FLAGS))).astype(bool)
+        return scores, rank, flags.reshape(-1, *self._FLAGS)
 
 
 def _match(ious: np.ndarray, truth_ignored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
