@@ -35,7 +35,7 @@ def test_scoreboard_has_the_panoptic_and_leaderboard_columns():
     masks = np.asarray([labels[0] == 1, labels[1] == 1])
     preds = [InstanceSet.from_dense(np.zeros((2, 4)), [0.9, 0.8], [1, 2], masks)]
     thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
-    table, _ = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster")["per_class"]
+    table = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster").tables["per_class"]
     columns = ["AP50@100", "AP50@100_a", "AP50@100_b", "PQ", "SQ", "DQ", "PQ_a", "PQ_b", "AJI", "AJI_a"]
     assert (table[columns] == 1.0).all().all()
     assert list(table["model"]) == ["fold 0", "ensemble", "ensemble"]
@@ -57,9 +57,8 @@ def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
         list(ensemble)
 
 
-def test_scoreboard_and_per_image_scores_take_prepared_or_streamed_ground_truth():
-    from cellseg.evaluation import per_image_scores
-    from cellseg.metrics import prepare_ground_truth
+def test_scoreboard_takes_prepared_or_streamed_ground_truth():
+    from cellseg.metrics import prepare_ground_truth, sartorius_per_image
 
     labels = np.zeros((2, 16, 16), np.int32)
     labels[0, 2:8, 2:8] = 1
@@ -70,18 +69,20 @@ def test_scoreboard_and_per_image_scores_take_prepared_or_streamed_ground_truth(
     thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
     gt = prepare_ground_truth(iter([labels]), CLASSES)
     kinds = ("per_class", "agnostic")
-    from_truth = scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=kinds)
+    expected = scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=kinds)
     for truth, evaluator in [([labels], "faster"), (iter([labels]), "faster"), (iter([labels]), "streaming")]:
         board = scoreboard(truth, {0: preds}, preds, thresholds, CLASSES, 100, evaluator, kinds=kinds)
         for kind in kinds:
-            (a, curve_a), (b, curve_b) = board[kind], from_truth[kind]
-            pd.testing.assert_frame_equal(a, b)
-            pd.testing.assert_frame_equal(curve_a, curve_b)
-    assert "AP50@100_a" in from_truth["per_class"][0] and "AP50@100_a" not in from_truth["agnostic"][0]
+            pd.testing.assert_frame_equal(board.tables[kind], expected.tables[kind])
+            pd.testing.assert_frame_equal(board.curves[kind], expected.curves[kind])
+        pd.testing.assert_frame_equal(board.per_image, expected.per_image)
+    assert "AP50@100_a" in expected.tables["per_class"] and "AP50@100_a" not in expected.tables["agnostic"]
     with pytest.raises(ValueError, match="unknown scoreboard kinds"):
         scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=("agnostic", "perclass"))
     with pytest.raises(ValueError):  # one more image of labels than of predictions
         scoreboard([labels, labels], {0: preds}, preds, thresholds, CLASSES, 100, "streaming")
-    a = per_image_scores(["x"], [labels], preds)
-    assert a.equals(per_image_scores(["x"], gt, preds))
-    assert a["n_true"].tolist() == [3] and a["n_predicted"].tolist() == [3]
+    per_image = expected.per_image  # the tuned ensemble's
+    assert list(per_image.columns) == ["sartorius", "n_true", "n_predicted"]
+    assert per_image["n_true"].tolist() == [3] and per_image["n_predicted"].tolist() == [3]
+    assert per_image["sartorius"].tolist() == pytest.approx(sartorius_per_image(gt, preds).tolist())
+    assert 0 < per_image["sartorius"].iloc[0] < 1

@@ -76,44 +76,47 @@ class CocoAccumulator:
         shape = (len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), n_classes, n_areas, len(self.max_dets))
         precision = -np.ones(shape)
         for k, detections in enumerate(self._detections):
-            scores, rank, flags = detections.merged()
+            scores, rank, packed = detections.merged()
             for a in range(n_areas):
                 if not self._n_truth[k, a]:
                     continue
-                matched, ignored = flags[:, a, 0].T, flags[:, a, 1].T
+                flags = _unpacked(packed[:, a])  # (detections, matched / ignored, IoU threshold)
                 for m, max_det in enumerate(self.max_dets):
-                    kept = rank < max_det
-                    order = np.argsort(-scores[kept], kind="mergesort")
+                    kept = np.flatnonzero(rank < max_det)
+                    index = kept[np.argsort(-scores[kept], kind="mergesort")]
                     precision[:, :, k, a, m] = _interpolated_precision(
-                        matched[:, kept][:, order], ignored[:, kept][:, order], self._n_truth[k, a]
+                        flags[index, 0].T, flags[index, 1].T, self._n_truth[k, a]
                     )
         return precision
 
 
 class _Detections:
     """One class's detections in image order: score, rank within its image (by score), and per
-    area range and IoU threshold whether matched and whether ignored, packed eight flags to a
-    byte (22 bytes a detection in all)."""
-
-    _FLAGS = (len(AREA_RANGES), 2, len(IOU_THRESHOLDS))
+    area range whether matched and whether ignored at each IoU threshold, packed eight flags to
+    a byte (24 bytes a detection in all)."""
 
     def __init__(self):
         self._parts: list[tuple[np.ndarray, ...]] = []
 
     def add(self, scores: np.ndarray, flags: np.ndarray) -> None:
         """flags: (detections, area range, matched / ignored, IoU threshold) bool."""
-        packed = np.packbits(flags.reshape(len(scores), -1), axis=1)
+        packed = np.packbits(flags.reshape(*flags.shape[:2], -1), axis=2)
         self._parts.append((scores, np.arange(len(scores), dtype=np.int32), packed))
         if len(self._parts) >= _MERGE_EVERY:
-            self._parts = [tuple(np.concatenate(part) for part in zip(*self._parts))]
+            self._parts = [self.merged()]
 
     def merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores, ranks and the (detections, area range, 2, IoU threshold) bool flags."""
+        """Scores, ranks and the (detections, area range, bytes) packed flags."""
         if not self._parts:
-            return np.zeros(0), np.zeros(0, np.int32), np.zeros((0, *self._FLAGS), bool)
-        scores, rank, packed = (np.concatenate(part) for part in zip(*self._parts))
-        flags = np.unpackbits(packed, axis=1, count=int(np.prod(self._FLAGS))).astype(bool)
-        return scores, rank, flags.reshape(-1, *self._FLAGS)
+            flag_bytes = -(-2 * len(IOU_THRESHOLDS) // 8)
+            return np.zeros(0), np.zeros(0, np.int32), np.zeros((0, len(AREA_RANGES), flag_bytes), np.uint8)
+        return tuple(np.concatenate(part) for part in zip(*self._parts))
+
+
+def _unpacked(packed: np.ndarray) -> np.ndarray:
+    """(detections, 2, IoU threshold) bool flags of one area range from `_Detections`' bytes."""
+    bits = np.unpackbits(packed, axis=1, count=2 * len(IOU_THRESHOLDS))
+    return bits.view(bool).reshape(len(packed), 2, len(IOU_THRESHOLDS))
 
 
 def _match(ious: np.ndarray, truth_ignored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,11 +153,12 @@ def _match(ious: np.ndarray, truth_ignored: np.ndarray) -> tuple[np.ndarray, np.
 def _interpolated_precision(matched: np.ndarray, ignored: np.ndarray, n_truth: int) -> np.ndarray:
     """(T, recall thresholds) precision of detections in score order, interpolated as
     pycocotools does (the running maximum from the high-recall end, read at each recall
-    threshold; 0 beyond the highest recall reached)."""
-    true_pos = np.cumsum(matched & ~ignored, axis=1, dtype=float)
-    false_pos = np.cumsum(~matched & ~ignored, axis=1, dtype=float)
+    threshold; 0 beyond the highest recall reached). One IoU threshold at a time, so that the
+    float arrays are per detection, not per detection and threshold."""
     result = np.zeros((len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)))
-    for t, (tp, fp) in enumerate(zip(true_pos, false_pos)):
+    for t in range(len(IOU_THRESHOLDS)):
+        tp = np.cumsum(matched[t] & ~ignored[t], dtype=float)
+        fp = np.cumsum(~matched[t] & ~ignored[t], dtype=float)
         recall = tp / n_truth
         precision = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[::-1])[::-1]
         index = np.searchsorted(recall, RECALL_THRESHOLDS, side="left")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cellseg.instances import InstanceSet, StoredSets
-from cellseg.metrics import GroundTruth, SetScorer, binarise, image_sartorius, iter_truth
+from cellseg.metrics import GroundTruth, SetScorer, binarise, iter_truth
 from cellseg.postprocess import apply_thresholds
 
 # The scoreboard's two tables: classes as they are, or every class merged into one.
@@ -54,6 +55,18 @@ def apply_tuned(preds: Iterable[InstanceSet], thresholds: dict) -> list[Instance
     return [tuned(p, thresholds) for p in preds]
 
 
+@dataclass(frozen=True)
+class Scoreboard:
+    """What `scoreboard` scores. tables, curves: per kind (`KINDS`) the scores table (one row
+    per model) and the tuned ensemble's PR curve. per_image: the tuned ensemble's Sartorius
+    score and instance counts per image, in the images' order (`SetScorer.per_image`), for
+    picking the best and worst images."""
+
+    tables: dict[str, pd.DataFrame]
+    curves: dict[str, pd.DataFrame]
+    per_image: pd.DataFrame
+
+
 def scoreboard(
     labels_list: Iterable[np.ndarray] | GroundTruth,
     fold_preds: dict[int, Iterable[InstanceSet]],
@@ -63,12 +76,12 @@ def scoreboard(
     max_dets: int,
     evaluator: str,
     kinds: tuple[str, ...] = ("per_class",),
-) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """Per kind (`per_class`, `agnostic`: every class merged into one on both sides, no
-    per-class columns, so the labels' classes need not be the model's) the scores table and
-    the tuned ensemble's PR curve. A table has one row per model: `model`, `thresholds`, then
-    the columns of `cellseg.metrics.evaluate_predictions` (COCO AP keys incl. `AP50@100` and
-    per class `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`,
+) -> Scoreboard:
+    """Scores of each fold, the ensemble and the tuned ensemble, per kind (`per_class`,
+    `agnostic`: every class merged into one on both sides, no per-class columns, so the
+    labels' classes need not be the model's). A table has one row per model: `model`,
+    `thresholds`, then the columns of `cellseg.metrics.evaluate_predictions` (COCO AP keys incl.
+    `AP50@100` and per class `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`,
     `AJI`/`AJI_<name>`).
 
     One pass over the images scores every model and kind: each image's ground truth is encoded
@@ -81,8 +94,8 @@ def scoreboard(
     (`score_thresholds` and `mask_thresholds` by 1-based class id, `nms_threshold`).
     """
     unknown = set(kinds) - set(KINDS)
-    if unknown:
-        raise ValueError(f"unknown scoreboard kinds {sorted(unknown)}; choose from {KINDS}")
+    if unknown or not kinds:
+        raise ValueError(f"unknown scoreboard kinds {sorted(unknown) or kinds}; choose from {KINDS}")
     models = [(f"fold {k}", "default", preds) for k, preds in sorted(fold_preds.items())]
     models += [("ensemble", "default", ensemble_preds)]
     models += [("ensemble", "tuned", (tuned(p, thresholds) for p in ensemble_preds))]
@@ -95,30 +108,11 @@ def scoreboard(
             found = binarise(instances, 0.5)  # one encoding for every kind
             for scorer in by_kind.values():
                 scorer.add_image(truth, found)
-    board = {}
+    tables, curves = {}, {}
     for kind in kinds:
-        rows, curve = [], None
+        rows = []
         for (model, thresholds_used, _), by_kind in zip(models, scorers):
-            metrics, curve = by_kind[kind].result()
+            metrics, curves[kind] = by_kind[kind].result()  # the last curve: the tuned ensemble's
             rows.append({"model": model, "thresholds": thresholds_used, **metrics})
-        board[kind] = (pd.DataFrame(rows), curve)  # the last curve: the tuned ensemble's
-    return board
-
-
-def per_image_scores(
-    image_ids: list[str], labels_list: Iterable[np.ndarray] | GroundTruth, preds: Iterable[InstanceSet]
-) -> pd.DataFrame:
-    """Sartorius score and instance counts per image, for picking the best and worst images;
-    `labels_list` as `scoreboard` takes it, read once."""
-    rows = []
-    for image_id, truth, instances in zip(image_ids, iter_truth(labels_list), preds, strict=True):
-        found = binarise(instances, 0.5)
-        rows.append(
-            {
-                "image_id": image_id,
-                "sartorius": image_sartorius(truth.rles, found.rles),
-                "n_true": len(truth.classes),
-                "n_predicted": len(found.classes),
-            }
-        )
-    return pd.DataFrame(rows, columns=["image_id", "sartorius", "n_true", "n_predicted"])
+        tables[kind] = pd.DataFrame(rows)
+    return Scoreboard(tables, curves, scorers[-1][kinds[0]].per_image())

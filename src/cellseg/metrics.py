@@ -358,12 +358,6 @@ def image_overlaps(truth_rles: list[dict], rles: list[dict]) -> tuple[np.ndarray
     return intersection, area_true, area_pred
 
 
-def image_sartorius(truth_rles: list[dict], rles: list[dict]) -> float:
-    """One image's Sartorius score (see `sartorius_per_image`) of binarised predictions (COCO
-    RLEs) against its ground truth (RLEs)."""
-    return _sartorius(_iou(*image_overlaps(truth_rles, rles)))
-
-
 def sartorius_per_image(
     gt: GroundTruth,
     preds: Iterable[InstanceSet | Binarised],
@@ -481,7 +475,7 @@ class SetScorer:
         n_classes = len(self.class_names)
         self._coco = CocoAccumulator(n_classes, [1, COCO_DEFAULT_MAX_DETS, max_dets])
         self._whole_set: list[tuple[ImageTruth, Binarised]] = []
-        self._sartorius: list[float] = []
+        self._per_image: list[tuple[float, int, int]] = []  # Sartorius score, instances true and found
         self._f1, self._pq, self._aji = np.zeros((3, n_classes)), np.zeros((4, n_classes)), np.zeros((2, n_classes))
 
     def add_image(self, truth: ImageTruth, found: Binarised) -> None:
@@ -491,7 +485,7 @@ class SetScorer:
             found = Binarised(found.rles, np.ones_like(found.classes), found.scores)
         overlaps = image_overlaps(truth.rles, found.rles)
         iou, n_classes = _iou(*overlaps), len(self.class_names)
-        self._sartorius.append(_sartorius(iou))
+        self._per_image.append((_sartorius(iou), len(truth.rles), len(found.rles)))
         self._f1 += _f1_counts(truth.classes, found.classes, iou, n_classes)
         self._pq += _pq_sums(truth.classes, found.classes, iou, n_classes)
         self._aji += _aji_sums(truth.classes, found.classes, overlaps, n_classes)
@@ -499,6 +493,11 @@ class SetScorer:
             self._whole_set.append((truth, found))
         else:
             self._coco.add_image(truth.rles, truth.classes, found.rles, found.classes, found.scores)
+
+    def per_image(self) -> pd.DataFrame:
+        """Per image added, in order: its Sartorius score (`sartorius_per_image`, whatever the
+        classes), `n_true` ground-truth instances and `n_predicted` predictions."""
+        return pd.DataFrame(self._per_image, columns=["sartorius", "n_true", "n_predicted"])
 
     def result(self) -> tuple[dict, pd.DataFrame]:
         """The metrics of the images added so far (see `evaluate_predictions`) and the PR curve."""
@@ -509,7 +508,7 @@ class SetScorer:
         else:
             precision = self._coco.precision()
         metrics = metrics_from_precision(precision, self.class_names)
-        metrics["sartorius"] = float(np.mean(self._sartorius)) if self._sartorius else float("nan")
+        metrics["sartorius"] = float(self.per_image()["sartorius"].mean())
         metrics.update(_f1_metrics(self._f1, self.class_names))
         metrics.update(_pq_metrics(self._pq, self.class_names))
         metrics.update(_aji_metrics(self._aji, self.class_names))

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from cellseg.dataset import load_sample
-from cellseg.evaluation import KINDS, load_predictions, per_image_scores, read_thresholds, scoreboard, tuned
+from cellseg.evaluation import KINDS, load_predictions, read_thresholds, scoreboard
 from cellseg.io import atomic_path
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
@@ -17,16 +17,13 @@ with job_logging(snakemake.log[0]) as log:
     release_freed_memory()
     p = snakemake.params
     ids = validation_ids(read_split(snakemake.input.split))
-
-    def labels():
-        """The validation images' label stacks, read one at a time on each pass."""
-        return (load_sample(p.source, image_id).labels for image_id in ids)
-
+    labels = (load_sample(p.source, image_id).labels for image_id in ids)  # read once, one at a time
     folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, ids)
     thresholds = read_thresholds(snakemake.input.thresholds)
-    tables = scoreboard(labels(), folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, kinds=KINDS)
-    (scores, curve), (agnostic, _) = tables["per_class"], tables["agnostic"]
-    per_image = per_image_scores(ids, labels(), (tuned(instances, thresholds) for instances in ensemble))
+    board = scoreboard(labels, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, kinds=KINDS)
+    scores, agnostic, curve = board.tables["per_class"], board.tables["agnostic"], board.curves["per_class"]
+    per_image = board.per_image
+    per_image.insert(0, "image_id", ids)
     log.info("validation scores:\n%s", scores.to_string())
     for table, path in [(scores, snakemake.output.scores), (agnostic, snakemake.output.agnostic),
                         (per_image, snakemake.output.per_image), (curve, snakemake.output.pr_curve)]:

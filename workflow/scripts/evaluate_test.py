@@ -26,10 +26,10 @@ with job_logging(snakemake.log[0]) as log:
         log.info("class-agnostic scores only: the test set's classes %s are not the model's %s", test_classes, p.classes)
     kinds = {"agnostic": "agnostic", "scores": "per_class"}  # output name: scoreboard kind
     names_out = list(snakemake.output.keys())  # agnostic, and scores (per class) when the classes match
-    tables = scoreboard(labels, folds, ensemble, thresholds, test_classes, p.max_dets, p.evaluator,
+    board = scoreboard(labels, folds, ensemble, thresholds, test_classes, p.max_dets, p.evaluator,
                         kinds=tuple(kinds[name] for name in names_out))  # fmt: skip
     for name in names_out:
-        scores, _ = tables[kinds[name]]
+        scores = board.tables[kinds[name]]
         log.info("test scores, %s (%d images):\n%s", name, len(names), scores.to_string())
         with atomic_path(getattr(snakemake.output, name)) as tmp:
             scores.to_csv(tmp, sep="\t", index=False)
