@@ -10,6 +10,7 @@ Three COCO back ends give identical numbers (tested): `streaming` (`cellseg.coco
 image's masks in memory at a time, the default), `faster` (faster-coco-eval) and `pycocotools`
 (the reference); the last two hold the whole set's masks.
 
+`SetScorer` computes every metric in one pass over the images, one image held at a time.
 Ground truth is kept as COCO RLEs, and the Sartorius metric, F1, PQ and AJI match on RLE IoUs
 image by image (pycocotools' `iou`, which also allows overlapping masks, as predictions and
 instances of different classes have). The sparse pixel-membership matrices (`instance_pixels`:
