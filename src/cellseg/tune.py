@@ -19,7 +19,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,7 +54,11 @@ def tune_thresholds(
     score = _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)
     trials = []
     with tempfile.TemporaryDirectory(prefix="cellseg_tune_") as spool_dir:
-        spool = _Spooler(preds, spool_dir)
+
+        def spool(masks: dict[int, float] | float, nms_threshold: float) -> Spool:
+            """Every image post-processed with one trial's thresholds, in a spool on disk."""
+            return Spool(_post_processed(preds, 0.0, masks, nms_threshold), spool_dir)
+
         mask_threshold, nms_threshold, value, processed = _grid_stage(spool, search, score, trials)
         grid_best = _Best({k + 1: mask_threshold for k in range(len(class_names))}, value, processed)
         candidates = _with_default(search["mask_thresholds"], DEFAULTS["mask_threshold"])
@@ -83,18 +86,7 @@ class _Best:
     processed: Spool
 
 
-class _Spooler:
-    """Post-processes every image's predictions with one trial's thresholds into a `Spool` of
-    `Binarised` sets in `directory`."""
-
-    def __init__(self, preds: Iterable[InstanceSet], directory: str | Path):
-        self.preds, self.directory = preds, directory
-
-    def __call__(self, masks: dict[int, float] | float, nms_threshold: float) -> Spool:
-        return Spool(_post_processed(self.preds, 0.0, masks, nms_threshold), self.directory)
-
-
-def _grid_stage(spool: _Spooler, search: dict, score: Callable, trials: list) -> tuple[float, float, float, Spool]:
+def _grid_stage(spool: Callable[..., Spool], search: dict, score: Callable, trials: list) -> tuple[float, float, float, Spool]:
     """Best (mask threshold, NMS threshold, score, post-processed sets) over the grid, one mask
     threshold for all classes and every score kept; the defaults come first. Appends its
     trials; deletes the spools of the trials it does not keep."""
@@ -115,7 +107,7 @@ def _grid_stage(spool: _Spooler, search: dict, score: Callable, trials: list) ->
 
 
 def _mask_stage(
-    spool: _Spooler,
+    spool: Callable[..., Spool],
     class_names: list[str],
     candidates: list[float],
     nms_threshold: float,
