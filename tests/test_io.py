@@ -15,6 +15,7 @@ from cellseg.io import (
     read_tiff_header,
     relabel_consecutive,
     save_npz_atomic,
+    to_rgb8,
     write_tiff,
 )
 
@@ -68,28 +69,58 @@ def test_rgb_grayscale_and_channel_first(tmp_path):
         )
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
-def test_non_uint8_is_stretched_between_percentiles(tmp_path, dtype):
-    ramp = np.linspace(1000, 5000, 40 * 50).reshape(40, 50)
-    image = np.stack([ramp, ramp, ramp], axis=-1).astype(dtype)
-    image[0, 0] = 60000  # an outlier beyond the 99.9th percentile is clipped, not used as maximum
-    tifffile.imwrite(tmp_path / "x.tif", image, photometric="rgb")
-    out = read_image(tmp_path / "x.tif")
-    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
-    assert (
-        out[0, 0, 0] == 255 and 120 < out[20, 25, 0] < 135
-    )  # the middle of the ramp maps near 128
-    assert (np.diff(out[1:, :, 0].ravel().astype(int)) >= 0).all()  # order is kept
+def test_a_16bit_copy_of_an_8bit_image_reads_the_same(tmp_path):
+    rgb = _rgba(20, 30)[..., :3]
+    for name, image, kwargs in [("rgb", rgb, {"photometric": "rgb"}), ("grey", rgb[..., 0], {})]:
+        tifffile.imwrite(tmp_path / f"{name}8.tif", image, **kwargs)
+        tifffile.imwrite(tmp_path / f"{name}16.tif", image.astype(np.uint16) * 257, compression="zlib", **kwargs)
+        eight, sixteen = read_image(tmp_path / f"{name}8.tif"), read_image(tmp_path / f"{name}16.tif")
+        assert sixteen.dtype == np.uint8 and sixteen.shape == (20, 30, 3)
+        np.testing.assert_array_equal(sixteen, eight)
 
 
-def test_constant_16bit_image_and_nan(tmp_path):
-    tifffile.imwrite(tmp_path / "flat.tif", np.full((8, 9), 700, np.uint16))
-    assert (read_image(tmp_path / "flat.tif") == 0).all()
-    image = np.ones((8, 9), np.float32)
-    image[2, 3] = np.nan
-    tifffile.imwrite(tmp_path / "nan.tif", image)
-    with pytest.raises(DataError, match="nan.tif"):
-        read_image(tmp_path / "nan.tif")
+def test_every_8bit_value_round_trips_through_x257():
+    values = np.arange(256, dtype=np.uint16)
+    out = to_rgb8((values * 257).reshape(16, 16, 1), "x.tif")
+    np.testing.assert_array_equal(out, np.repeat(values.reshape(16, 16, 1), 3, axis=2))
+
+
+def test_12bit_data_in_a_16bit_file_comes_out_dark(tmp_path):
+    """Documented: 16-bit files are scaled by their 16-bit depth, whatever range they use."""
+    image = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    tifffile.imwrite(tmp_path / "12bit.tif", image)
+    out = read_image(tmp_path / "12bit.tif")[..., 0]
+    assert out.min() == 0 and out.max() == 16
+    np.testing.assert_array_equal(out, np.rint(image / 65535 * 255))
+
+
+def test_float_0_1_is_scaled_by_255_and_rounded(tmp_path):
+    image = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
+    image[0, :3] = [[0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5]]
+    tifffile.imwrite(tmp_path / "f.tif", image, photometric="rgb")
+    out = read_image(tmp_path / "f.tif")
+    assert out.dtype == np.uint8 and out[0, 0, 0] == 0 and out[0, 1, 0] == 255
+    np.testing.assert_array_equal(out, np.rint(image.astype(np.float64) * 255))
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(1.5, r"values 0 to 1\.5, outside 0-1; scale them to 0-1"), (-0.25, "outside 0-1"),
+     (np.nan, "NaN or infinite"), (np.inf, "NaN or infinite")],
+)
+def test_float_outside_0_1_is_rejected_naming_the_file(tmp_path, value, message):
+    image = np.zeros((8, 9), np.float32)
+    image[2, 3] = value
+    tifffile.imwrite(tmp_path / "bad.tif", image)
+    with pytest.raises(DataError, match=rf"bad.tif: float image holds .*{message}"):
+        read_image(tmp_path / "bad.tif")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.uint32])
+def test_other_dtypes_are_rejected_naming_the_file(tmp_path, dtype):
+    tifffile.imwrite(tmp_path / "int.tif", np.zeros((8, 9), dtype))
+    with pytest.raises(DataError, match=rf"int.tif: unsupported dtype {np.dtype(dtype)}; expected uint8, uint16 or float"):
+        read_image(tmp_path / "int.tif")
 
 
 def test_float64_mask_with_skipping_ids(tmp_path):
@@ -224,13 +255,3 @@ def test_header_gives_size_channels_and_dtype_without_decoding(tmp_path):
     tifffile.imwrite(tmp_path / "x.tif", _rgba(20, 30), photometric="rgb", extrasamples=("unassalpha",))
     header = read_tiff_header(tmp_path / "x.tif")
     assert (header.height, header.width, header.channels, header.dtype, header.alpha) == (20, 30, 4, np.uint8, True)
-
-
-def test_constant_float_image_is_black_and_a_sparse_one_keeps_its_pixels(tmp_path):
-    tifffile.imwrite(tmp_path / "flat.tif", np.full((8, 9), 0.5, np.float32))
-    assert (read_image(tmp_path / "flat.tif") == 0).all()  # documented: nothing to segment
-    sparse = np.zeros((50, 50), np.float32)
-    sparse[3, 4] = 2.0  # 1 pixel in 2500: the 0.1-99.9 percentiles are both 0
-    tifffile.imwrite(tmp_path / "sparse.tif", sparse)
-    out = read_image(tmp_path / "sparse.tif")
-    assert out[3, 4, 0] == 255 and out.sum() == 3 * 255

@@ -83,7 +83,7 @@ def test_segment_without_a_folder_or_with_a_bad_image_fails_at_dag_time(tmp_path
     images.mkdir()
     proc = snakemake(tmp_path / "work", "segment", "-n", "--config", f"segment_images={images}", check=False)
     assert f"DataError: {images}: no images" in proc.stdout, proc.stdout
-    tifffile.imwrite(images / "float.tif", np.zeros((8, 8), np.float32))
+    tifffile.imwrite(images / "int32.tif", np.zeros((8, 8), np.int32))
     proc = snakemake(tmp_path / "work", "segment", "-n", "--config", f"segment_images={images}", check=False)
-    assert f"DataError: {images / 'float.tif'}: unsupported dtype float32" in proc.stdout, proc.stdout
+    assert f"DataError: {images / 'int32.tif'}: unsupported dtype int32" in proc.stdout, proc.stdout
     assert not (tmp_path / "work" / "results").exists()

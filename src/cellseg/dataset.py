@@ -34,7 +34,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from cellseg.errors import DataError
-from cellseg.io import TiffHeader, read_image, read_mask, read_tiff_header, relabel_consecutive
+from cellseg.io import TiffHeader, check_pixel_dtype, read_image, read_mask, read_tiff_header, relabel_consecutive
 
 ID_MAP = "test_image_name_to_ids.json"
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -122,13 +122,16 @@ def check_headers(source: dict, index: DatasetIndex, read_header: HeaderReader =
         train = Path(source["path"]) / "train"
         for image_id in index.train_ids:
             header = read_header(train / image_id / "image.tif")
+            check_pixel_dtype(header.dtype, train / image_id / "image.tif")
             _check_mask_headers(train / image_id, classes, (header.height, header.width), read_header)
     else:
         coco = _parse_coco(source)
         for image_id in index.train_ids:
             record = coco.images[image_id]
             path = Path(source["image_dir"]) / record["file_name"]
-            _check_size(path, read_header(path), (record["height"], record["width"]), source["train_json"])
+            header = read_header(path)
+            check_pixel_dtype(header.dtype, path)
+            _check_size(path, header, (record["height"], record["width"]), source["train_json"])
     check_test_headers(source, index.test_images, read_header)
 
 
@@ -142,7 +145,9 @@ def check_test_headers(
     else:
         listing = source.get("test_json")
     for test in test_images:
-        _check_size(test.path, read_header(test.path), (test.height, test.width), listing)
+        header = read_header(test.path)
+        check_pixel_dtype(header.dtype, test.path)
+        _check_size(test.path, header, (test.height, test.width), listing)
         folder = Path(source["test_gt"]) / test.name if source.get("test_gt") else None
         if folder and folder.is_dir():
             _check_test_class_files(folder, source["classes"])

@@ -4,6 +4,12 @@ Every reader turns whatever a TIFF holds into one convention: images `(H, W, 3) 
 masks `(H, W) int32` with 0 = background and instances numbered 1..n. Any file that cannot be
 read raises `DataError` naming the file, so that a bad input stops the run with a message
 instead of a traceback from deep inside a codec.
+
+`to_rgb8` is the one pixel decoder of the package: training (`read_image`) and segmentation
+(`cellseg.segment_input`) both call it, so the same file gives the same pixels to both. It
+maps values by the dtype's fixed range, never by an image's own statistics, so that a 16-bit
+copy of an 8-bit image (every value x 257) decodes to the same pixels and the same tissue looks
+the same in every file: uint8 as is, uint16 x 255 / 65535 rounded, float in [0, 1] x 255 rounded.
 """
 
 from __future__ import annotations
@@ -25,8 +31,6 @@ from cellseg.errors import DataError
 # What tifffile and the imagecodecs codecs raise on a broken file (imagecodecs' errors derive
 # from RuntimeError; a truncated header shows up as struct.error, EOFError or IndexError).
 _READ_ERRORS = (OSError, EOFError, ValueError, RuntimeError, IndexError, KeyError, struct.error)
-
-_PERCENTILES = (0.1, 99.9)
 
 
 @dataclass(frozen=True)
@@ -121,19 +125,49 @@ def _to_channels_last(path: Path, array: np.ndarray) -> np.ndarray:
     )
 
 
-def _stretch_to_uint8(path: Path, array: np.ndarray) -> np.ndarray:
-    """Map the 0.1-99.9 percentile range (over all channels) linearly onto 0-255, clipped; the
-    min-max range when those percentiles coincide; a constant image maps to all zeros."""
-    values = array.astype(np.float32)
+# uint16 -> uint8 by the 16-bit depth, rounded to nearest: v x 257 maps back to v exactly.
+_UINT16_TO_8 = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def check_pixel_dtype(dtype: np.dtype, path: str | os.PathLike) -> None:
+    """`DataError` naming the file unless `to_rgb8` decodes `dtype` (uint8, uint16 or float);
+    lets a header check reject at once what decoding the pixels would."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16) and dtype.kind != "f":
+        raise DataError(
+            f"{path}: unsupported dtype {dtype}; expected uint8, uint16 or float (values 0-1): "
+            "convert the image to one of them"
+        )
+
+
+def _float_to_uint8(path: str | os.PathLike, values: np.ndarray) -> np.ndarray:
+    """Float values in [0, 1] x 255, rounded; `DataError` naming the file for any other value."""
     if not np.isfinite(values).all():
-        raise DataError(f"{path}: image contains NaN or infinite values")
-    low, high = np.percentile(values, _PERCENTILES)
-    if high <= low:  # fewer than 0.1 % of the pixels differ: stretch the full range instead
-        low, high = values.min(), values.max()
-    if high <= low:  # a constant image holds nothing to segment; it reads as all black
-        return np.zeros(array.shape, np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        raise DataError(f"{path}: float image holds NaN or infinite values; replace them, or save it as 8- or 16-bit")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        raise DataError(
+            f"{path}: float image holds values {low:g} to {high:g}, outside 0-1; scale them to 0-1 "
+            "or save the image as 8- or 16-bit"
+        )
+    return np.rint(values.astype(np.float64) * 255).astype(np.uint8)
+
+
+def to_rgb8(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Decode raw pixels `(h, w, K)`, K = 1..4, into `(h, w, 3) uint8` RGB.
+
+    Grey (K = 1, or 2 = grey + alpha) is repeated to 3 channels and alpha dropped. uint8 is
+    kept; uint16 becomes round(v x 255 / 65535), so 12-bit data in a 16-bit file (0-4095) comes
+    out dark (0-16); float must lie in [0, 1] and becomes round(v x 255). Other dtypes and float
+    values outside [0, 1] (NaN, inf included) raise `DataError` naming `path`.
+    """
+    check_pixel_dtype(array.dtype, path)
+    colour = array[:, :, :3] if array.shape[-1] >= 3 else array[:, :, :1]
+    if colour.dtype == np.uint16:
+        colour = _UINT16_TO_8[colour]
+    elif colour.dtype != np.uint8:
+        colour = _float_to_uint8(path, colour)
+    return np.ascontiguousarray(colour if colour.shape[-1] == 3 else np.repeat(colour, 3, axis=2))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -142,19 +176,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Accepts RGBA (the reference files: uint8, LZW with a horizontal predictor, which needs
     `imagecodecs`), RGB, grayscale (replicated to 3 channels), grey+alpha (2 channels whose
     second is declared alpha; other 2-channel files are rejected), and channel-first
-    `(3 or 4, H, W)` arrays; alpha is dropped. uint8 values are kept as they are; any other
-    dtype (16-bit, float, ...) is normalised by stretching the image's 0.1-99.9 percentile range,
-    computed over all colour channels together, linearly onto 0-255 and clipping. Raises
-    `DataError` naming the file when it is missing, not a TIFF, truncated or of another shape.
+    `(3 or 4, H, W)` arrays; alpha is dropped. Pixels are decoded by `to_rgb8` (uint8 kept,
+    uint16 and float [0, 1] scaled by their fixed range). Raises `DataError` naming the file
+    when it is missing, not a TIFF, truncated, of another shape or dtype, or a float image with
+    values outside [0, 1].
     """
     path = Path(path)
     array = _to_channels_last(path, _read_tiff(path))
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise DataError(f"{path}: image is empty (shape {array.shape})")
-    colour = array[:, :, :3] if array.shape[-1] >= 3 else np.repeat(array[:, :, :1], 3, axis=2)
-    if colour.dtype != np.uint8:
-        colour = _stretch_to_uint8(path, colour)
-    return np.ascontiguousarray(colour)
+    return to_rgb8(array, path)
 
 
 # Largest id, per pixel, that `relabel_consecutive` renumbers through a lookup table.

@@ -1,12 +1,13 @@
 """New images to segment: listing a folder, checking headers, and reading regions lazily.
 
 `open_image(path)` gives an `ImageReader` whose `read(y0, y1, x0, x1)` returns that region as
-`(h, w, 3) uint8` RGB, normalised exactly as `cellseg.io.read_image` normalises a whole image:
-uint8 kept, 16-bit stretched from the image's 0.1-99.9 percentile range (all colour channels
-together) onto 0-255, grayscale repeated to 3 channels, alpha dropped. A TIFF (strips or
-tiles, BigTIFF, any codec of `imagecodecs`) is never read whole: only the strips or tiles a
-region touches are decoded, and the percentiles of a 16-bit TIFF come from one pass of
-bincounts over row bands. PNG and JPEG files are decoded whole (they cannot be read in parts).
+`(h, w, 3) uint8` RGB, decoded by `cellseg.io.to_rgb8`, the decoder `cellseg.io.read_image`
+uses for training: uint8 kept, uint16 scaled by its 16-bit depth, float in [0, 1] x 255,
+grayscale repeated to 3 channels, alpha dropped. The mapping depends on the dtype alone, so a
+region decodes the same whatever else the image holds. A TIFF (strips or tiles, BigTIFF, any
+codec of `imagecodecs`) is never read whole: only the strips or tiles a region touches are
+decoded (a float TIFF's values are therefore checked region by region, as they are read).
+PNG and JPEG files are decoded whole (they cannot be read in parts).
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import tifffile
 from PIL import Image
 
 from cellseg.errors import DataError
-from cellseg.io import _PERCENTILES, _READ_ERRORS
+from cellseg.io import _READ_ERRORS, check_pixel_dtype, to_rgb8
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
-DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 _PIL_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1, "I;16B": 1, "I;16L": 1, "I": 1}
-BAND_ROWS = 1024  # rows per band when a whole TIFF is scanned (percentiles, thumbnails)
+BAND_ROWS = 1024  # rows per band when a whole image is scanned (thumbnails, cell intensities)
 
 
 def list_images(folder: str | os.PathLike) -> dict[str, Path]:
@@ -50,8 +50,8 @@ def list_images(folder: str | os.PathLike) -> dict[str, Path]:
 
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
     """(H, W) of an image from its header (a PNG / JPEG is verified, not decoded); `DataError`
-    naming the file when it is not readable, holds another dtype than uint8/uint16, or not 1-4
-    channels."""
+    naming the file when it is not readable, holds a dtype `to_rgb8` rejects, or not 1-4
+    channels. Float values outside [0, 1] are only found when the pixels are read."""
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         reader = open_image(path)
@@ -87,50 +87,17 @@ class ImageReader:
     size: tuple[int, int]
     dtype: np.dtype
     channels: int
-    _range: tuple[float, float] | None = None
 
     def _check(self) -> None:
-        if self.dtype not in DTYPES:
-            raise DataError(f"{self.path}: unsupported dtype {self.dtype}; expected 8- or 16-bit")
+        check_pixel_dtype(self.dtype, self.path)
         if not 1 <= self.channels <= 4:
             raise DataError(f"{self.path}: unsupported channel count {self.channels}; expected 1-4")
         if 0 in self.size:
             raise DataError(f"{self.path}: image is empty (size {self.size})")
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows y0:y1, columns x0:x1 as (h, w, 3) uint8 RGB (see the module doc)."""
-        raw = self._raw(y0, y1, x0, x1)
-        colour = raw[:, :, :3] if self.channels >= 3 else np.repeat(raw[:, :, :1], 3, axis=2)
-        if colour.dtype == np.uint8:
-            return np.ascontiguousarray(colour)
-        low, high = (np.float64(v) for v in self.stretch_range())
-        if high <= low:
-            return np.zeros(colour.shape, np.uint8)
-        scaled = (colour.astype(np.float32) - low) * (255.0 / (high - low))  # as io.read_image
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-    def stretch_range(self) -> tuple[float, float]:
-        """The 0.1 and 99.9 percentiles of the colour channels, as `np.percentile` (linear)
-        computes them, from one pass of bincounts over row bands."""
-        if self._range is None:
-            counts = np.zeros(65536, np.int64)
-            for y in range(0, self.size[0], BAND_ROWS):
-                band = self._raw(y, min(y + BAND_ROWS, self.size[0]), 0, self.size[1])
-                # grey is repeated to 3 channels before the stretch, as in read_image
-                band, copies = (band[:, :, :3], 1) if self.channels >= 3 else (band[:, :, :1], 3)
-                counts += copies * np.bincount(band.ravel(), minlength=65536)
-            self._range = tuple(_percentile_from_counts(counts, q) for q in _PERCENTILES)
-        return self._range
-
-
-def _percentile_from_counts(counts: np.ndarray, q: float) -> float:
-    """`np.percentile(values, q)` (linear method) of the values whose histogram is `counts`."""
-    cumulative = np.cumsum(counts)
-    rank = q / 100.0 * (cumulative[-1] - 1)
-    below, frac = int(np.floor(rank)), rank - np.floor(rank)
-    low = int(np.searchsorted(cumulative, below, side="right"))
-    high = int(np.searchsorted(cumulative, below + 1, side="right")) if frac else low
-    return float(low + (high - low) * frac)
+        """Rows y0:y1, columns x0:x1 as (h, w, 3) uint8 RGB, decoded by `to_rgb8`."""
+        return to_rgb8(self._raw(y0, y1, x0, x1), self.path)
 
 
 class ArrayReader(ImageReader):
