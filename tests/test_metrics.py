@@ -7,6 +7,7 @@ from cellseg.metrics import (
     aggregated_jaccard,
     coco_mask_metrics,
     coco_precision,
+    count_errors,
     encode_window,
     evaluate_predictions,
     f1_per_class,
@@ -14,6 +15,7 @@ from cellseg.metrics import (
     iou_matrix,
     instance_pixels,
     metric_value,
+    pannuke_quality,
     panoptic_quality,
     predictions_to_coco,
     prepare_ground_truth,
@@ -61,6 +63,9 @@ def test_perfect_predictions_score_one(labels):
     assert f1_per_class(gt, preds) == {"F1_a": 1.0, "F1_b": 1.0, "F1": 1.0}
     assert panoptic_quality(gt, preds) == {"PQ": 1.0, "SQ": 1.0, "DQ": 1.0, "PQ_a": 1.0, "PQ_b": 1.0}
     assert aggregated_jaccard(gt, preds) == {"AJI_a": 1.0, "AJI_b": 1.0, "AJI": 1.0}
+    assert pannuke_quality(gt, preds) == {"bPQ": 1.0, "mPQ": 1.0, "mPQ_a": 1.0, "mPQ_b": 1.0}
+    counts = count_errors(gt, preds)
+    assert counts == {"count_error_a": 0.0, "count_error_b": 0.0, "count_error": 0.0, "count_ratio": 1.0}
 
 
 def test_one_missed_of_two_gives_half_the_recall_points(labels):
@@ -251,7 +256,7 @@ def test_evaluate_predictions_and_pr_curve(labels):
     assert curve["precision_iou50"].iloc[50] == pytest.approx(1.0)
     assert curve["precision_iou50"].iloc[51] == pytest.approx(0.5)
     gt = prepare_ground_truth([labels], CLASSES)
-    for metric in ("AP50", "AP50@100", "PQ"):
+    for metric in ("AP50", "AP50@100", "PQ", "bPQ", "mPQ"):
         assert metric_value(gt, preds, metric) == pytest.approx(metrics[metric])
     with pytest.raises(ValueError, match="unknown metric"):
         metric_value(gt, preds, "mAP")
@@ -274,11 +279,13 @@ def test_right_mask_wrong_class_scores_zero_per_class_and_one_class_agnostic(lab
     masks = [labels[0] == 1, labels[0] == 2, labels[1] == 1]
     preds = [make_set(masks, [2, 2, 1])]
     per_class, _ = evaluate_predictions([labels], preds, CLASSES)
-    for key in ("AP", "AP50@100", "AP_a", "AP_b", "PQ", "F1", "AJI"):
+    for key in ("AP", "AP50@100", "AP_a", "AP_b", "PQ", "F1", "AJI", "mPQ"):
         assert per_class[key] == pytest.approx(0.0), key
+    assert per_class["bPQ"] == 1.0  # binary PQ merges the classes even here
     agnostic, _ = evaluate_predictions([labels], preds, CLASSES, class_agnostic=True)
-    for key in ("AP", "AP50", "AP50@100", "AP@100", "PQ", "SQ", "DQ", "F1", "AJI", "sartorius"):
+    for key in ("AP", "AP50", "AP50@100", "AP@100", "PQ", "SQ", "DQ", "F1", "AJI", "sartorius", "bPQ", "mPQ"):
         assert agnostic[key] == pytest.approx(1.0), key
+    assert (agnostic["count_error"], agnostic["count_ratio"]) == (0.0, 1.0)
     assert not [key for key in agnostic if key.endswith(("_a", "_b", "_cell"))]
 
 
@@ -340,8 +347,175 @@ def test_one_pass_scores_equal_each_metric_on_its_own(evaluator):
     expected["sartorius"] = float(np.mean(sartorius_per_image(gt, preds)))
     for part in (f1_per_class(gt, preds), panoptic_quality(gt, preds), aggregated_jaccard(gt, preds)):
         expected.update(part)
+    expected.update(pannuke_quality(gt, preds) | count_errors(gt, preds))
     assert metrics.keys() == expected.keys()
     np.testing.assert_allclose(list(metrics.values()), list(expected.values()), atol=1e-12)
     assert 0 < metrics["F1"] < 1 and 0 < metrics["AJI"] < 1 and 0 < metrics["sartorius"] < 1
     with pytest.raises(ValueError):  # labels of one image more than predictions
         evaluate_predictions(labels_list, preds[:-1], CLASSES, evaluator=evaluator)
+
+
+def one_cell_image(labels):
+    """`labels`' shape, holding only class a's first cell."""
+    image = np.zeros_like(labels)
+    image[0] = labels[0] == 1
+    return image
+
+
+def test_bpq_is_the_mean_of_per_image_binary_pq(labels):
+    # Image 1: its three cells found exactly, two with the wrong class: binary PQ 1. Image 2:
+    # its one cell found by its 10x6 left part (IoU 0.6) plus an 8x8 FP: DQ 1 / (1 + 1/2),
+    # SQ 0.6, PQ 0.4. bPQ = (1 + 0.4) / 2 = 0.7; the pooled class-agnostic PQ weighs image 1's
+    # three cells against image 2's one: TP 4, FP 1, IoU sum 3.6: 3.6 / 4.5 = 0.8.
+    image_2 = one_cell_image(labels)
+    left, false_positive = square((64, 64), 5, 5, 6, height=10), square((64, 64), 50, 50, 8)
+    preds = [
+        make_set([labels[0] == 1, labels[0] == 2, labels[1] == 1], [2, 1, 1]),
+        make_set([left, false_positive], [1, 1]),
+    ]
+    gt = prepare_ground_truth([labels, image_2], CLASSES)
+    assert pannuke_quality(gt, preds)["bPQ"] == pytest.approx(0.7)
+    agnostic, _ = evaluate_predictions([labels, image_2], preds, CLASSES, class_agnostic=True)
+    assert agnostic["bPQ"] == pytest.approx(0.7) and agnostic["mPQ"] == pytest.approx(0.7)
+    assert agnostic["PQ"] == pytest.approx(0.8)
+
+
+def test_images_without_ground_truth_are_left_out_of_bpq_and_mpq_whatever_was_predicted(labels):
+    # PanNuke's rule. Image 1: found exactly, PQ 1. Image 2: nothing true, nothing found; image
+    # 3: nothing true, one FP: both left out. Image 4: nothing found, PQ 0. bPQ = mPQ = 0.5.
+    # The pooled PQ counts image 3's FP: class a TP 2, FP 1, FN 2: PQ_a = 2 / 3.5.
+    empty = np.zeros_like(labels)
+    exact = make_set([labels[0] == 1, labels[0] == 2, labels[1] == 1], [1, 1, 2])
+    nothing, false_positive = InstanceSet.empty((64, 64)), make_set([square((64, 64), 50, 50, 8)], [1])
+    preds = [exact, nothing, false_positive, nothing]
+    metrics, _ = evaluate_predictions([labels, empty, empty, labels], preds, CLASSES)
+    assert (metrics["bPQ"], metrics["mPQ"], metrics["mPQ_a"], metrics["mPQ_b"]) == (0.5, 0.5, 0.5, 0.5)
+    assert metrics["PQ_a"] == pytest.approx(2 / 3.5)
+    gt = prepare_ground_truth([empty], CLASSES)
+    assert all(np.isnan(v) for v in pannuke_quality(gt, preds[2:3]).values())
+
+
+def test_mpq_leaves_out_a_class_absent_from_an_image(labels):
+    # Image 1: class a's two cells found exactly (PQ_a 1), class b's by its 10x8 top part (IoU
+    # 0.8, PQ_b 0.8): class mean 0.9. Image 2 holds class a's first cell only, found by its
+    # 10x6 left part (IoU 0.6, PQ_a 0.6); its FP of class b is left out with class b there:
+    # class mean 0.6. mPQ = (0.9 + 0.6) / 2 = 0.75; mPQ_a = (1 + 0.6) / 2 = 0.8, mPQ_b = 0.8
+    # (image 1 alone), whose mean (0.8) is not mPQ. The pooled PQ_b counts the FP: 0.8 / 1.5.
+    # bPQ: image 1 TP 3 with IoU sum 2.8 -> 2.8 / 3; image 2 TP 1 (0.6), FP 1 -> 0.4.
+    image_2 = one_cell_image(labels)
+    top = square((64, 64), 5, 40, 10, height=8)
+    left, false_positive = square((64, 64), 5, 5, 6, height=10), square((64, 64), 50, 50, 8)
+    preds = [make_set([labels[0] == 1, labels[0] == 2, top], [1, 1, 2]), make_set([left, false_positive], [1, 2])]
+    metrics, _ = evaluate_predictions([labels, image_2], preds, CLASSES)
+    assert metrics["mPQ"] == pytest.approx(0.75)
+    assert metrics["mPQ_a"] == pytest.approx(0.8) and metrics["mPQ_b"] == pytest.approx(0.8)
+    assert metrics["PQ_b"] == pytest.approx(0.8 / 1.5)
+    assert metrics["bPQ"] == pytest.approx((2.8 / 3 + 0.4) / 2)
+
+
+def test_count_error_per_class_and_count_ratio(labels):
+    # Image 1: true a 2, b 1; found a 3, b 0. Image 2: true a 1, b 0; found a 0, b 2. Class c:
+    # none true, none found (NaN, left out of the mean). count_error_a = (1 + 1) / 3, _b =
+    # (1 + 2) / 1; count_ratio = 5 found / 4 true. Classes merged: |3 - 3| + |2 - 1| over 4 true.
+    stacks = [np.concatenate([image, np.zeros_like(labels[:1])]) for image in (labels, one_cell_image(labels))]
+    cells = [square((64, 64), 4 * i, 50, 3) for i in range(3)]
+    preds = [make_set(cells, [1, 1, 1]), make_set(cells[:2], [2, 2])]
+    metrics, _ = evaluate_predictions(stacks, preds, CLASSES + ["c"])
+    assert metrics["count_error_a"] == pytest.approx(2 / 3) and metrics["count_error_b"] == 3.0
+    assert np.isnan(metrics["count_error_c"])
+    assert metrics["count_error"] == pytest.approx((2 / 3 + 3) / 2) and metrics["count_ratio"] == 1.25
+    agnostic, _ = evaluate_predictions(stacks, preds, CLASSES + ["c"], class_agnostic=True)
+    assert agnostic["count_error"] == 0.25 and agnostic["count_ratio"] == 1.25
+    assert not [key for key in agnostic if key.startswith(("mPQ_", "count_error_"))]
+
+
+def pannuke_pq(true, pred):
+    """PQ of two (H, W) instance label images as PanNuke's `get_fast_pq` computes it: pairs at
+    IoU > 0.5 (unique when instances do not overlap), SQ = summed IoU / (TP + 1e-6)."""
+    true_ids, pred_ids = np.unique(true[true > 0]), np.unique(pred[pred > 0])
+    iou = np.zeros((len(true_ids), len(pred_ids)))
+    for i, t in enumerate(true_ids):
+        for j, p in enumerate(pred_ids):
+            iou[i, j] = ((true == t) & (pred == p)).sum() / ((true == t) | (pred == p)).sum()
+    paired = iou[iou > 0.5]
+    tp, fp, fn = len(paired), len(pred_ids) - len(paired), len(true_ids) - len(paired)
+    return tp / (tp + fp / 2 + fn / 2) * paired.sum() / (tp + 1e-6)
+
+
+def pannuke_scores(true_stacks, pred_stacks):
+    """bPQ, mPQ and per-class PQ as PanNuke's run.py scores (C, H, W) label stacks of one
+    tissue: an image, or a class in an image, without ground truth is left out (NaN)."""
+
+    def merged(stack):  # every class's instances in one label image, ids kept apart
+        offsets = np.cumsum([0, *[plane.max() for plane in stack[:-1]]])
+        return np.where(stack > 0, stack + offsets[:, None, None], 0).max(axis=0)
+
+    binary, per_class = [], []
+    for true, pred in zip(true_stacks, pred_stacks):
+        binary.append(pannuke_pq(merged(true), merged(pred)) if true.any() else np.nan)
+        per_class.append([pannuke_pq(t, p) if t.any() else np.nan for t, p in zip(true, pred)])
+    per_class = np.array(per_class)
+    image_means = [np.mean(row[np.isfinite(row)]) for row in per_class if np.isfinite(row).any()]
+    class_means = [np.mean(col[np.isfinite(col)]) if np.isfinite(col).any() else np.nan for col in per_class.T]
+    return np.nanmean(binary), np.mean(image_means), class_means
+
+
+def grid_case(seed, n_images=6, n_classes=3):
+    """64x64 images of up to 16 rectangles, one per 16x16 grid cell, of random classes; each
+    predicted with probability 0.8 jittered (IoU above and below 0.5), 20% of them with another
+    class, plus false positives in empty grid cells. Nothing overlaps, so that label images
+    hold predictions too. Image 0 holds no ground truth but a false positive; image 1 nothing."""
+    rng = np.random.default_rng(seed)
+    true_stacks, pred_stacks, preds = [], [], []
+    for image in range(n_images):
+        true, pred = np.zeros((2, n_classes, 64, 64), np.int32)
+        masks, classes = [], []
+        for gy, gx in np.ndindex(4, 4):
+            y, x = gy * 16 + 3, gx * 16 + 3
+            h, w = rng.integers(5, 11, 2)
+            c = int(rng.integers(n_classes))
+            has_cell = image > 1 and rng.random() < 0.7
+            if has_cell:
+                true[c][y : y + h, x : x + w] = true[c].max() + 1
+            predicted = rng.random() < (0.8 if has_cell else 0.2) or (image, gy, gx) == (0, 0, 0)
+            if predicted:
+                dy, dx, dh, dw = rng.integers(-2, 3, 4)
+                found = c if rng.random() < 0.8 else int(rng.integers(n_classes))
+                mask = square((64, 64), y + dy, x + dx, w + dw, height=h + dh)
+                pred[found][mask] = pred[found].max() + 1
+                masks.append(mask)
+                classes.append(found + 1)
+        true_stacks.append(true)
+        pred_stacks.append(pred)
+        preds.append(make_set(masks, classes) if masks else InstanceSet.empty((64, 64)))
+    return true_stacks, pred_stacks, preds
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bpq_and_mpq_equal_a_reimplementation_of_pannuke(seed):
+    true_stacks, pred_stacks, preds = grid_case(seed)
+    names = ["a", "b", "c"]
+    bpq, mpq, per_class = pannuke_scores(true_stacks, pred_stacks)
+    metrics, _ = evaluate_predictions(true_stacks, preds, names)
+    assert metrics["bPQ"] == pytest.approx(bpq, abs=1e-5) and metrics["mPQ"] == pytest.approx(mpq, abs=1e-5)
+    np.testing.assert_allclose([metrics[f"mPQ_{n}"] for n in names], per_class, atol=1e-5)
+    assert 0 < mpq < bpq < 1
+    agnostic, _ = evaluate_predictions(true_stacks, preds, names, class_agnostic=True)
+    assert agnostic["bPQ"] == pytest.approx(bpq, abs=1e-5) and agnostic["mPQ"] == agnostic["bPQ"]
+
+
+def test_a_prediction_over_two_overlapping_cells_of_merged_classes_matches_one(labels):
+    # Class b's cell lies 1 px off class a's first (IoU 90/110 with it). One prediction, class
+    # a's cell exactly: per class, a TP of a (PQ_a 1) and a FN of b. Classes merged, it exceeds
+    # IoU 0.5 with both cells yet matches one: TP 1 (IoU 1), FN 1: PQ 1 / 1.5.
+    overlapping = np.zeros_like(labels)
+    overlapping[0][square((64, 64), 5, 5, 10)] = 1
+    overlapping[1][square((64, 64), 5, 6, 10)] = 1
+    preds = [make_set([overlapping[0] == 1], [1])]
+    metrics, _ = evaluate_predictions([overlapping], preds, CLASSES)
+    assert (metrics["mPQ_a"], metrics["mPQ_b"], metrics["PQ_a"]) == (1.0, 0.0, 1.0)
+    assert metrics["bPQ"] == pytest.approx(1 / 1.5)
+    agnostic, _ = evaluate_predictions([overlapping], preds, CLASSES, class_agnostic=True)
+    for key in ("PQ", "bPQ", "mPQ"):
+        assert agnostic[key] == pytest.approx(1 / 1.5), key
+    assert agnostic["DQ"] == pytest.approx(1 / 1.5) and agnostic["SQ"] == 1.0

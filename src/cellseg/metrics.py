@@ -1,5 +1,6 @@
 """Scores of predicted instances against label images: COCO mask AP, the Sartorius metric, F1,
-panoptic quality (PQ = DQ x SQ) and the aggregated Jaccard index (AJI).
+panoptic quality (PQ = DQ x SQ) pooled over the set as MoNuSAC scores it and averaged over
+images as PanNuke does (bPQ, mPQ), the aggregated Jaccard index (AJI) and the counting error.
 
 Dense cell images hold more cells than COCO's default 100 detections, so AP is computed with a
 raised `max_dets` and also read off at 100, the value leaderboards typically report. All AP
@@ -46,7 +47,7 @@ COCO_DEFAULT_MAX_DETS = 100
 WHOLE_SET_EVALUATORS = ("faster", "pycocotools")
 EVALUATORS = ("streaming", *WHOLE_SET_EVALUATORS)
 DEFAULT_EVALUATOR = "streaming"
-METRICS = ("AP", "AP50", "AP50@100", "sartorius", "F1", "PQ")
+METRICS = ("AP", "AP50", "AP50@100", "sartorius", "F1", "PQ", "bPQ", "mPQ")
 # The one class that class-agnostic scoring merges every class into.
 AGNOSTIC_CLASS = "cell"
 
@@ -408,6 +409,41 @@ def panoptic_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], 
     return _pq_metrics(sums, gt.class_names)
 
 
+def pannuke_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
+    """Panoptic quality as PanNuke scores it (Gamper et al. 2020; run.py of
+    TissueImageAnalytics/PanNuke-metrics): PQ per image, then averaged over images, so that
+    each image weighs the same however many cells it holds (`panoptic_quality` pools instead).
+
+    Matching as in `panoptic_quality` (IoU > 0.5). `bPQ`: every class merged into one. Per
+    class (`mPQ_<name>`): the mean over the images holding that class in their ground truth.
+    `mPQ`: per image the mean over the classes in its ground truth, then the mean over images
+    (PanNuke's order, so `mPQ` is not the mean of the `mPQ_<name>`). PanNuke's rule for empty
+    images, followed here: an image (for bPQ) or a class in an image (for mPQ) without ground
+    truth is left out whatever was predicted there (its false positives are never counted);
+    one with ground truth but no predictions scores 0. NaN where nothing is left. PanNuke
+    also averages per tissue type first; that is left to the caller (one scorer per tissue).
+    """
+    n_classes = len(gt.class_names)
+    sums = np.zeros((2, n_classes + 2))
+    for truth, found, overlaps in _image_pairs(gt, preds, mask_threshold):
+        sums += _pannuke_sums(truth.classes, found.classes, _iou(*overlaps), n_classes)
+    return _pannuke_metrics(sums, gt.class_names)
+
+
+def count_errors(gt: GroundTruth, preds: Iterable[InstanceSet | Binarised]) -> dict:
+    """How far the number of instances found is off, whatever their masks: per class
+    `count_error_<name>` = sum over images of |found - true| / sum of true (NaN without true
+    instances in the set), `count_error` their mean over the classes where defined, and
+    `count_ratio` = all instances found / all true (NaN without any true; above 1 means the
+    model over-counts). Over- and under-counting in different images cancel in the ratio, not
+    in the error."""
+    n_classes = len(gt.class_names)
+    sums = np.zeros((3, n_classes))
+    for truth, found in zip(gt, preds):
+        sums += _count_sums(truth.classes, found.classes, n_classes)
+    return _count_metrics(sums, gt.class_names)
+
+
 def aggregated_jaccard(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
     """Aggregated Jaccard index (Kumar et al. 2017) per class over the set (`AJI_<name>`) and
     its mean over classes (`AJI`).
@@ -435,8 +471,8 @@ def metric_value(
     evaluator: str = DEFAULT_EVALUATOR,
 ) -> float:
     """One scalar score, for threshold tuning: `AP`, `AP50` (COCO at max_dets), `AP50@100` (COCO
-    AP50 at 100 detections, the leaderboard's number), `sartorius`, or `F1` or `PQ` (means over
-    classes)."""
+    AP50 at 100 detections, the leaderboard's number), `sartorius`, `F1` or `PQ` (means over
+    classes), or PanNuke's per-image `bPQ` or `mPQ` (`pannuke_quality`)."""
     if metric in ("AP", "AP50", "AP50@100"):
         precision = coco_precision(gt, preds, mask_threshold, max_dets, evaluator)
         return metrics_from_precision(precision, gt.class_names)[metric]
@@ -446,6 +482,8 @@ def metric_value(
         return f1_per_class(gt, preds, mask_threshold)["F1"]
     if metric == "PQ":
         return panoptic_quality(gt, preds, mask_threshold)["PQ"]
+    if metric in ("bPQ", "mPQ"):
+        return pannuke_quality(gt, preds, mask_threshold)[metric]
     raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
 
 
@@ -453,7 +491,8 @@ class SetScorer:
     """Every metric of `evaluate_predictions`, accumulated one image at a time: with the
     `streaming` COCO evaluator it holds per image a score and a few counts, per detection its
     COCO match flags, and neither the masks nor the ground truth of the images already added
-    (the whole-set evaluators keep every image's RLEs until `result`).
+    (the whole-set evaluators keep every image's RLEs until `result`). The per-image means
+    (bPQ, mPQ) and the counting error are running sums over images, a few numbers per class.
 
     class_agnostic: every class merged into one (`AGNOSTIC_CLASS`) on both sides as images are
     added, so that the labels may come from a dataset with another class list (a cell found
@@ -478,6 +517,7 @@ class SetScorer:
         self._whole_set: list[tuple[ImageTruth, Binarised]] = []
         self._per_image: list[tuple[float, int, int]] = []  # Sartorius score, instances true and found
         self._f1, self._pq, self._aji = np.zeros((3, n_classes)), np.zeros((4, n_classes)), np.zeros((2, n_classes))
+        self._pannuke, self._counts = np.zeros((2, n_classes + 2)), np.zeros((3, n_classes))
 
     def add_image(self, truth: ImageTruth, found: Binarised) -> None:
         """Score one image's binarised predictions against its ground truth."""
@@ -490,6 +530,8 @@ class SetScorer:
         self._f1 += _f1_counts(truth.classes, found.classes, iou, n_classes)
         self._pq += _pq_sums(truth.classes, found.classes, iou, n_classes)
         self._aji += _aji_sums(truth.classes, found.classes, overlaps, n_classes)
+        self._pannuke += _pannuke_sums(truth.classes, found.classes, iou, n_classes)
+        self._counts += _count_sums(truth.classes, found.classes, n_classes)
         if self.evaluator in WHOLE_SET_EVALUATORS:
             self._whole_set.append((truth, found))
         else:
@@ -513,6 +555,8 @@ class SetScorer:
         metrics.update(_f1_metrics(self._f1, self.class_names))
         metrics.update(_pq_metrics(self._pq, self.class_names))
         metrics.update(_aji_metrics(self._aji, self.class_names))
+        metrics.update(_pannuke_metrics(self._pannuke, self.class_names))
+        metrics.update(_count_metrics(self._counts, self.class_names))
         if self.class_agnostic:
             metrics = {key: value for key, value in metrics.items() if not key.endswith(f"_{AGNOSTIC_CLASS}")}
         return metrics, pr_curve(precision)
@@ -528,8 +572,10 @@ def evaluate_predictions(
     class_agnostic: bool = False,
 ) -> tuple[dict, pd.DataFrame]:
     """All metrics in one dict (COCO keys, `sartorius`, `F1`, `F1_<name>`, `PQ`, `SQ`, `DQ`,
-    `PQ_<name>`, `AJI`, `AJI_<name>`) and the PR curve, in one pass over the images
-    (`SetScorer`).
+    `PQ_<name>` pooled over the set, `AJI`, `AJI_<name>`, PanNuke's per-image means `bPQ`,
+    `mPQ`, `mPQ_<name>` (`pannuke_quality`), `count_error`, `count_error_<name>`,
+    `count_ratio` (`count_errors`)) and the PR curve, in one pass over the images
+    (`SetScorer`). Class-agnostic scoring drops the `<name>` keys; its `mPQ` equals `bPQ`.
 
     class_agnostic: merge every class into one on both sides (see `SetScorer`). labels_list:
     per image a (C, H, W) label stack (a generator is read once), or their `GroundTruth`
@@ -600,6 +646,49 @@ def _pq_metrics(sums: np.ndarray, class_names: list[str]) -> dict:
     return metrics
 
 
+def _image_pq(sums: np.ndarray) -> np.ndarray:
+    """One image's (C,) PQ per class from its (4, C) `_pq_sums`: summed IoU / (TP + FP/2 +
+    FN/2), which is DQ x SQ; NaN where the class has no ground truth in the image (PanNuke
+    leaves it out, whatever was predicted)."""
+    tp, fp, fn, iou_sum = sums
+    return np.divide(iou_sum, tp + (fp + fn) / 2, out=np.full(len(tp), np.nan), where=tp + fn > 0)
+
+
+def _pannuke_sums(truth_classes: np.ndarray, classes: np.ndarray, iou: np.ndarray, n_classes: int) -> np.ndarray:
+    """One image's (2, C + 2) share of `pannuke_quality`: row 0 its PQ of each class, their
+    mean and its binary PQ (all classes merged), 0 where undefined; row 1 1 where defined."""
+    per_class = _image_pq(_pq_sums(truth_classes, classes, iou, n_classes))
+    binary = _image_pq(_pq_sums(np.ones_like(truth_classes), np.ones_like(classes), iou, 1))
+    values = np.concatenate([per_class, [_class_mean(per_class)], binary])
+    defined = np.isfinite(values)
+    return np.stack([np.where(defined, values, 0.0), defined])
+
+
+def _pannuke_metrics(sums: np.ndarray, class_names: list[str]) -> dict:
+    totals, images = sums
+    means = np.divide(totals, images, out=np.full(len(totals), np.nan), where=images > 0)
+    metrics = {"bPQ": float(means[-1]), "mPQ": float(means[-2])}
+    metrics.update({f"mPQ_{name}": float(v) for name, v in zip(class_names, means[:-2])})
+    return metrics
+
+
+def _count_sums(truth_classes: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """One image's (3, C) instance counts per class: |found - true|, true, found."""
+    ids = np.arange(1, n_classes + 1)
+    n_true = (truth_classes[:, None] == ids).sum(axis=0)
+    n_found = (classes[:, None] == ids).sum(axis=0)
+    return np.stack([np.abs(n_found - n_true), n_true, n_found])
+
+
+def _count_metrics(sums: np.ndarray, class_names: list[str]) -> dict:
+    error, n_true, n_found = sums
+    per_class = np.divide(error, n_true, out=np.full(len(class_names), np.nan), where=n_true > 0)
+    metrics = {f"count_error_{name}": float(v) for name, v in zip(class_names, per_class)}
+    metrics["count_error"] = _class_mean(per_class)
+    metrics["count_ratio"] = float(n_found.sum() / n_true.sum()) if n_true.sum() else float("nan")
+    return metrics
+
+
 def _aji_sums(
     truth_classes: np.ndarray, classes: np.ndarray, overlaps: tuple[np.ndarray, ...], n_classes: int
 ) -> np.ndarray:
@@ -632,10 +721,18 @@ def _matched_ious(iou: np.ndarray) -> np.ndarray:
 
     Ground-truth instances of one class do not overlap, so a prediction exceeds IoU 0.5 with at
     most one of them and this matching is one-to-one; when overlapping predictions (without
-    NMS) both exceed 0.5 with one instance, the lower one stays unmatched, a FP.
+    NMS) both exceed 0.5 with one instance, the lower one stays unmatched, a FP. Merged classes
+    (binary PQ, class-agnostic scoring) may overlap: a prediction above 0.5 with two instances
+    is then matched one-to-one, of the largest IoU sum, rather than counted as two TPs.
     """
-    best = iou.max(axis=1, initial=0.0)
-    return best[best > 0.5]
+    candidates = iou > 0.5
+    if (candidates.sum(axis=0) <= 1).all():
+        best = iou.max(axis=1, initial=0.0)
+        return best[best > 0.5]
+    pairs = np.where(candidates, iou, 0.0)
+    rows, cols = linear_sum_assignment(pairs, maximize=True)
+    matched = pairs[rows, cols]
+    return matched[matched > 0]
 
 
 def _aji_class_sums(overlap: np.ndarray, area_true: np.ndarray, area_pred: np.ndarray) -> tuple[float, float]:
