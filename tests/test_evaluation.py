@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.evaluation import apply_tuned, load_predictions, read_thresholds, scoreboard
+from cellseg.evaluation import at_point, load_predictions, read_point, read_thresholds, scoreboard
 from cellseg.instances import InstanceSet, save_instance_sets
 
 CLASSES = ["a", "b"]
@@ -12,20 +12,36 @@ CLASSES = ["a", "b"]
 
 def test_thresholds_json_round_trip_and_per_class_masks(tmp_path):
     # What the tune stage writes: json turns the int class ids into strings.
-    best = {"score_thresholds": {1: 0.2, 2: 0.0}, "mask_thresholds": {1: 0.3, 2: 0.6}, "nms_threshold": 1.0}
-    path = tmp_path / "thresholds.json"
-    path.write_text(json.dumps(best))
-    thresholds = read_thresholds(path)
-    assert thresholds == best
+    best = {"point": "leaderboard", "score_thresholds": {1: 0.2, 2: 0.0}, "mask_thresholds": {1: 0.3, 2: 0.6},
+            "nms_threshold": 1.0}  # fmt: skip
+    cells = {**best, "point": "cells", "mask_thresholds": {1: 0.3, 2: 0.3}, "nms_threshold": 0.5}
+    (tmp_path / "leaderboard.json").write_text(json.dumps(best))
+    (tmp_path / "thresholds.json").write_text(json.dumps({"leaderboard": best, "cells": cells}))
+    assert read_point(tmp_path / "leaderboard.json") == best
+    assert read_thresholds(tmp_path / "thresholds.json") == {"leaderboard": best, "cells": cells}
+    (tmp_path / "old.json").write_text(json.dumps(best))
+    with pytest.raises(ValueError, match="old.json: no operating point leaderboard, cells"):
+        read_thresholds(tmp_path / "old.json")
     soft = np.zeros((16, 16), np.float32)
     soft[2:8, 2:8] = 0.4
     soft[4:6, 4:6] = 0.9
-    preds = InstanceSet.from_dense(np.zeros((3, 4)), [0.9, 0.9, 0.1], [1, 2, 1], np.asarray([soft] * 3))
-    tuned = apply_tuned([preds], thresholds)[0]
+    preds = InstanceSet.from_dense(np.zeros((3, 4)), [0.9, 0.8, 0.1], [1, 2, 1], np.asarray([soft] * 3))
+    tuned = at_point([preds], best)[0]
     # The class-1 instance scoring 0.1 is dropped; class 1 keeps the 0.4 rim, class 2 does not.
     assert list(tuned.classes) == [1, 2]
     np.testing.assert_array_equal(tuned.binary_mask(0, 0.5), soft >= 0.3)
     np.testing.assert_array_equal(tuned.binary_mask(1, 0.5), soft >= 0.6)
+    # The cells point: one cell, of the higher-scoring class, that keeps the other's score.
+    one = at_point([preds], cells)[0]
+    assert list(one.classes) == [1] and one.class_scores.tolist() == [[pytest.approx(0.9), pytest.approx(0.8)]]
+
+
+POINTS = {
+    "leaderboard": {"point": "leaderboard", "score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5},
+                    "nms_threshold": 1.0},
+    "cells": {"point": "cells", "score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5},
+              "nms_threshold": 0.5},
+}  # fmt: skip
 
 
 def test_scoreboard_has_the_panoptic_and_leaderboard_columns():
@@ -34,11 +50,11 @@ def test_scoreboard_has_the_panoptic_and_leaderboard_columns():
     labels[1, 9:14, 9:14] = 1
     masks = np.asarray([labels[0] == 1, labels[1] == 1])
     preds = [InstanceSet.from_dense(np.zeros((2, 4)), [0.9, 0.8], [1, 2], masks)]
-    thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
-    table = scoreboard([labels], {0: preds}, preds, thresholds, CLASSES, 100, "faster").tables["per_class"]
+    table = scoreboard([labels], {0: preds}, preds, POINTS, CLASSES, 100, "faster").tables["per_class"]
     columns = ["AP50@100", "AP50@100_a", "AP50@100_b", "PQ", "SQ", "DQ", "PQ_a", "PQ_b", "AJI", "AJI_a"]
     assert (table[columns] == 1.0).all().all()
-    assert list(table["model"]) == ["fold 0", "ensemble", "ensemble"]
+    assert list(table["model"]) == ["fold 0", "ensemble", "ensemble", "ensemble"]
+    assert list(table["thresholds"]) == ["default", "default", "leaderboard", "cells"]
 
 
 def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
@@ -66,7 +82,7 @@ def test_scoreboard_takes_prepared_or_streamed_ground_truth():
     labels[1, 9:14, 9:14] = 1
     masks = np.asarray([labels[0] == 1, labels[1] == 1, np.roll(labels[0] == 3, 1, axis=1)])
     preds = [InstanceSet.from_dense(np.zeros((3, 4)), [0.9, 0.8, 0.3], [1, 2, 1], masks)]
-    thresholds = {"score_thresholds": {1: 0.0, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 1.0}
+    thresholds = POINTS
     gt = prepare_ground_truth(iter([labels]), CLASSES)
     kinds = ("per_class", "agnostic")
     expected = scoreboard(gt, {0: preds}, preds, thresholds, CLASSES, 100, "faster", kinds=kinds)

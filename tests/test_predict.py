@@ -5,7 +5,7 @@ import torch
 from cellseg.errors import ConfigError, DataError
 from cellseg.instances import InstanceSet
 from cellseg.model import build_model
-from cellseg.predict import load_model_for_inference, predict_image, predict_images, tta_views
+from cellseg.predict import load_model_for_inference, predict_image, tta_views
 from cellseg.train_config import resolve_train_config
 
 CPU = torch.device("cpu")
@@ -145,12 +145,9 @@ def test_tta_views_and_bad_ops():
         tta_views(["rot180"])
 
 
-def test_empty_image_and_predict_images():
-    image = np.zeros((40, 70, 3), np.uint8)
-    named = [("a", image), ("b", image)]
-    results = dict(predict_images(Oracle(), named, tile_size=32, overlap=8, tta=["vflip"], device=CPU))
-    assert list(results) == ["a", "b"]
-    assert len(results["a"]) == 0 and results["a"].image_size == (40, 70)
+def test_empty_image():
+    found = predict_image(Oracle(), np.zeros((40, 70, 3), np.uint8), tile_size=32, overlap=8, tta=["vflip"], device=CPU)
+    assert len(found) == 0 and found.image_size == (40, 70)
 
 
 def small_untrained_model():
@@ -191,7 +188,7 @@ def test_load_model_for_inference(tmp_path):
 @pytest.mark.parametrize("amp, feature_dtype", [("none", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_inference_autocast_runs_the_backbone_in_half_precision_only(amp, feature_dtype):
     """predict.amp: the backbone + FPN compute in half precision, the heads in fp32, so boxes
-    keep fp32 coordinates; the instances come out as in fp32 (same count, close boxes)."""
+    keep fp32 coordinates; the instances come out as in fp32 (close count and scores)."""
     model = small_untrained_model()
     seen = {}
 
@@ -204,5 +201,8 @@ def test_inference_autocast_runs_the_backbone_in_half_precision_only(amp, featur
     found = predict_image(model, image, tile_size=48, overlap=16, tta=[], device=CPU, amp=amp)
     assert seen == {"backbone": feature_dtype, "heads": torch.float32}
     fp32 = predict_image(model, image, tile_size=48, overlap=16, tta=[], device=CPU)
-    assert found.boxes.dtype == np.float32 and len(found) == len(fp32) > 0
-    assert np.abs(np.sort(found.scores) - np.sort(fp32.scores)).max() < 0.05
+    # bf16's 8-bit mantissa may move one borderline detection of this random model across the
+    # model's score threshold; the rest must agree
+    assert found.boxes.dtype == np.float32 and len(fp32) > 20 and abs(len(found) - len(fp32)) <= 1
+    k = min(len(found), len(fp32))
+    assert np.abs(np.sort(found.scores)[::-1][:k] - np.sort(fp32.scores)[::-1][:k]).max() < 0.05

@@ -1,7 +1,7 @@
 """cellseg.segment, segment_input and segment_export on drawn images and oracle models.
 
 The oracles segment exactly what an image holds, whatever tile or block they are shown, so
-the block-wise result must equal the whole-image ensemble's instances after thresholds.
+the block-wise result must equal the whole-image ensemble's instances at the cells point.
 """
 
 import json
@@ -15,12 +15,10 @@ from matplotlib.path import Path as MplPath
 from PIL import Image
 from scipy import ndimage
 
-from cellseg.ensemble import fuse_instance_sets
 from cellseg.errors import DataError
-from cellseg.evaluation import apply_tuned
+from cellseg.inference import FoldEnsemble, infer
 from cellseg.io import read_image
-from cellseg.predict import predict_image
-from cellseg.segment import Cells, label_tiles, resolve_overlaps, segment_image
+from cellseg.segment import label_tiles, segment_image
 from cellseg.segment_export import cell_table, geojson, mask_polygons, segment_file, summary_table
 from cellseg.segment_input import check_image, list_images, open_image
 
@@ -28,16 +26,22 @@ CPU = torch.device("cpu")
 CLASSES = ["tumour", "immune"]
 PREDICT = {"tile_size": 48, "overlap": 24, "tta": ["hflip"], "batch_size": 4}
 ENSEMBLE = {"weights": None, "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg", "absent_as_zero": False}
-THRESHOLDS = {"score_thresholds": {1: 0.5, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 0.5}
+POINT = {"point": "cells", "score_thresholds": {1: 0.5, 2: 0.0}, "mask_thresholds": {1: 0.5, 2: 0.5}, "nms_threshold": 0.5}
+
+
+def fold_ensemble(models, maps=None):
+    return FoldEnsemble(models, maps or [None] * len(models), CPU, PREDICT, ENSEMBLE)
 
 
 class Oracle:
     """Instances of drawn images: channel 0 = instance id (0 = background), 1 = class, 2 =
     score × 255 (`colour=True`); or, for grey images, each connected bright (> 128) blob one
-    instance of class 1, score 0.9. Masks have probability 0.8 × `scale`."""
+    instance of class 1, score 0.9. Masks have probability 0.8 × `scale`. `other_class`: each
+    instance is also reported as the other of two classes at 0.6 x its score (what Mask R-CNN
+    does with a cell whose class it is unsure of)."""
 
-    def __init__(self, colour=True, scale=1.0):
-        self.colour, self.scale = colour, scale
+    def __init__(self, colour=True, scale=1.0, other_class=False):
+        self.colour, self.scale, self.other_class = colour, scale, other_class
 
     def detect(self, images):
         results = []
@@ -59,6 +63,12 @@ class Oracle:
                 crops.append(mask * 0.8 * self.scale)
                 labels.append(pixels[1][sl][mask][0] if self.colour else 1)
                 scores.append(pixels[2][sl][mask][0] / 255 if self.colour else 0.9)
+                if self.other_class:
+                    boxes.append(window)
+                    windows.append(window)
+                    crops.append(mask * 0.8 * self.scale)
+                    labels.append(3 - labels[-1])
+                    scores.append(scores[-1] * 0.6)
             results.append({
                 "boxes": np.array(boxes, np.float32).reshape(-1, 4), "scores": np.array(scores, np.float32),
                 "labels": np.array(labels, np.int64), "windows": np.array(windows, np.int64).reshape(-1, 4),
@@ -118,42 +128,45 @@ def assert_same_cells(a, b):
         assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
-def ensemble_labels(image, models, n_classes, thresholds=THRESHOLDS):
-    views = [predict_image(m, image, device=CPU, **PREDICT) for m in models]
-    return paint(apply_tuned([fuse_instance_sets(views, **ENSEMBLE)], thresholds)[0], n_classes)
+def ensemble_labels(image, models, n_classes, point=POINT):
+    """The whole image's cells at `point`, through the one inference path, painted."""
+    return paint(infer(fold_ensemble(models), image, point), n_classes)
 
 
 @pytest.mark.parametrize("block, margin", [(64, 24), (50, 30), (1000, 0)])
-def test_blocks_give_the_whole_image_ensembles_cells_after_thresholds(block, margin):
+def test_blocks_give_the_whole_image_ensembles_cells_at_the_cells_point(block, margin):
     image = drawn_cells(130, 170)
     models = [Oracle(), Oracle(scale=0.7)]  # two "folds"; the second's masks fall below 0.5 alone
-    cells = segment_image(
-        open_reader(image), models, PREDICT, ENSEMBLE, THRESHOLDS, CPU, block=block, margin=margin
-    )
+    cells = segment_image(open_reader(image), fold_ensemble(models), POINT, block=block, margin=margin)
     expected = ensemble_labels(image, models, 2)
     assert_same_cells(assemble(cells, 2), expected)
     assert (cells.scores[cells.classes == 1] >= 0.5).all()  # class 1's score threshold applied
     assert len(cells) > 30
 
 
+@pytest.mark.parametrize("block, margin", [(64, 24), (1000, 0)])
+def test_one_class_per_cell_and_one_cell_per_pixel_across_classes(block, margin):
+    """Every cell reported twice, as both classes: the label image holds each once, with the
+    class of the higher score, no pixel in two planes, and the other class's score kept."""
+    image = drawn_cells(130, 170)
+    point = {**POINT, "score_thresholds": {1: 0.0, 2: 0.0}}  # every cell's own class passes
+    cells = segment_image(open_reader(image), fold_ensemble([Oracle(other_class=True)]), point, block=block, margin=margin)
+    single = segment_image(open_reader(image), fold_ensemble([Oracle()]), point, block=block, margin=margin)
+    labels = assemble(cells, 2)
+    assert ((labels > 0).sum(axis=0) <= 1).all()  # no pixel belongs to two cells, whatever their class
+    assert_same_cells(labels, assemble(single, 2))  # the duplicates of the other class are gone
+    assert cells.classes.tolist() == single.classes.tolist()
+    table = cell_table(cells, CLASSES)
+    own = table[[f"score_{name}" for name in CLASSES]].to_numpy()
+    assert np.allclose(own[np.arange(len(table)), table["class_id"] - 1], table["score"], atol=1e-4)
+    other = own[np.arange(len(table)), 2 - table["class_id"]]
+    assert np.allclose(other, 0.6 * table["score"], atol=2e-3)  # the other class's score, kept
+
+
 def open_reader(image):
     from cellseg.segment_input import ArrayReader
 
     return ArrayReader(None, image)
-
-
-def test_resolve_overlaps_gives_shared_pixels_to_the_higher_score():
-    masks = [np.ones((4, 4), bool), np.ones((4, 4), bool), np.ones((4, 4), bool), np.ones((2, 2), bool)]
-    cells = Cells(
-        (10, 10), np.array([1, 1, 2, 1]), np.array([0.5, 0.9, 0.1, 0.3], np.float32),
-        np.array([[0, 0, 4, 4], [2, 2, 6, 6], [0, 0, 4, 4], [2, 2, 4, 4]], np.int32), masks, np.zeros(4, np.uint32),
-    )
-    out = resolve_overlaps(cells)
-    assert len(out) == 3  # the 2×2 cell lies inside the 0.9 cell and is gone
-    first = out.mask(0)
-    assert first.sum() == 12 and not first[2:4, 2:4].any()
-    assert out.mask(2).sum() == 16  # another class keeps the shared pixels
-    assert out.labels.tolist() == [1, 2, 1]
 
 
 def write_format(folder, kind, image):
@@ -203,18 +216,15 @@ def test_every_format_gives_labels_polygons_and_table_of_the_ensemble(tmp_path, 
     models = [Oracle(colour=False), Oracle(colour=False, scale=0.9)]
     outputs = {k: tmp_path / "out" / f for k, f in
                [("labels", "labels.tif"), ("geojson", "cells.geojson"), ("csv", "cells.csv"), ("overlay", "overlay.png")]}
-    thresholds = {"score_thresholds": {1: 0.5}, "mask_thresholds": {1: 0.5}, "nms_threshold": 0.5}
-    segment_file(
-        path, outputs, models, ["nucleus"], predict=PREDICT, ensemble=ENSEMBLE, thresholds=thresholds,
-        device=CPU, block=64, margin=24,
-    )
+    point = {"point": "cells", "score_thresholds": {1: 0.5}, "mask_thresholds": {1: 0.5}, "nms_threshold": 0.5}
+    segment_file(path, outputs, fold_ensemble(models), point, ["nucleus"], block=64, margin=24)
     # labels.tif: (C, H, W) uint32, tiled, equal to the whole image's tuned ensemble
     with tifffile.TiffFile(outputs["labels"]) as tif:
         assert tif.pages.first.is_tiled
         labels = tif.asarray()
     assert labels.dtype == np.uint32 and labels.shape == (1, 150, 190)
     image = open_image(path).read(0, 150, 190 * 0, 190)
-    assert_same_cells(labels, ensemble_labels(image, models, 1, thresholds))
+    assert_same_cells(labels, ensemble_labels(image, models, 1, point))
     ids = np.unique(labels[0])[1:]
     assert ids.tolist() == list(range(1, len(ids) + 1)) and len(ids) >= 40
 
@@ -260,7 +270,7 @@ def assert_qupath_detections(collection, class_names):
         colour = props["classification"]["color"]
         assert len(colour) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in colour)
         assert all(isinstance(v, float | int) for v in props["measurements"].values())
-        assert set(props["measurements"]) == {"score", "area_px"}
+        assert set(props["measurements"]) == {"score", "area_px", *(f"score_{name}" for name in class_names)}
 
 
 def rasterise(geometry, shape):
@@ -292,7 +302,7 @@ def test_mask_polygons_pieces_and_holes():
 
 def test_cell_table_and_geojson_of_a_drawn_image():
     image = drawn_cells(60, 90)
-    cells = segment_image(open_reader(image), [Oracle()], PREDICT, ENSEMBLE, THRESHOLDS, CPU, block=40, margin=20)
+    cells = segment_image(open_reader(image), fold_ensemble([Oracle()]), POINT, block=40, margin=20)
     table = cell_table(cells, CLASSES)
     collection = geojson(cells, table, CLASSES)
     assert_qupath_detections(collection, CLASSES)
@@ -317,7 +327,8 @@ def test_list_images_and_bad_input(tmp_path):
 
     bad = {
         "garbage.tif": lambda p: p.write_bytes(b"not a tiff at all"),
-        "float.tif": lambda p: tifffile.imwrite(p, np.zeros((8, 8), np.float32)),
+        "int32.tif": lambda p: tifffile.imwrite(p, np.zeros((8, 8), np.int32)),
+        "uint32.tif": lambda p: tifffile.imwrite(p, np.zeros((8, 8), np.uint32)),
         "five.tif": lambda p: tifffile.imwrite(p, np.zeros((5, 8, 8), np.uint8), photometric="minisblack", planarconfig="separate"),
         "truncated.png": lambda p: p.write_bytes((tmp_path / "d.png").read_bytes()[:60]),
         "cmyk.jpg": lambda p: Image.new("CMYK", (8, 8)).save(p),
@@ -332,11 +343,17 @@ def test_list_images_and_bad_input(tmp_path):
 def test_reader_regions_equal_read_image(tmp_path):
     rng = np.random.default_rng(0)
     rgb16 = rng.gamma(2, 3000, (101, 133, 3)).clip(0, 65535).astype(np.uint16)
+    rgba8 = np.concatenate([(rgb16 // 256).astype(np.uint8), np.full((101, 133, 1), 255, np.uint8)], axis=2)
     files = {
         "tiled16.tif": dict(data=rgb16, tile=(32, 48), compression="zlib", photometric="rgb"),
         "grey16.tif": dict(data=rgb16[..., 0], compression="lzw", rowsperstrip=7),
+        "grey8.tif": dict(data=rgba8[..., 0], rowsperstrip=16),
         "planar.tif": dict(data=np.moveaxis(rgb16, -1, 0), photometric="rgb", planarconfig="separate"),
-        "big8.tif": dict(data=(rgb16 // 256).astype(np.uint8), bigtiff=True, tile=(16, 16), photometric="rgb"),
+        "big8.tif": dict(data=rgba8[..., :3], bigtiff=True, tile=(16, 16), photometric="rgb"),
+        "rgba8.tif": dict(data=rgba8, compression="lzw", predictor=True, photometric="rgb", extrasamples=["unassalpha"]),
+        "rgba16.tif": dict(data=np.concatenate([rgb16, rgb16[..., :1]], axis=2), tile=(32, 32), photometric="rgb",
+                           extrasamples=["unassalpha"]),
+        "float.tif": dict(data=rgb16 / 65535, tile=(48, 32), photometric="rgb"),
     }
     for name, kwargs in files.items():
         tifffile.imwrite(tmp_path / name, **kwargs)
@@ -345,6 +362,33 @@ def test_reader_regions_equal_read_image(tmp_path):
         assert reader.size == (101, 133)
         assert np.array_equal(reader.read(0, 101, 0, 133), whole), name
         assert np.array_equal(reader.read(17, 70, 45, 131), whole[17:70, 45:131]), name
+
+
+def test_a_16bit_copy_of_an_8bit_image_segments_from_the_same_pixels(tmp_path):
+    """Regions of a 16-bit TIFF or PNG (every value x 257) equal those of the 8-bit file."""
+    rgb = np.random.default_rng(1).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb8.tif", rgb, tile=(32, 32), photometric="rgb")
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb.astype(np.uint16) * 257, tile=(32, 32), photometric="rgb")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey8.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as png:
+        assert png.mode == "I;16"
+    for eight, sixteen in [("rgb8.tif", "rgb16.tif"), ("grey8.png", "grey16.png")]:
+        a, b = open_image(tmp_path / eight), open_image(tmp_path / sixteen)
+        assert np.array_equal(a.read(0, 70, 0, 90), b.read(0, 70, 0, 90)), sixteen
+        assert np.array_equal(a.read(5, 40, 33, 81), b.read(5, 40, 33, 81)), sixteen
+    assert np.array_equal(open_image(tmp_path / "rgb16.tif").read(0, 70, 0, 90), rgb)
+
+
+def test_float_values_outside_0_1_fail_when_read(tmp_path):
+    image = np.zeros((40, 40), np.float32)
+    image[30, 30] = 2.0
+    tifffile.imwrite(tmp_path / "bright.tif", image, tile=(16, 16))
+    assert check_image(tmp_path / "bright.tif") == (40, 40)  # the header is fine
+    reader = open_image(tmp_path / "bright.tif")
+    assert (reader.read(0, 16, 0, 16) == 0).all()
+    with pytest.raises(DataError, match=r"bright.tif: float image holds values 0 to 2, outside 0-1"):
+        reader.read(0, 40, 0, 40)
 
 
 def test_summary_counts_and_density(tmp_path):

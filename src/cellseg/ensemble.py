@@ -11,7 +11,6 @@ same confidence formulas; `tests/test_ensemble.py` checks the fused boxes and sc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,18 +101,20 @@ def fuse_fold_folders(
     `FileNotFoundError` names a fold's folder that lacks one of the first fold's images."""
     calibration = calibration or {}
     names = instance_set_names(next(iter(folders.values())))
-    readers = [_calibrated(folder, names, calibration.get(fold)) for fold, folder in folders.items()]
+    readers = [(instances for _, instances in iter_instance_sets(folder, names)) for folder in folders.values()]
+    maps = [calibration.get(fold) for fold in folders]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, sets in zip(names, zip(*readers)):
-        fuse_instance_sets(list(sets), **fusion).save(out / f"{name}.npz")
+        fuse_folds(list(sets), maps, **fusion).save(out / f"{name}.npz")
     return len(names)
 
 
-def _calibrated(folder: str | Path, names: list[str], score_map: dict | None) -> Iterator[InstanceSet]:
-    """The sets of `names` in `folder`, one at a time, scores mapped through `score_map`."""
-    for _, instances in iter_instance_sets(folder, names):
-        yield calibrate_set(instances, score_map)
+def fuse_folds(sets: list[InstanceSet], maps: list[dict | None], **fusion) -> InstanceSet:
+    """One image's fold predictions (`sets`, in fold order) fused: each fold's scores mapped
+    through its calibration map (`maps`, None = as predicted), then `fuse_instance_sets(sets,
+    **fusion)`. The fusion step of the one inference path (`cellseg.inference`)."""
+    return fuse_instance_sets([calibrate_set(s, m) for s, m in zip(sets, maps, strict=True)], **fusion)
 
 
 def _cluster(boxes: np.ndarray, weighted_scores: np.ndarray, iou_thr: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,12 @@
-"""The validation scoreboard: each fold alone, the ensemble, and the ensemble after tuning.
+"""The validation scoreboard: each fold alone, the ensemble, and the ensemble at each tuned
+operating point.
 
 One table, so the user sees what ensembling and threshold tuning bought. Raw predictions are
-scored with the default thresholds (every detection, masks at 0.5, no NMS); the tuned row
-applies the thresholds the tune stage chose on the same images (its cross-check column says
-how much of that gain survives on images the thresholds were not tuned on).
+scored with the default thresholds (every detection, masks at 0.5, no NMS); the `leaderboard`
+row applies the thresholds tuned for the ranking metric (the COCO submission's), the `cells`
+row those tuned for counting cells (segment's, the label images', the Kaggle CSV's), both
+chosen by the tune stage on the same images (their cross-checks say how much of that gain
+survives on images the thresholds were not tuned on).
 """
 
 from __future__ import annotations
@@ -18,19 +21,31 @@ import pandas as pd
 
 from cellseg.instances import InstanceSet, StoredSets
 from cellseg.metrics import GroundTruth, SetScorer, binarise, iter_truth
-from cellseg.postprocess import apply_thresholds
+from cellseg.postprocess import POINTS, apply_point
 
 # The scoreboard's two tables: classes as they are, or every class merged into one.
 KINDS = ("per_class", "agnostic")
 
 
-def read_thresholds(path: str | Path) -> dict:
-    """The tune stage's JSON, with per-class score and mask thresholds keyed by int class id
-    again (JSON keys are strings)."""
-    thresholds = json.loads(Path(path).read_text())
+def read_point(path: str | Path) -> dict:
+    """One operating point as the tune stage writes it (results/tune/<point>.json), with its
+    per-class score and mask thresholds keyed by int class id again (JSON keys are strings)."""
+    return _int_keys(json.loads(Path(path).read_text()))
+
+
+def read_thresholds(path: str | Path) -> dict[str, dict]:
+    """thresholds.json: `{point name: point}` for every point of `POINTS` (`read_point`'s form)."""
+    points = json.loads(Path(path).read_text())
+    missing = [name for name in POINTS if name not in points]
+    if missing:
+        raise ValueError(f"{path}: no operating point {', '.join(missing)}; re-run the tune stage")
+    return {name: _int_keys(points[name]) for name in POINTS}
+
+
+def _int_keys(point: dict) -> dict:
     for key in ("score_thresholds", "mask_thresholds"):
-        thresholds[key] = {int(k): float(v) for k, v in thresholds[key].items()}
-    return thresholds
+        point[key] = {int(k): float(v) for k, v in point[key].items()}
+    return point
 
 
 def load_predictions(
@@ -42,25 +57,17 @@ def load_predictions(
     return folds, StoredSets(ensemble_folder, names)
 
 
-def tuned(instances: InstanceSet, thresholds: dict) -> InstanceSet:
-    """One image's predictions after the tuned per-class score and mask thresholds and the NMS
-    threshold (masks binarised)."""
-    return apply_thresholds(
-        instances, thresholds["score_thresholds"], thresholds["mask_thresholds"], thresholds["nms_threshold"]
-    )
-
-
-def apply_tuned(preds: Iterable[InstanceSet], thresholds: dict) -> list[InstanceSet]:
-    """`tuned` of every image's predictions."""
-    return [tuned(p, thresholds) for p in preds]
+def at_point(preds: Iterable[InstanceSet], point: dict) -> list[InstanceSet]:
+    """Every image's predictions at the operating point `point` (`apply_point`)."""
+    return [apply_point(p, point) for p in preds]
 
 
 @dataclass(frozen=True)
 class Scoreboard:
-    """What `scoreboard` scores. tables, curves: per kind (`KINDS`) the scores table (one row
-    per model) and the tuned ensemble's PR curve. per_image: the tuned ensemble's Sartorius
-    score and instance counts per image, in the images' order (`SetScorer.per_image`), for
-    picking the best and worst images."""
+    """What `scoreboard` scores. tables: per kind (`KINDS`) the scores table (one row per
+    model). curves: per kind the PR curve at the leaderboard point. per_image: at the cells
+    point, per image its Sartorius score and instance counts, in the images' order
+    (`SetScorer.per_image`), for picking the best and worst images."""
 
     tables: dict[str, pd.DataFrame]
     curves: dict[str, pd.DataFrame]
@@ -71,18 +78,17 @@ def scoreboard(
     labels_list: Iterable[np.ndarray] | GroundTruth,
     fold_preds: dict[int, Iterable[InstanceSet]],
     ensemble_preds: Iterable[InstanceSet],
-    thresholds: dict,
+    points: dict[str, dict],
     class_names: list[str],
     max_dets: int,
     evaluator: str,
     kinds: tuple[str, ...] = ("per_class",),
 ) -> Scoreboard:
-    """Scores of each fold, the ensemble and the tuned ensemble, per kind (`per_class`,
-    `agnostic`: every class merged into one on both sides, no per-class columns, so the
-    labels' classes need not be the model's). A table has one row per model: `model`,
-    `thresholds`, then the columns of `cellseg.metrics.evaluate_predictions` (COCO AP keys incl.
-    `AP50@100` and per class `AP50@100_<name>`, `sartorius`, F1, `PQ`/`SQ`/`DQ`/`PQ_<name>`,
-    `AJI`/`AJI_<name>`).
+    """Scores of each fold, the ensemble and the ensemble at each operating point, per kind
+    (`per_class`, `agnostic`: every class merged into one on both sides, no per-class
+    columns, so the labels' classes need not be the model's). A table has one row per model:
+    `model`, `thresholds` (default, leaderboard, cells), then the columns of
+    `cellseg.metrics.evaluate_predictions`.
 
     One pass over the images scores every model and kind: each image's ground truth is encoded
     once, and each model's predictions of it are binarised, scored and dropped, so that
@@ -90,15 +96,14 @@ def scoreboard(
     labels_list: (C, H, W) ground truth per image, in the predictions' order (a generator is
     read once), or their `GroundTruth`; `class_names` are its C classes. fold_preds,
     ensemble_preds: per image `InstanceSet`s, lists or `StoredSets` (the ensemble's are
-    iterated twice at once: raw and tuned). thresholds: the tune stage's choice
-    (`score_thresholds` and `mask_thresholds` by 1-based class id, `nms_threshold`).
+    iterated three times at once: raw and at each point). points: `read_thresholds`' result.
     """
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         raise ValueError(f"unknown scoreboard kinds {sorted(unknown) or kinds}; choose from {KINDS}")
     models = [(f"fold {k}", "default", preds) for k, preds in sorted(fold_preds.items())]
     models += [("ensemble", "default", ensemble_preds)]
-    models += [("ensemble", "tuned", (tuned(p, thresholds) for p in ensemble_preds))]
+    models += [("ensemble", name, (apply_point(p, points[name]) for p in ensemble_preds)) for name in POINTS]
     scorers = [
         {kind: SetScorer(class_names, max_dets, evaluator, class_agnostic=kind == "agnostic") for kind in kinds}
         for _ in models
@@ -112,7 +117,9 @@ def scoreboard(
     for kind in kinds:
         rows = []
         for (model, thresholds_used, _), by_kind in zip(models, scorers):
-            metrics, curves[kind] = by_kind[kind].result()  # the last curve: the tuned ensemble's
+            metrics, curve = by_kind[kind].result()
+            if thresholds_used == "leaderboard":
+                curves[kind] = curve
             rows.append({"model": model, "thresholds": thresholds_used, **metrics})
         tables[kind] = pd.DataFrame(rows)
     return Scoreboard(tables, curves, scorers[-1][kinds[0]].per_image())

@@ -28,6 +28,9 @@ class InstanceSet:
     windows: (N, 4) int32 integer windows x0, y0, x1, y1 (exclusive ends), inside the image,
         where each mask's probabilities live; outside its window a mask is 0.
     probs: N uint8 arrays of shape (y1 - y0, x1 - x0): mask probability × 255, rounded.
+    class_scores: None, or (N, C) float32: for a cell of the `cells` operating point, the best
+        score of each class among the candidates that were merged into it (its own class's
+        is its score), kept as a measurement when each cell is given one class.
     """
 
     image_size: tuple[int, int]
@@ -36,6 +39,7 @@ class InstanceSet:
     classes: np.ndarray
     windows: np.ndarray
     probs: list[np.ndarray]
+    class_scores: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -138,6 +142,7 @@ class InstanceSet:
             classes=self.classes[index],
             windows=self.windows[index],
             probs=[self.probs[i] for i in index],
+            class_scores=None if self.class_scores is None else self.class_scores[index],
         )
 
     @classmethod
@@ -155,6 +160,7 @@ class InstanceSet:
             classes=np.concatenate([p.classes for p in parts]),
             windows=np.concatenate([p.windows for p in parts]),
             probs=[m for p in parts for m in p.probs],
+            class_scores=_concatenate_class_scores(parts),
         )
 
     def save(self, path: str | Path) -> None:
@@ -168,6 +174,7 @@ class InstanceSet:
             classes=self.classes,
             windows=self.windows,
             probs=flat,
+            **({} if self.class_scores is None else {"class_scores": self.class_scores}),
         )
 
     @classmethod
@@ -188,7 +195,20 @@ class InstanceSet:
                 classes=data["classes"].astype(np.int64),
                 windows=windows,
                 probs=probs,
+                class_scores=data["class_scores"].astype(np.float32) if "class_scores" in data else None,
             )
+
+    def window_mask(self, i: int) -> np.ndarray:
+        """Mask `i`'s pixels with a non-zero probability, inside its window: (h, w) bool."""
+        return self.probs[i] > 0
+
+
+def _concatenate_class_scores(parts: list[InstanceSet]) -> np.ndarray | None:
+    """The parts' class scores one after the other; None unless every non-empty part has them."""
+    parts = [p for p in parts if len(p)]
+    if not parts or any(p.class_scores is None for p in parts):
+        return None
+    return np.concatenate([p.class_scores for p in parts])
 
 
 def bounding_rect(mask: np.ndarray) -> tuple[int, int, int, int] | None:

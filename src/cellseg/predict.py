@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,15 +119,6 @@ def predict_views(
             found = _BACKWARD[op](found)
         views.append(found)
     return views
-
-
-def predict_images(
-    model, images: Iterable[tuple[str, np.ndarray]], **kwargs
-) -> Iterator[tuple[str, InstanceSet]]:
-    """`(name, predict_image(model, image, **kwargs))` for each `(name, image)`, one at a time,
-    so that a caller can write each result before the next image is read."""
-    for name, image in images:
-        yield name, predict_image(model, image, **kwargs)
 
 
 def predict_tiled(

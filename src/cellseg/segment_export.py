@@ -23,8 +23,9 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
+from cellseg.instances import InstanceSet
 from cellseg.io import atomic_path
-from cellseg.segment import Cells, segment_image, write_labels
+from cellseg.segment import cell_labels, segment_image, write_labels
 from cellseg.segment_input import BAND_ROWS, ImageReader, open_image
 
 matplotlib.use("Agg")
@@ -57,23 +58,29 @@ def _oriented(ring: np.ndarray, hole: bool) -> np.ndarray:
     return ring[::-1] if (area < 0) != hole else ring
 
 
-def cell_table(cells: Cells, class_names: list[str], reader: ImageReader | None = None) -> pd.DataFrame:
-    """One row per cell: `id` (1..N, as the GeoJSON's), `class_id`, `class`, `label` (its value
-    in the class's plane of labels.tif), `score`, `area_px`, `centroid_x`, `centroid_y`
-    (array indices), `bbox_x0`, `bbox_y0`, `bbox_x1`, `bbox_y1` (exclusive ends), and with a
-    `reader` the mean `mean_r`, `mean_g`, `mean_b` (0-255) and `mean_od` (optical density
-    -log10((I + 1) / 256), averaged over the three channels) over the cell's pixels."""
-    area = np.array([m.sum() for m in cells.masks], np.int64)
+def cell_table(cells: InstanceSet, class_names: list[str], reader: ImageReader | None = None) -> pd.DataFrame:
+    """One row per cell of `segment_image`'s binary, disjoint `cells`: `id` (1..N, as the
+    GeoJSON's), `class_id`, `class`, `label` (its value in the class's plane of labels.tif),
+    `score`, per class `score_<class>` (the best score of that class among the candidates
+    merged into the cell: how sure the ensemble is of the class it chose), `area_px`,
+    `centroid_x`, `centroid_y` (array indices), `bbox_x0`, `bbox_y0`, `bbox_x1`, `bbox_y1`
+    (exclusive ends), and with a `reader` the mean `mean_r`, `mean_g`, `mean_b` (0-255) and
+    `mean_od` (optical density -log10((I + 1) / 256), averaged over the three channels) over
+    the cell's pixels."""
+    masks = [cells.window_mask(i) for i in range(len(cells))]
+    area = np.array([m.sum() for m in masks], np.int64)
     cx, cy = np.zeros(len(cells)), np.zeros(len(cells))
-    for i, mask in enumerate(cells.masks):
+    for i, mask in enumerate(masks):
         rows, cols = np.nonzero(mask)
         cx[i], cy[i] = cols.mean() + cells.windows[i, 0], rows.mean() + cells.windows[i, 1]
+    class_scores = cells.class_scores if cells.class_scores is not None else np.zeros((len(cells), len(class_names)))
     table = pd.DataFrame({
         "id": np.arange(1, len(cells) + 1),
         "class_id": cells.classes,
         "class": [class_names[c - 1] for c in cells.classes],
-        "label": cells.labels,
+        "label": cell_labels(cells),
         "score": cells.scores.round(4),
+        **{f"score_{name}": class_scores[:, k].round(4) for k, name in enumerate(class_names)},
         "area_px": area,
         "centroid_x": cx.round(2),
         "centroid_y": cy.round(2),
@@ -86,7 +93,7 @@ def cell_table(cells: Cells, class_names: list[str], reader: ImageReader | None 
     return table
 
 
-def _intensity_sums(cells: Cells, reader: ImageReader) -> np.ndarray:
+def _intensity_sums(cells: InstanceSet, reader: ImageReader) -> np.ndarray:
     """(N, 4) sums of R, G, B and optical density over each cell's pixels, reading the image
     in row bands so that it is never whole in memory."""
     sums = np.zeros((len(cells), 4))
@@ -101,27 +108,28 @@ def _intensity_sums(cells: Cells, reader: ImageReader) -> np.ndarray:
         for i in members.tolist():
             x0, y0, x1, y1 = cells.windows[i].tolist()
             r0, r1 = max(y0, b0), min(y1, b1)
-            pixels = band[r0 - b0 : r1 - b0, x0:x1][cells.masks[i][r0 - y0 : r1 - y0]].astype(np.float64)
+            pixels = band[r0 - b0 : r1 - b0, x0:x1][cells.window_mask(i)[r0 - y0 : r1 - y0]].astype(np.float64)
             sums[i, :3] += pixels.sum(0)
             sums[i, 3] += (-np.log10((pixels + 1) / 256)).mean(1).sum()
     return sums
 
 
-def geojson(cells: Cells, table: pd.DataFrame, class_names: list[str]) -> dict:
+def geojson(cells: InstanceSet, table: pd.DataFrame, class_names: list[str]) -> dict:
     """A FeatureCollection QuPath imports as detections (`geojson_features`), whole in memory."""
     return {"type": "FeatureCollection", "features": list(geojson_features(cells, table, class_names))}
 
 
-def geojson_features(cells: Cells, table: pd.DataFrame, class_names: list[str]) -> Iterator[dict]:
+def geojson_features(cells: InstanceSet, table: pd.DataFrame, class_names: list[str]) -> Iterator[dict]:
     """Per cell a Feature: a Polygon (MultiPolygon when its mask is in pieces) with
     `objectType: detection`, `classification: {name, color}` and `measurements` {score,
-    area_px}; `id` and `label` as in `table` (from `cell_table`). One at a time, so that a
+    score_<class> per class, area_px}; `id` and `label` as in `table` (from `cell_table`). One at a time, so that a
     slide's hundreds of thousands of cells are never all held as Python lists."""
     colours = class_colours(len(class_names))
     names = table["class"].tolist()
+    class_scores = table[[f"score_{name}" for name in class_names]].to_numpy()
     for i, row in enumerate(table.itertuples(index=False)):
         x0, y0 = cells.windows[i, :2].tolist()
-        pieces = [[_ring(r) for r in piece] for piece in mask_polygons(cells.masks[i], x0, y0)]
+        pieces = [[_ring(r) for r in piece] for piece in mask_polygons(cells.window_mask(i), x0, y0)]
         geometry = (
             {"type": "Polygon", "coordinates": pieces[0]}
             if len(pieces) == 1
@@ -134,7 +142,11 @@ def geojson_features(cells: Cells, table: pd.DataFrame, class_names: list[str]) 
             "properties": {
                 "objectType": "detection",
                 "classification": {"name": names[i], "color": list(colours[row.class_id - 1])},
-                "measurements": {"score": float(row.score), "area_px": int(row.area_px)},
+                "measurements": {
+                    "score": float(row.score),
+                    **{f"score_{name}": float(v) for name, v in zip(class_names, class_scores[i])},
+                    "area_px": int(row.area_px),
+                },
                 "label": int(row.label),
             },
         }
@@ -170,7 +182,7 @@ def thumbnail(reader: ImageReader, max_side: int) -> tuple[np.ndarray, int]:
     return np.concatenate(rows), step
 
 
-def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: Cells, class_names: list[str], max_side: int = 2000) -> None:
+def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: InstanceSet, class_names: list[str], max_side: int = 2000) -> None:
     """overlay.png: the image (subsampled to at most `max_side` px) with each cell's outline in
     its class's colour, and a legend with the counts per class beside the image."""
     image, step = thumbnail(reader, max_side)
@@ -192,11 +204,12 @@ def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: Cells, cl
     plt.close(fig)
 
 
-def draw_outlines(image: np.ndarray, cells: Cells, colours: list[tuple[int, int, int]], step: int) -> None:
+def draw_outlines(image: np.ndarray, cells: InstanceSet, colours: list[tuple[int, int, int]], step: int) -> None:
     """Paint each cell's edge pixels (mask minus its erosion) in its class's colour into
     `image`, the picture subsampled by `step`. Pixels rather than vector outlines, so that
     memory stays flat for a slide's hundreds of thousands of cells."""
-    for mask, (x0, y0), class_id in zip(cells.masks, cells.windows[:, :2].tolist(), cells.classes.tolist()):
+    for i, ((x0, y0), class_id) in enumerate(zip(cells.windows[:, :2].tolist(), cells.classes.tolist())):
+        mask = cells.window_mask(i)
         ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))
         image[(ys + y0) // step, (xs + x0) // step] = colours[class_id - 1]
 
@@ -220,7 +233,7 @@ def summary_table(folders: dict[str, str | os.PathLike], class_names: list[str])
     return pd.DataFrame(rows)
 
 
-def export_cells(outputs: dict, reader: ImageReader, cells: Cells, class_names: list[str], overlay_size: int) -> pd.DataFrame:
+def export_cells(outputs: dict, reader: ImageReader, cells: InstanceSet, class_names: list[str], overlay_size: int) -> pd.DataFrame:
     """Write `outputs` {labels, geojson, csv, overlay: path} of one segmented image; returns
     the cell table."""
     write_labels(outputs["labels"], cells, len(class_names))
@@ -231,12 +244,14 @@ def export_cells(outputs: dict, reader: ImageReader, cells: Cells, class_names: 
     return table
 
 
-def segment_file(image_path, outputs: dict, models, class_names: list[str], overlay_size: int = 2000, **segment) -> pd.DataFrame:
-    """Segment one image file (`segment_image(reader, models, **segment)`) and write its
-    `outputs` (`export_cells`); returns the cell table."""
+def segment_file(
+    image_path, outputs: dict, ensemble, point: dict, class_names: list[str], overlay_size: int = 2000, **segment
+) -> pd.DataFrame:
+    """Segment one image file (`segment_image(reader, ensemble, point, **segment)`) and write
+    its `outputs` (`export_cells`); returns the cell table."""
     reader = open_image(image_path)
     try:
-        cells = segment_image(reader, models, name=Path(image_path).name, **segment)
+        cells = segment_image(reader, ensemble, point, name=Path(image_path).name, **segment)
         return export_cells(outputs, reader, cells, class_names, overlay_size)
     finally:
         reader.close()

@@ -1,6 +1,6 @@
-"""Threshold search on the validation set: per-class score and mask thresholds, mask NMS.
+"""Threshold search on the validation set, for each operating point (`cellseg.postprocess`).
 
-The search is bounded: a grid over one mask threshold for all classes x NMS thresholds with
+`leaderboard`: per-class score and mask thresholds and per-class mask NMS. The search is bounded: a grid over one mask threshold for all classes x NMS thresholds with
 all scores kept; then, at the best grid point, one coordinate pass over each class's mask
 threshold, then one over each class's score threshold, i.e. |mask| x |nms| + C x (|mask| - 1)
 + C x (|score| - 1) evaluations. Score filtering commutes with per-class greedy NMS (a lower
@@ -12,6 +12,14 @@ Every trial reads the predictions and the ground truth in one pass, image by ima
 its post-processed sets to a `Spool` on disk (the best trial's is kept for the score stage), so
 that with predictions read from disk (`StoredSets`) and spooled ground truth
 (`spool_ground_truth`) the search holds one image at a time, whatever the number of images.
+
+`cells`: per-class score and mask thresholds and the NMS threshold across classes, for a
+metric that counts every false positive (PQ, F1, ...). Score filtering no longer commutes with
+the post-processing (a dropped cell frees the pixels and the candidates it suppressed), so
+every trial post-processes the images anew: a grid over one score threshold for all classes x
+NMS thresholds (masks at 0.5), then one coordinate pass over each class's mask threshold, then
+one over each class's score threshold: |score| x |nms| + C x (|mask| - 1) + C x (|score| - 1)
+evaluations, each streamed image by image.
 """
 
 from __future__ import annotations
@@ -25,10 +33,11 @@ import pandas as pd
 
 from cellseg.instances import InstanceSet, StoredSets
 from cellseg.metrics import DEFAULT_EVALUATOR, Binarised, GroundTruth, as_ground_truth, binarise, metric_value
-from cellseg.postprocess import apply_thresholds, per_instance
+from cellseg.postprocess import POINTS, apply_cells, apply_point, apply_thresholds, per_instance
 from cellseg.spool import Spool
 
 DEFAULTS = {"score_threshold": 0.0, "mask_threshold": 0.5, "nms_threshold": 1.0}
+TRIAL_COLUMNS = ["stage", "class", "score_threshold", "mask_threshold", "nms_threshold", "score"]
 
 
 def tune_thresholds(
@@ -39,19 +48,26 @@ def tune_thresholds(
     metric: str = "AP",
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
+    point: str = "leaderboard",
 ) -> tuple[dict, pd.DataFrame]:
-    """Best thresholds for `metric` (one of `cellseg.metrics.METRICS`) and every trial.
+    """Best thresholds of an operating point (`POINTS`) for `metric` (one of
+    `cellseg.metrics.METRICS`) and every trial.
 
-    search: {score_thresholds: [...], mask_thresholds: [...], nms_thresholds: [...]}.
-    Returns best = {score_thresholds: {class id (1-based): float}, mask_thresholds: {class id:
-    float}, nms_threshold, metric, score} and trials (one row per evaluation: stage (grid, mask
-    or score), class (a name, or `all` in the grid), score_threshold, mask_threshold (the
-    class's, or all classes' in the grid), nms_threshold, score). labels_list: per image a
-    (C, H, W) label stack, or their `GroundTruth` (`prepare_ground_truth`, or
-    `spool_ground_truth` to keep it on disk), in `preds`' order. preds: a list, or
-    `StoredSets` (read from disk on every pass).
+    search: {score_thresholds: [...], mask_thresholds: [...], nms_thresholds: [...]} (for
+    `cells`, NMS across classes). Returns best = {point, score_thresholds: {class id (1-based):
+    float}, mask_thresholds: {class id: float}, nms_threshold, metric, score} and trials (one
+    row per evaluation: stage (grid, mask or score), class (a name, or `all` in the grid),
+    score_threshold, mask_threshold (the class's, or all classes' in the grid), nms_threshold,
+    score). labels_list: per image a (C, H, W) label stack, or their `GroundTruth`
+    (`prepare_ground_truth`, or `spool_ground_truth` to keep it on disk), in `preds`' order.
+    preds: a list, or `StoredSets` (read from disk on every pass).
     """
-    score = _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)
+    if point not in POINTS:
+        raise ValueError(f"unknown operating point {point!r}; choose one of {POINTS}")
+    gt = as_ground_truth(labels_list, class_names)
+    if point == "cells":
+        return _tune_cells(gt, preds, class_names, search, metric, max_dets, evaluator)
+    score = _scorer(gt, metric, max_dets, evaluator)
     trials = []
     with tempfile.TemporaryDirectory(prefix="cellseg_tune_") as spool_dir:
 
@@ -66,14 +82,49 @@ def tune_thresholds(
         candidates = _with_default(search["score_thresholds"], DEFAULTS["score_threshold"])[1:]
         thresholds, value = _score_stage(class_names, candidates, nms_threshold, score, masks_best, trials)
     best = {
+        "point": "leaderboard",
         "score_thresholds": thresholds,
         "mask_thresholds": masks_best.masks,
         "nms_threshold": nms_threshold,
         "metric": metric,
         "score": value,
     }
-    columns = ["stage", "class", "score_threshold", "mask_threshold", "nms_threshold", "score"]
-    return best, pd.DataFrame(trials, columns=columns)
+    return best, pd.DataFrame(trials, columns=TRIAL_COLUMNS)
+
+
+def _tune_cells(
+    gt: GroundTruth, preds: Sequence[InstanceSet], class_names: list[str], search: dict, metric: str,
+    max_dets: int, evaluator: str,
+) -> tuple[dict, pd.DataFrame]:  # fmt: skip
+    """The `cells` point's search (module doc); arguments and result as `tune_thresholds`."""
+    score = _scorer(gt, metric, max_dets, evaluator)
+    n_classes, ids = len(class_names), list(range(1, len(class_names) + 1))
+    trials, best = [], None
+
+    def trial(stage: str, name: str, scores: dict, masks: dict, nms: float, shown: tuple[float, float]) -> None:
+        nonlocal best
+        value = score(binarise(apply_cells(p, scores, masks, nms, n_classes), 0.5) for p in preds)
+        trials.append((stage, name, *shown, nms, value))
+        if best is None or _better(value, best[3]):
+            best = (scores, masks, nms, value)
+
+    default_mask = DEFAULTS["mask_threshold"]
+    for score_threshold in sorted(set(search["score_thresholds"])):
+        for nms in sorted(set(search["nms_thresholds"])):
+            uniform = dict.fromkeys(ids, float(score_threshold))
+            trial("grid", "all", uniform, dict.fromkeys(ids, default_mask), nms, (score_threshold, default_mask))
+    for class_id, name in zip(ids, class_names):
+        scores, masks, nms, _ = best
+        for candidate in [c for c in _with_default(search["mask_thresholds"], default_mask) if c != masks[class_id]]:
+            trial("mask", name, scores, {**masks, class_id: candidate}, nms, (scores[class_id], candidate))
+    for class_id, name in zip(ids, class_names):
+        scores, masks, nms, _ = best
+        for candidate in [float(c) for c in sorted(set(search["score_thresholds"])) if c != scores[class_id]]:
+            trial("score", name, {**scores, class_id: candidate}, masks, nms, (candidate, masks[class_id]))
+    scores, masks, nms, value = best
+    best = {"point": "cells", "score_thresholds": scores, "mask_thresholds": masks, "nms_threshold": nms,
+            "metric": metric, "score": value}  # fmt: skip
+    return best, pd.DataFrame(trials, columns=TRIAL_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -161,8 +212,8 @@ def score_with(
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
 ) -> float:
-    """`metric` of `preds` after applying the thresholds in `best` (as `tune_thresholds` returns)."""
-    processed = _post_processed(preds, best["score_thresholds"], best["mask_thresholds"], best["nms_threshold"])
+    """`metric` of `preds` at the operating point `best` (as `tune_thresholds` returns)."""
+    processed = (binarise(apply_point(p, best), 0.5) for p in preds)
     return _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)(processed)
 
 
@@ -174,8 +225,9 @@ def cross_check(
     metric: str = "AP",
     max_dets: int = 1000,
     evaluator: str = DEFAULT_EVALUATOR,
+    point: str = "leaderboard",
 ) -> dict:
-    """How much of the tuned score is overfitting: tune on half A (even positions), score half B
+    """How much of the tuned score of the operating point `point` is overfitting: tune on half A (even positions), score half B
     (odd positions) and swap. Returns `held_out` (mean of the two held-out scores, to set next
     to the in-sample `best["score"]`), `held_out_a`/`held_out_b` (score of a half with the
     thresholds tuned on the other), `tuned_a`/`tuned_b` (in-sample score of each half). A half
@@ -190,7 +242,7 @@ def cross_check(
     for tuned, held_out in [("a", "b"), ("b", "a")]:
         labels_t, preds_t = gt.subset(halves[tuned]), _subset(preds, halves[tuned])
         labels_h, preds_h = gt.subset(halves[held_out]), _subset(preds, halves[held_out])
-        best, _ = tune_thresholds(labels_t, preds_t, class_names, search, **options)
+        best, _ = tune_thresholds(labels_t, preds_t, class_names, search, **options, point=point)
         report[f"tuned_{tuned}"] = best["score"]
         report[f"held_out_{held_out}"] = score_with(labels_h, preds_h, class_names, best, **options)
     report["held_out"] = (report["held_out_a"] + report["held_out_b"]) / 2

@@ -286,6 +286,16 @@ def subset_source(wildcards):
     return TEST_SOURCE if wildcards.subset == "test" else SOURCE
 
 
+# What the one inference path (cellseg.inference) runs with: the predict_fold rule's keyword
+# arguments of predict_image and the ensemble_folds rule's of fuse_instance_sets, given to
+# segment_image as well, so that segment and the workflow cannot drift apart.
+PREDICT_SETTINGS = {
+    **{key: config["predict"][key] for key in ("tile_size", "overlap", "tta", "tta_fusion", "batch_size")},
+    "amp": config["predict"]["amp"] or TRAIN_CFG["amp"],
+}
+FUSION_SETTINGS = {key: config["ensemble"][key] for key in ("weights", "iou_thr", "skip_box_thr", "conf_type", "absent_as_zero")}
+
+
 def calibration_file(wildcards=None):
     """The folds' fitted score maps (`calibrate_folds`); none with ensemble.calibrate: none."""
     return [] if config["ensemble"]["calibrate"] == "none" else ["results/ensemble/calibration.json"]

@@ -31,11 +31,7 @@ rule ensemble_folds:
         directory("results/ensemble/{subset}"),
     params:
         folds=FOLDS,
-        weights=config["ensemble"]["weights"],
-        iou_thr=config["ensemble"]["iou_thr"],
-        skip_box_thr=config["ensemble"]["skip_box_thr"],
-        conf_type=config["ensemble"]["conf_type"],
-        absent_as_zero=config["ensemble"]["absent_as_zero"],
+        fusion=FUSION_SETTINGS,
         code=script_digest("ensemble_folds.py"),
     log:
         "logs/ensemble/{subset}.log",

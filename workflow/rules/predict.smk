@@ -14,12 +14,7 @@ rule predict_fold:
         source=subset_source,
         classes=CLASSES,
         train_tile_size=config["tiles"]["size"],
-        tile_size=config["predict"]["tile_size"],
-        overlap=config["predict"]["overlap"],
-        tta=config["predict"]["tta"],
-        tta_fusion=config["predict"]["tta_fusion"],
-        batch_size=config["predict"]["batch_size"],
-        amp=config["predict"]["amp"] or TRAIN_CFG["amp"],
+        predict=PREDICT_SETTINGS,
         code=script_digest("predict_fold.py"),
     log:
         "logs/predict/fold{fold}_{subset}.log",

@@ -1,5 +1,7 @@
-# New images segmented by the trained fold ensemble with the tuned thresholds: per image a
-# label image, QuPath GeoJSON, a cell table and an overlay; a summary over the images.
+# New images segmented by the trained fold ensemble at the `cells` operating point (one class
+# per cell, one cell per pixel): per image a label image, QuPath GeoJSON, a cell table and an
+# overlay; a summary over the images. Every fold, the calibration, fusion and predict settings
+# are the workflow's own, through the one inference path (cellseg.inference).
 # `snakemake segment --config segment_images=DIR` (or `segment.images` in config.yaml).
 
 
@@ -7,7 +9,8 @@ rule segment_image:
     input:
         image=segment_image_file,
         weights=expand("results/train/fold{fold}/model_best.pt", fold=FOLDS),
-        thresholds="results/tune/thresholds.json",
+        thresholds="results/tune/cells.json",
+        calibration=calibration_file,
         stain=stain_reference,
     output:
         labels="results/segment/{name}/labels.tif",
@@ -19,9 +22,10 @@ rule segment_image:
     params:
         train=TRAIN_CFG,
         classes=CLASSES,
+        folds=FOLDS,
         train_tile_size=config["tiles"]["size"],
-        predict={key: config["predict"][key] for key in ("tile_size", "overlap", "tta", "batch_size", "tta_fusion")},
-        ensemble={key: config["ensemble"][key] for key in ("weights", "iou_thr", "skip_box_thr", "conf_type", "absent_as_zero")},
+        predict=PREDICT_SETTINGS,
+        ensemble=FUSION_SETTINGS,
         block_size=config["segment"]["block_size"],
         margin=config["segment"]["margin"],
         overlay_size=config["segment"]["overlay_size"],

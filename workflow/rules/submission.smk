@@ -1,11 +1,12 @@
-# The leaderboard files: test-set predictions as COCO RLE, validated, and zipped; optionally
-# the same instances as a Kaggle-style CSV.
+# The leaderboard files: test-set predictions at the leaderboard point as COCO RLE, validated,
+# and zipped; optionally a Kaggle-style CSV at the cells point (its metric counts every false
+# positive, and its masks may not overlap).
 
 
 rule make_submission:
     input:
         ensemble="results/ensemble/test",
-        thresholds="results/tune/thresholds.json",
+        thresholds="results/tune/leaderboard.json",
         test=test_files,
     output:
         json="results/submission/test-results.json",
@@ -28,12 +29,14 @@ rule make_submission:
 
 rule make_kaggle_csv:
     input:
-        json="results/submission/test-results.json",
+        ensemble="results/ensemble/test",
+        thresholds="results/tune/cells.json",
         test=test_files,
     output:
         "results/submission/submission.csv",
     params:
         source=TEST_SOURCE,
+        classes=CLASSES,
         pixel_order=config["submission"]["kaggle_csv"],
         code=script_digest("make_kaggle_csv.py"),
     log:

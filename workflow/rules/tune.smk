@@ -1,5 +1,15 @@
-# Per-class score and mask thresholds and the NMS threshold, chosen on the validation set's
-# ensembled predictions.
+# The two operating points, each tuned on the validation set's ensembled predictions:
+# `leaderboard` (per-class score / mask thresholds and per-class NMS, for the ranking metric of
+# tune.metric: the COCO submission and the AP tables) and `cells` (thresholds and NMS across
+# classes, for tune.cells.metric: segment, the label images, overlays, counts, the Kaggle CSV).
+# Each point is its own job, so changing one point's settings re-runs only what reads it.
+
+
+def tune_settings(point):
+    """The search and metric of an operating point, from config."""
+    section = config["tune"]["cells"] if point == "cells" else config["tune"]
+    keys = ("score_thresholds", "mask_thresholds", "nms_thresholds")
+    return {"metric": section["metric"], "search": {key: section[key] for key in keys}}
 
 
 rule tune_thresholds:
@@ -8,26 +18,42 @@ rule tune_thresholds:
         split="results/split/split.tsv",
         samples=all_sample_files,
     output:
-        thresholds="results/tune/thresholds.json",
-        trials="results/tune/trials.tsv",
+        thresholds="results/tune/{point}.json",
+        trials="results/tune/{point}_trials.tsv",
+    wildcard_constraints:
+        point="leaderboard|cells",
     params:
         source=SOURCE,
         classes=CLASSES,
-        metric=config["tune"]["metric"],
-        search={
-            key: config["tune"][key]
-            for key in ("score_thresholds", "mask_thresholds", "nms_thresholds")
-        },
+        settings=lambda wildcards: tune_settings(wildcards.point),
         max_dets=config["evaluate"]["max_dets"],
         evaluator=config["evaluate"]["evaluator"],
         code=script_digest("tune_thresholds.py"),
     log:
-        "logs/tune/tune_thresholds.log",
+        "logs/tune/tune_{point}.log",
     benchmark:
-        "results/benchmarks/tune/tune_thresholds.tsv"
+        "results/benchmarks/tune/tune_{point}.tsv"
     conda:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
     script:
         "../scripts/tune_thresholds.py"
+
+
+rule collect_thresholds:
+    input:
+        leaderboard="results/tune/leaderboard.json",
+        cells="results/tune/cells.json",
+    output:
+        "results/tune/thresholds.json",
+    params:
+        code=script_digest("collect_thresholds.py"),
+    log:
+        "logs/tune/collect_thresholds.log",
+    conda:
+        f"{ENVS}/eval.yaml"
+    resources:
+        **job_resources("default"),
+    script:
+        "../scripts/collect_thresholds.py"

@@ -19,10 +19,6 @@ with job_logging(snakemake.log[0]) as log:
         dict(zip(p.folds, snakemake.input.folds)),
         snakemake.output[0],
         maps,
-        weights=p.weights,
-        iou_thr=p.iou_thr,
-        skip_box_thr=p.skip_box_thr,
-        conf_type=p.conf_type,
-        absent_as_zero=p.absent_as_zero,
+        **p.fusion,
     )
     log.info("fused %d folds on %d images%s", len(p.folds), fused, ", scores calibrated" if maps else "")

@@ -19,8 +19,8 @@ with job_logging(snakemake.log[0]) as log:
     ids = validation_ids(read_split(snakemake.input.split))
     labels = (load_sample(p.source, image_id).labels for image_id in ids)  # read once, one at a time
     folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, ids)
-    thresholds = read_thresholds(snakemake.input.thresholds)
-    board = scoreboard(labels, folds, ensemble, thresholds, p.classes, p.max_dets, p.evaluator, kinds=KINDS)
+    points = read_thresholds(snakemake.input.thresholds)
+    board = scoreboard(labels, folds, ensemble, points, p.classes, p.max_dets, p.evaluator, kinds=KINDS)
     scores, agnostic, curve = board.tables["per_class"], board.tables["agnostic"], board.curves["per_class"]
     per_image = board.per_image
     per_image.insert(0, "image_id", ids)

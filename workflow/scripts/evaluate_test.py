@@ -21,12 +21,12 @@ with job_logging(snakemake.log[0]) as log:
     test_classes = p.source["classes"]
     labels = (load_ground_truth(p.source["test_gt"], t.name, test_classes, (t.height, t.width)) for t in tests)
     folds, ensemble = load_predictions(dict(zip(p.folds, snakemake.input.folds)), snakemake.input.ensemble, names)
-    thresholds = read_thresholds(snakemake.input.thresholds)
+    points = read_thresholds(snakemake.input.thresholds)
     if "scores" not in snakemake.output.keys():
         log.info("class-agnostic scores only: the test set's classes %s are not the model's %s", test_classes, p.classes)
     kinds = {"agnostic": "agnostic", "scores": "per_class"}  # output name: scoreboard kind
     names_out = list(snakemake.output.keys())  # agnostic, and scores (per class) when the classes match
-    board = scoreboard(labels, folds, ensemble, thresholds, test_classes, p.max_dets, p.evaluator,
+    board = scoreboard(labels, folds, ensemble, points, test_classes, p.max_dets, p.evaluator,
                         kinds=tuple(kinds[name] for name in names_out))  # fmt: skip
     for name in names_out:
         scores = board.tables[kinds[name]]

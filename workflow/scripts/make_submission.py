@@ -1,4 +1,5 @@
-"""Write the leaderboard submission: tuned test predictions as COCO RLE, validated, zipped."""
+"""Write the leaderboard submission: test predictions at the leaderboard point as COCO RLE,
+validated, zipped."""
 
 import sys
 from dataclasses import asdict
@@ -7,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 from cellseg.dataset import index_test_set
-from cellseg.evaluation import apply_tuned, read_thresholds
+from cellseg.evaluation import at_point, read_point
 from cellseg.instances import load_instance_sets
 from cellseg.joblog import job_logging
 from cellseg.submission import build_submission, write_submission
@@ -16,7 +17,7 @@ with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
     tests = index_test_set(p.source)
     sets = load_instance_sets(snakemake.input.ensemble, [t.name for t in tests])
-    tuned = apply_tuned(list(sets.values()), read_thresholds(snakemake.input.thresholds))
+    tuned = at_point(sets.values(), read_point(snakemake.input.thresholds))
     preds = {t.file_name: instances for t, instances in zip(tests, tuned)}
     id_map = [{k: v for k, v in asdict(t).items() if k != "path"} for t in tests]
     results = build_submission(preds, id_map, p.classes)

@@ -1,4 +1,5 @@
-"""Predict one fold's model on the validation or test images (tiled, with TTA)."""
+"""Predict one fold's model on the validation or test images (tiled, with TTA): the first step
+of the one inference path (cellseg.inference), as segment runs it."""
 
 import sys
 from pathlib import Path
@@ -8,10 +9,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 import torch
 
 from cellseg.dataset import index_test_set, load_sample, load_test_image
-from cellseg.device import pin_gpus, resolve_amp, select_device
+from cellseg.device import pin_gpus, select_device
+from cellseg.inference import load_fold_ensemble, predict_folds
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
-from cellseg.predict import load_model_for_inference, predict_images
 from cellseg.progress import Progress
 from cellseg.split import read_split, validation_ids
 from cellseg.stain import load_normaliser
@@ -29,17 +30,13 @@ with job_logging(snakemake.log[0]) as log:
         tests = index_test_set(p.source)
         ids = [t.name for t in tests]
         images = ((t.name, normalise(load_test_image(t), t.name)) for t in tests)
-    device = select_device()
-    amp = resolve_amp(device, p.amp)
-    model = load_model_for_inference(
-        snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size
+    fold = load_fold_ensemble(
+        {int(snakemake.wildcards.fold): snakemake.input.weights}, p.train, len(p.classes), p.train_tile_size,
+        p.predict, {}, None, select_device(),
     )
     out = Path(snakemake.output[0])
     out.mkdir(parents=True, exist_ok=True)
-    found = predict_images(
-        model, images, tile_size=p.tile_size, overlap=p.overlap, tta=p.tta, tta_fusion=p.tta_fusion,
-        device=device, batch_size=p.batch_size, amp=amp,
-    )
+    found = ((name, predict_folds(fold, image)[0]) for name, image in images)  # one image at a time
     progress = Progress(log, len(ids), every=len(ids) // 50, label="image", unit="images")
     for done, (name, instances) in enumerate(found, 1):
         instances.save(out / f"{name}.npz")

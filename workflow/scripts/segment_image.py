@@ -1,4 +1,4 @@
-"""Segment one new image with every fold, the ensemble and the tuned thresholds."""
+"""Segment one new image with every fold, the ensemble and the `cells` operating point."""
 
 import sys
 from pathlib import Path
@@ -7,33 +7,30 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 import torch
 
-from cellseg.evaluation import read_thresholds
+from cellseg.device import pin_gpus, select_device
+from cellseg.evaluation import read_point
+from cellseg.inference import load_fold_ensemble
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
-from cellseg.predict import load_model_for_inference
 from cellseg.segment_export import segment_file
 from cellseg.stain import load_normaliser
-from cellseg.train import select_device
 
 with job_logging(snakemake.log[0]) as log:
+    pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA
     release_freed_memory()
     p = snakemake.params
     torch.set_num_threads(snakemake.threads)
-    device = select_device()
-    models = [
-        load_model_for_inference(path, p.train, len(p.classes), device, tile_size=p.train_tile_size)
-        for path in snakemake.input.weights
-    ]
+    ensemble = load_fold_ensemble(
+        dict(zip(p.folds, snakemake.input.weights)), p.train, len(p.classes), p.train_tile_size, p.predict,
+        p.ensemble, snakemake.input.calibration[0] if snakemake.input.calibration else None, select_device(),
+    )
     table = segment_file(
         snakemake.input.image,
         dict(snakemake.output.items()),
-        models,
+        ensemble,
+        read_point(snakemake.input.thresholds),
         p.classes,
         p.overlay_size,
-        predict=p.predict,
-        ensemble=p.ensemble,
-        thresholds=read_thresholds(snakemake.input.thresholds),
-        device=device,
         block=p.block_size,
         margin=p.margin,
         normalise=load_normaliser(snakemake.input.stain),

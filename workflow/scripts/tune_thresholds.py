@@ -1,5 +1,5 @@
-"""Choose per-class score and mask thresholds and the NMS threshold on the validation set's
-ensembled predictions."""
+"""Tune one operating point (per-class score and mask thresholds, the NMS threshold) on the
+validation set's ensembled predictions, with its cross-check."""
 
 import json
 import sys
@@ -20,15 +20,16 @@ from cellseg.tune import cross_check, tune_thresholds
 with job_logging(snakemake.log[0]) as log:
     release_freed_memory()
     p = snakemake.params
+    point = snakemake.wildcards.point
     ids = validation_ids(read_split(snakemake.input.split))
     preds = StoredSets(snakemake.input.ensemble, ids)  # read from disk on every pass
-    options = {"metric": p.metric, "max_dets": p.max_dets, "evaluator": p.evaluator}
+    options = {"metric": p.settings["metric"], "max_dets": p.max_dets, "evaluator": p.evaluator, "point": point}
     with tempfile.TemporaryDirectory(prefix="cellseg_truth_") as spool_dir:
         # encoded once, one image at a time, then read back from disk on every pass (README, Scale)
         truth = spool_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes, spool_dir)
-        best, trials = tune_thresholds(truth, preds, p.classes, p.search, **options)
-        best["cross_check"] = cross_check(truth, preds, p.classes, p.search, **options)
-    log.info("tuned on %d images: %s", len(ids), best)
+        best, trials = tune_thresholds(truth, preds, p.classes, p.settings["search"], **options)
+        best["cross_check"] = cross_check(truth, preds, p.classes, p.settings["search"], **options)
+    log.info("%s point tuned on %d images: %s", point, len(ids), best)
     with atomic_path(snakemake.output.thresholds) as tmp:
         tmp.write_text(json.dumps(best, indent=1) + "\n")
     with atomic_path(snakemake.output.trials) as tmp:
