@@ -30,6 +30,9 @@ README_COLUMNS = [
     ("val F1", "scores", "F1"),
     ("test AP", "test_scores", "AP"),
     ("test AP50", "test_scores", "AP50"),
+    ("test PQ", "test_scores", "PQ"),
+    ("test F1", "test_scores", "F1"),
+    ("test count ratio", "test_scores", "count_ratio"),
 ]
 
 

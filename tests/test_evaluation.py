@@ -57,6 +57,17 @@ def test_scoreboard_has_the_panoptic_and_leaderboard_columns():
     assert list(table["thresholds"]) == ["default", "default", "leaderboard", "cells"]
 
 
+def test_scoreboard_scores_each_point_with_its_own_thresholds():
+    labels = np.zeros((2, 16, 16), np.int32)
+    labels[0, 2:8, 2:8] = 1
+    cell = labels[0] == 1
+    # one cell found twice, as both classes: the leaderboard keeps both, the cells point one
+    preds = [InstanceSet.from_dense(np.zeros((2, 4)), [0.9, 0.8], [1, 2], np.asarray([cell, cell]))]
+    table = scoreboard([labels], {0: preds}, preds, POINTS, CLASSES, 100, "faster").tables["per_class"]
+    by_point = table.set_index("thresholds").loc[["leaderboard", "cells"]]
+    assert by_point["count_ratio"].tolist() == [2.0, 1.0]
+
+
 def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
     def one(score):
         return InstanceSet.from_dense(np.zeros((1, 4)), [score], [1], np.ones((1, 4, 4), bool))

@@ -1,7 +1,7 @@
 import numpy as np
 
 from cellseg.instances import InstanceSet
-from cellseg.postprocess import apply_thresholds
+from cellseg.postprocess import apply_cells, apply_thresholds
 
 
 def rect(x, width=10):
@@ -61,3 +61,17 @@ def test_nms_order_follows_scores_not_input_order():
     instances = make_set([rect(0), rect(1)], [0.2, 0.9], [1, 1])
     out = apply_thresholds(instances, 0.0, 0.5, 0.5)
     np.testing.assert_allclose(out.scores, [0.9])
+
+
+def test_cells_point_twice_changes_nothing():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((12, 40, 40), np.float32)
+    for k in range(12):  # overlapping soft squares of two classes
+        y, x = rng.integers(0, 30, 2)
+        masks[k, y : y + 10, x : x + 10] = rng.uniform(0.3, 1.0)
+    found = InstanceSet.from_dense(np.zeros((12, 4)), rng.uniform(0.1, 1, 12), rng.integers(1, 3, 12), masks)
+    once = apply_cells(found, {1: 0.2, 2: 0.3}, {1: 0.4, 2: 0.5}, 0.5, 2)
+    twice = apply_cells(once, {1: 0.2, 2: 0.3}, {1: 0.4, 2: 0.5}, 0.5, 2)
+    assert 0 < len(once) < 12 and (once.binary_masks(0.5).sum(axis=0) <= 1).all()
+    assert np.array_equal(once.binary_masks(0.5), twice.binary_masks(0.5))
+    assert np.array_equal(once.class_scores, twice.class_scores) and np.array_equal(once.classes, twice.classes)

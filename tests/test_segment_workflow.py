@@ -14,24 +14,35 @@ from PIL import Image
 from test_workflow import finished_run  # noqa: F401  (the shared tiny run, a fixture)
 from workflow_helpers import copy_workdir, rule_counts, scheduled_jobs, snakemake, wildcard_values, write_config
 
+from cellseg.evaluation import read_point
+from cellseg.instances import InstanceSet
 from cellseg.io import read_image
+from cellseg.postprocess import apply_point
+from cellseg.segment import cell_labels
 from cellseg.segment_input import open_image
+from cellseg.split import read_split, validation_ids
 
 OUTPUTS = ["labels.tif", "cells.geojson", "cells.csv", "overlay.png"]
+# The tiny run's few training steps leave low scores: a low score threshold for the cells point
+# gives every test cells to compare.
+LOW_CELLS = {"tune": {"cells": {"score_thresholds": [0.05]}}}
 
 
 def new_images(folder, demo):
-    """The demo's test images, a PNG, a 16-bit grey TIFF and a large tiled TIFF (3 x 3 demo
-    images) in `folder`; returns their names."""
+    """The demo's test images, a PNG, an 8-bit grey TIFF and its 16-bit copy (x 257), a 16-bit
+    copy of the first test image and a large tiled TIFF (3 x 3 demo images) in `folder`;
+    returns their names."""
     folder.mkdir()
     tests = sorted((demo / "test_release").glob("*.tif"))
     for path in tests:
         shutil.copy2(path, folder)
     image = read_image(tests[0])
     Image.fromarray(image).save(folder / "photo.png")
+    tifffile.imwrite(folder / "grey8.tif", image[..., 1], compression="zlib")
     tifffile.imwrite(folder / "grey16.tif", image[..., 1].astype(np.uint16) * 257, compression="zlib")
+    tifffile.imwrite(folder / "rgb16.tif", image.astype(np.uint16) * 257, photometric="rgb")
     tifffile.imwrite(folder / "large.tif", np.tile(image, (3, 3, 1)), tile=(128, 128), compression="zlib", photometric="rgb")
-    return sorted([p.stem for p in tests] + ["photo", "grey16", "large"])
+    return sorted([p.stem for p in tests] + ["photo", "grey8", "grey16", "rgb16", "large"])
 
 
 @pytest.mark.slow
@@ -39,7 +50,7 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):  # n
     workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
     images = tmp_path / "images"
     names = new_images(images, workdir / "results" / "demo")
-    config = write_config(tmp_path / "segment.yaml", {"segment": {"block_size": 256, "margin": 64}})
+    config = write_config(tmp_path / "segment.yaml", {"segment": {"block_size": 256, "margin": 64}, **LOW_CELLS})
     run = dict(repo=finished_run.repo, configs=[config])
 
     snakemake(workdir, "segment", "--config", f"segment_images={images}", **run)
@@ -50,7 +61,15 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):  # n
         assert labels.shape == (4, *open_image(next(images.glob(f"{name}.*"))).size) and labels.dtype == np.uint32
         table = pd.read_csv(results / name / "cells.csv")
         assert len(table) == len(json.loads((results / name / "cells.geojson").read_text())["features"])
-        assert len(table) == sum(len(np.unique(plane)) - 1 for plane in labels)
+        assert len(table) == sum(len(np.unique(plane)) - 1 for plane in labels)  # each cell in one plane
+        assert ((labels > 0).sum(axis=0) <= 1).all(), name  # no pixel in two cells, across classes too
+    first = sorted(p.stem for p in (workdir / "results" / "demo" / "test_release").glob("*.tif"))[0]
+    for eight, sixteen in [(first, "rgb16"), ("grey8", "grey16")]:
+        assert len(pd.read_csv(results / eight / "cells.csv")) > 0, eight
+        assert np.array_equal(tifffile.imread(results / eight / "labels.tif"), tifffile.imread(results / sixteen / "labels.tif"))
+        assert pd.read_csv(results / eight / "cells.csv").drop(columns=["mean_r", "mean_g", "mean_b", "mean_od"]).equals(
+            pd.read_csv(results / sixteen / "cells.csv").drop(columns=["mean_r", "mean_g", "mean_b", "mean_od"])
+        )
     summary = pd.read_csv(results / "summary.csv")
     assert sorted(summary["image"]) == names
     assert {"n_class1", "per_mpx_class1"} <= set(summary.columns)
@@ -60,7 +79,9 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):  # n
     assert f"block {blocks}/{blocks}" in log and "ETA" in log
 
     # the config file's segment.images works as well; nothing to do
-    folder = write_config(tmp_path / "folder.yaml", {"segment": {"images": str(images), "block_size": 256, "margin": 64}})
+    folder = write_config(
+        tmp_path / "folder.yaml", {"segment": {"images": str(images), "block_size": 256, "margin": 64}, **LOW_CELLS}
+    )
     assert rule_counts(scheduled_jobs(workdir, "segment", repo=finished_run.repo, configs=[folder])) == {}
 
     # one more image: only it is segmented, and the summary redone
@@ -74,6 +95,44 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):  # n
     proc = snakemake(workdir, "segment", "-n", check=False, repo=finished_run.repo, configs=[folder])
     assert proc.returncode != 0
     assert f"DataError: {images / 'large.tif'}: same name as large.png" in proc.stdout, proc.stdout
+
+
+def painted(cells: InstanceSet, n_classes: int) -> np.ndarray:
+    """The (C, H, W) label image of binary instances, as labels.tif holds it."""
+    labels = np.zeros((n_classes, *cells.image_size), np.uint32)
+    for i, value in enumerate(cell_labels(cells)):
+        x0, y0, x1, y1 = cells.windows[i]
+        labels[cells.classes[i] - 1, y0:y1, x0:x1][cells.window_mask(i)] = value
+    return labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calibrate", ["none", "quantile"])
+def test_segment_gives_a_validation_image_the_workflows_cells(finished_run, tmp_path, calibrate):  # noqa: F811
+    """segment on the run's validation images gives exactly the instances the workflow scores
+    for them at the cells point (the tiny run predicts with hflip TTA), also with the folds'
+    scores calibrated."""
+    workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
+    config = write_config(tmp_path / "c.yaml", {"ensemble": {"calibrate": calibrate}, **LOW_CELLS})
+    run = dict(repo=finished_run.repo, configs=[config])
+    snakemake(workdir, **run)  # the workflow's own ensemble and cells point with these settings
+    results = workdir / "results"
+    names = validation_ids(read_split(results / "split" / "split.tsv"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in names:
+        shutil.copy2(results / "demo" / "train" / name / "image.tif", images / f"{name}.tif")
+    snakemake(workdir, "segment", "--config", f"segment_images={images}", **run)
+    cells = read_point(results / "tune" / "cells.json")
+    found = 0
+    for name in names:
+        expected = apply_point(InstanceSet.load(results / "ensemble" / "val" / f"{name}.npz"), cells)
+        found += len(expected)
+        assert np.array_equal(tifffile.imread(results / "segment" / name / "labels.tif"), painted(expected, 4)), name
+        table = pd.read_csv(results / "segment" / name / "cells.csv")
+        assert table["score"].tolist() == expected.scores.round(4).tolist()
+    assert found > 0
+    assert ((results / "ensemble" / "calibration.json").is_file()) == (calibrate != "none")
 
 
 def test_segment_without_a_folder_or_with_a_bad_image_fails_at_dag_time(tmp_path):

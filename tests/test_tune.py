@@ -185,3 +185,32 @@ def test_tuning_from_disk_equals_tuning_in_memory(data, tmp_path, monkeypatch):
         assert [p.name for p in spools.iterdir() if p.is_dir()] == []  # trials' spools removed
     finally:
         tempfile.tempdir = None
+
+
+def with_other_class_copies(preds):
+    """Each prediction also reported as the other class at 0.7 x its score, same mask: what
+    Mask R-CNN gives a cell whose class it is unsure of."""
+    out = []
+    for p in preds:
+        copy = InstanceSet(p.image_size, p.boxes, p.scores * 0.7, 3 - p.classes, p.windows, p.probs)
+        out.append(InstanceSet.concatenate([p, copy]))
+    return out
+
+
+def test_cells_point_keeps_each_cell_once_with_one_class(data):
+    labels_list, preds = data
+    preds = with_other_class_copies(preds)
+    search = {"score_thresholds": [0.2, 0.5], "mask_thresholds": [0.3, 0.5], "nms_thresholds": [0.5, 0.9]}
+    leaderboard, _ = tune_thresholds(labels_list, preds, CLASSES, SEARCH, metric="PQ")
+    cells, trials = tune_thresholds(labels_list, preds, CLASSES, search, metric="PQ", point="cells")
+    assert cells["point"] == "cells" and leaderboard["point"] == "leaderboard"
+    # classes may not overlap at the leaderboard point; at the cells point the copies are gone
+    assert cells["score"] == pytest.approx(1.0) and leaderboard["score"] < cells["score"]
+    assert cells["nms_threshold"] == 0.5 and cells["mask_thresholds"] == {1: 0.3, 2: 0.3}
+    assert score_with(labels_list, preds, CLASSES, cells, metric="PQ") == cells["score"]
+    # bounded: 2 score x 2 nms grid points, 2 classes x 1 other mask, 2 classes x 1 other score
+    assert list(trials["stage"]) == ["grid"] * 4 + ["mask"] * 2 + ["score"] * 2
+    check = cross_check(labels_list, preds, CLASSES, search, metric="PQ", point="cells")
+    assert check["held_out"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown operating point"):
+        tune_thresholds(labels_list, preds, CLASSES, search, point="people")

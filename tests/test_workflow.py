@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pycocotools import mask as mask_utils
 from workflow_helpers import (
     REPO,
     copy_repo,
@@ -64,15 +63,18 @@ TRAIN_OUTPUTS = [
 ]
 FOLD_MODELS = [f"results/train/fold{k}/model_best.pt" for k in FOLDS]
 
-# What follows a change to the thresholds (tuning or its code) and to training.
-FROM_TUNE = {
+# What follows a change to one operating point's tuning, to both (the tuning code), and to
+# training. The cells point drives no COCO submission; the leaderboard point no overlays.
+FROM_CELLS = {
     "tune_thresholds": 1,
+    "collect_thresholds": 1,
     "evaluate_predictions": 1,
     "evaluate_test": 1,
-    "make_submission": 1,
     "plot_report": 1,
     "all": 1,
 }
+FROM_LEADERBOARD = {**FROM_CELLS, "make_submission": 1}
+FROM_TUNE = {**FROM_LEADERBOARD, "tune_thresholds": 2}
 FROM_TRAIN = {
     "train_fold": len(FOLDS),
     "predict_fold": 2 * len(FOLDS),  # val and test
@@ -146,9 +148,14 @@ def test_tiny_run_writes_every_output(finished_run):
         assert sorted(p.stem for p in (results / "ensemble" / subset).glob("*.npz")) == ids
 
     thresholds = json.loads((results / "tune" / "thresholds.json").read_text())
-    assert {"score_thresholds", "mask_thresholds", "nms_threshold"} <= set(thresholds)
-    assert set(thresholds["mask_thresholds"]) == set(thresholds["score_thresholds"])
-    assert (results / "tune" / "trials.tsv").is_file()
+    assert list(thresholds) == ["leaderboard", "cells"]
+    for name, point in thresholds.items():
+        assert point == json.loads((results / "tune" / f"{name}.json").read_text())
+        assert {"point", "score_thresholds", "mask_thresholds", "nms_threshold", "metric", "cross_check"} <= set(point)
+        assert point["point"] == name and set(point["mask_thresholds"]) == set(point["score_thresholds"])
+        assert "held_out" in point["cross_check"]
+        assert (results / "tune" / f"{name}_trials.tsv").is_file()
+    assert thresholds["leaderboard"]["metric"] == "AP" and thresholds["cells"]["metric"] == "PQ"
 
     scores = pd.read_csv(results / "evaluate" / "scores.tsv", sep="\t")
     rows = list(zip(scores["model"], scores["thresholds"]))
@@ -156,8 +163,11 @@ def test_tiny_run_writes_every_output(finished_run):
         ("fold 0", "default"),
         ("fold 1", "default"),
         ("ensemble", "default"),
-        ("ensemble", "tuned"),
+        ("ensemble", "leaderboard"),
+        ("ensemble", "cells"),
     ]
+    for column in ("bPQ", "mPQ", "count_error", "count_ratio", "F1_class1", "count_error_class1"):
+        assert column in scores.columns, column
     assert scores["AP"].between(0, 1).all()
     for column in ("AP50@100", "PQ", "SQ", "DQ", "AJI"):
         assert scores[column].between(0, 1).all(), column
@@ -222,8 +232,9 @@ def test_lint_reports_nothing(tmp_path):
 @pytest.mark.parametrize(
     "override, expected, per_shard",
     [
-        pytest.param({"tune": {"mask_thresholds": [0.4]}}, FROM_TUNE, [], id="tune"),
-        pytest.param({"tune": {"metric": "PQ"}}, FROM_TUNE, [], id="tune-metric"),
+        pytest.param({"tune": {"mask_thresholds": [0.4]}}, FROM_LEADERBOARD, [], id="tune"),
+        pytest.param({"tune": {"metric": "PQ"}}, FROM_LEADERBOARD, [], id="tune-metric"),
+        pytest.param({"tune": {"cells": {"metric": "F1"}}}, FROM_CELLS, [], id="tune-cells-metric"),
         pytest.param({"train": {"lr": 0.0005}}, FROM_TRAIN, [], id="train"),
         # Without aux heads nothing reads the maps: no maps job, tiles with empty maps.
         pytest.param({"train": {"aux_heads": False}}, {"make_tiles": len(SHARDS), **FROM_TRAIN}, ["make_tiles"], id="no-aux-heads"),
@@ -306,20 +317,42 @@ def test_test_set_of_another_dataset_reruns_only_the_test_stages(finished_run, r
 
 
 @pytest.mark.slow
-def test_kaggle_csv_is_one_more_job_with_the_submissions_masks(finished_run, run_copy, tmp_path):
+def test_cells_settings_rerun_no_training_prediction_or_submission(finished_run, run_copy, tmp_path):
+    """Changing only the cells point's search re-runs its tuning and what reads it: no training,
+    no predict_fold, and the COCO submission keeps its bytes."""
+    override = {"tune": {"cells": {"score_thresholds": [0.1, 0.9], "nms_thresholds": [0.2]}}}
+    extra = write_config(tmp_path / "override.yaml", override)
+    jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
+    assert rule_counts(jobs) == FROM_CELLS
+    assert wildcard_values(jobs, "tune_thresholds", "point") == {"cells"}
+    submission = (run_copy / "results" / "submission" / "submission.zip").read_bytes()
+    before = json.loads((run_copy / "results" / "tune" / "thresholds.json").read_text())
+    snakemake(run_copy, repo=finished_run.repo, configs=[extra])
+    after = json.loads((run_copy / "results" / "tune" / "thresholds.json").read_text())
+    assert after["leaderboard"] == before["leaderboard"]
+    assert after["cells"]["nms_threshold"] == 0.2
+    assert (run_copy / "results" / "submission" / "submission.zip").read_bytes() == submission
+
+
+@pytest.mark.slow
+def test_kaggle_csv_is_one_more_job_with_the_cells_points_masks(finished_run, run_copy, tmp_path):
+    from cellseg.evaluation import at_point, read_point
+    from cellseg.instances import load_instance_sets
+
     extra = write_config(tmp_path / "override.yaml", {"submission": {"kaggle_csv": "row_major"}})
     jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
     assert rule_counts(jobs) == {"make_kaggle_csv": 1, "all": 1}
     snakemake(run_copy, repo=finished_run.repo, configs=[extra])
-    results = json.loads((run_copy / "results" / "submission" / "test-results.json").read_text())
-    rows = pd.read_csv(run_copy / "results" / "submission" / "submission.csv", keep_default_na=False)
-    names = {1: "demo_test_000", 2: "demo_test_001"}  # the demo's id map
-    assert set(rows["id"]) == set(names.values())
-    by_name = {name: sorted(rows.loc[rows["id"] == name, "predicted"]) for name in names.values()}
-    for image_id, name in names.items():
-        masks = [mask_utils.decode(r["segmentation"]).astype(bool) for r in results if r["image_id"] == image_id]
+    results = run_copy / "results"
+    rows = pd.read_csv(results / "submission" / "submission.csv", keep_default_na=False)
+    names = ["demo_test_000", "demo_test_001"]  # the demo's id map
+    assert set(rows["id"]) == set(names)
+    cells = read_point(results / "tune" / "cells.json")
+    for name, found in zip(names, at_point(load_instance_sets(results / "ensemble" / "test", names).values(), cells)):
+        masks = found.binary_masks(0.5)
+        assert (masks.sum(axis=0) <= 1).all()  # Kaggle's metrics want one cell per pixel
         expected = sorted(encode_runs(mask, "row_major") for mask in masks) or [""]
-        assert by_name[name] == expected
+        assert sorted(rows.loc[rows["id"] == name, "predicted"]) == expected
 
 
 @pytest.mark.slow

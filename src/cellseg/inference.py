@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from cellseg.calibrate import read_calibration
-from cellseg.device import resolve_amp
 from cellseg.ensemble import fuse_folds
 from cellseg.instances import InstanceSet
 from cellseg.postprocess import apply_point
-from cellseg.predict import load_model_for_inference, predict_image
+from cellseg.predict import load_model_for_inference, predict_image, predict_settings
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ def load_fold_ensemble(
         load_model_for_inference(path, train_cfg, n_classes, device, tile_size=train_tile_size)
         for path in weights.values()
     ]
-    predict = {**predict, "amp": resolve_amp(device, predict.get("amp") or "none")}
-    return FoldEnsemble(models, [maps.get(fold) for fold in weights], device, predict, dict(fusion))
+    return FoldEnsemble(models, [maps.get(fold) for fold in weights], device, predict_settings(predict, device), dict(fusion))
 
 
 def predict_folds(ensemble: FoldEnsemble, pixels: np.ndarray) -> list[InstanceSet]:

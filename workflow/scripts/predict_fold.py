@@ -1,5 +1,5 @@
 """Predict one fold's model on the validation or test images (tiled, with TTA): the first step
-of the one inference path (cellseg.inference), as segment runs it."""
+of the one inference path (cellseg.inference), with the settings segment runs it with."""
 
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ import torch
 
 from cellseg.dataset import index_test_set, load_sample, load_test_image
 from cellseg.device import pin_gpus, select_device
-from cellseg.inference import load_fold_ensemble, predict_folds
+from cellseg.predict import load_model_for_inference, predict_image, predict_settings
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
 from cellseg.progress import Progress
@@ -30,13 +30,12 @@ with job_logging(snakemake.log[0]) as log:
         tests = index_test_set(p.source)
         ids = [t.name for t in tests]
         images = ((t.name, normalise(load_test_image(t), t.name)) for t in tests)
-    fold = load_fold_ensemble(
-        {int(snakemake.wildcards.fold): snakemake.input.weights}, p.train, len(p.classes), p.train_tile_size,
-        p.predict, {}, None, select_device(),
-    )
+    device = select_device()
+    model = load_model_for_inference(snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size)
+    settings = predict_settings(p.predict, device)
     out = Path(snakemake.output[0])
     out.mkdir(parents=True, exist_ok=True)
-    found = ((name, predict_folds(fold, image)[0]) for name, image in images)  # one image at a time
+    found = ((name, predict_image(model, image, device=device, **settings)) for name, image in images)  # one at a time
     progress = Progress(log, len(ids), every=len(ids) // 50, label="image", unit="images")
     for done, (name, instances) in enumerate(found, 1):
         instances.save(out / f"{name}.npz")
