@@ -77,7 +77,7 @@ def test_charts_are_written_at_their_size(case, tmp_path):
 def test_scores_table_has_a_row_per_metric(case, tmp_path):
     image, labels, preds = case
     metrics, _ = evaluate_predictions([labels], [preds], CLASSES)
-    scores = pd.DataFrame([{"model": "ensemble", "thresholds": t, **metrics} for t in ("default", "tuned")])
+    scores = pd.DataFrame([{"model": "ensemble", "thresholds": t, **metrics} for t in ("default", "leaderboard", "cells")])
     plot_scores_table(scores, CLASSES, tmp_path / "scores.png")
     rows = len(SUMMARY_METRICS) + 2 * len(CLASSES)  # + per-class AP50@100 and PQ
     assert png_shape(tmp_path / "scores.png") == (round(100 * (0.3 * (rows + 1) + 0.2)), 600)

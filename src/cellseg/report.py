@@ -30,7 +30,7 @@ FONT_SIZE = 10
 NOTE_LINE_INCHES, NOTE_LINE_CHARS = 0.18, 140
 CLASS_COLOURS = plt.get_cmap("tab10").colors
 # The scoreboard's columns shown in the score table, before the per-class AP50@100 and PQ.
-SUMMARY_METRICS = ("AP", "AP50@100", "PQ", "SQ", "DQ", "AJI", "F1", "sartorius")
+SUMMARY_METRICS = ("AP", "AP50@100", "PQ", "SQ", "DQ", "bPQ", "mPQ", "AJI", "F1", "sartorius", "count_ratio")
 
 
 def plot_overlay(
@@ -159,7 +159,8 @@ def plot_table(table: pd.DataFrame, path: str | Path, digits: int = 3, notes: li
 def plot_scores_table(scores: pd.DataFrame, class_names: list[str], path: str | Path, notes: list[str] = ()) -> None:
     """The scoreboard (`cellseg.evaluation.scoreboard`'s table) as a table figure: one row per
     metric (`SUMMARY_METRICS`, then per class `AP50@100_<name>` and `PQ_<name>`), one column
-    per model (the tuned row named `<model> tuned`); `notes` below it (see `training_warnings`)."""
+    per model (a row at an operating point named `<model> <point>`); `notes` below it (see
+    `training_warnings`)."""
     metrics = [*SUMMARY_METRICS, *(f"AP50@100_{n}" for n in class_names), *(f"PQ_{n}" for n in class_names)]
     table = scores[metrics].T.reset_index(drop=True)
     table.columns = [m if t == "default" else f"{m} {t}" for m, t in zip(scores["model"], scores["thresholds"])]
