@@ -13,16 +13,23 @@ variant's overrides from the `--variants` file (a mapping of name -> overrides; 
 merged key by key). Relative data paths in the `--config` files are resolved from the folder
 the benchmark is started in, as `snakemake` would resolve them there.
 
-Per variant it reports, on the test set (`test_scores.tsv`, tuned ensemble): mask AP, AP50 at
-100 detections (the leaderboard's number), PQ, AJI, the `--rare-class`'s AP50@100; the
-validation AP50@100 of the tuned ensemble and of the best single fold; and the wall time.
-The table is printed, and written to `OUT/table.md` and `OUT/results.tsv` after each variant.
+Per variant it reports, on the test set (`test_scores.tsv`): the tuned ensemble's mask AP,
+AP50 at 100 detections (the leaderboard's number), PQ, AJI and the `--rare-class`'s AP50@100
+("tuned" is the `leaderboard` operating point, the one tuned for AP); the cells point's PQ,
+bPQ, mPQ and count ratio (found / true cells: what segment counts); the validation AP50@100 of
+the tuned ensemble and of the best single fold; and the wall time. The table is printed, and
+written to `OUT/table.md` and `OUT/results.tsv` after each variant.
 
 With `--class-agnostic` it reports the class-agnostic test scores instead
 (`test_scores_agnostic.tsv`), as a cross-dataset benchmark needs (a model trained on one
 dataset, tested on another's test set: `data.test_path`): AP50@100 and AP of each fold, of the
-ensemble and of the tuned ensemble, the spread between the folds (best minus worst), and the
-tuned ensemble's class-agnostic validation AP50@100 on the training dataset.
+ensemble and of the tuned ensemble (`leaderboard` point), the spread between the folds (best
+minus worst), the cells point's PQ, bPQ and count ratio, and the tuned ensemble's
+class-agnostic validation AP50@100 on the training dataset.
+
+Score tables written by code from before the two operating points (an `OUT/repo` kept with
+`--keep-snapshot`) name the leaderboard point `tuned` and have no cells point: their cells
+columns are empty.
 
     .venv/bin/python benchmarks/ablation.py \\
         --config benchmarks/ablation/consep.yaml benchmarks/ablation/cpu_budget.yaml \\
@@ -114,12 +121,29 @@ def run_variant(repo: Path, workdir: Path, config: dict, cache: Path, cores: int
     return seconds
 
 
+def ensemble_at(table: pd.DataFrame, point: str) -> pd.Series:
+    """The ensemble's row of a score table at the operating point `point` (`leaderboard`, also
+    found as `tuned`, its name before the two points; `cells`); a row of NaN when absent."""
+    ensemble = table[table["model"] == "ensemble"]
+    for name in (point, "tuned") if point == "leaderboard" else (point,):
+        rows = ensemble[ensemble["thresholds"] == name]
+        if len(rows):
+            return rows.iloc[0]
+    return pd.Series(float("nan"), index=table.columns)
+
+
+def cells_columns(test: pd.DataFrame, metrics: tuple[str, ...]) -> dict:
+    """The cells point's test scores `metrics` (count_ratio as "count ratio")."""
+    cells = ensemble_at(test, "cells")
+    return {f"test cells {metric.replace('_', ' ')}": cells[metric] if metric in cells else float("nan")
+            for metric in metrics}  # fmt: skip
+
+
 def variant_row(name: str, workdir: Path, seconds: float, rare_class: str) -> dict:
     """One table row from a finished variant's score tables."""
     test = pd.read_csv(workdir / "results" / "evaluate" / "test_scores.tsv", sep="\t")
     val = pd.read_csv(workdir / "results" / "evaluate" / "scores.tsv", sep="\t")
-    tuned = test[(test["model"] == "ensemble") & (test["thresholds"] == "tuned")].iloc[0]
-    val_tuned = val[(val["model"] == "ensemble") & (val["thresholds"] == "tuned")].iloc[0]
+    tuned, val_tuned = ensemble_at(test, "leaderboard"), ensemble_at(val, "leaderboard")
     val_folds = val[val["model"].str.startswith("fold")]
     test_folds = test[test["model"].str.startswith("fold")]
     return {
@@ -132,6 +156,7 @@ def variant_row(name: str, workdir: Path, seconds: float, rare_class: str) -> di
         "test folds AP50@100": " / ".join(f"{v:.3f}" for v in test_folds["AP50@100"]),
         "val AP50@100": val_tuned["AP50@100"],
         "val best fold AP50@100": val_folds["AP50@100"].max(),
+        **cells_columns(test, ("PQ", "bPQ", "mPQ", "count_ratio")),
         "wall min": seconds / 60,
     }
 
@@ -140,16 +165,17 @@ def agnostic_row(name: str, workdir: Path, seconds: float) -> dict:
     """One table row from a finished variant's class-agnostic score tables."""
     test = pd.read_csv(workdir / "results" / "evaluate" / "test_scores_agnostic.tsv", sep="\t")
     val = pd.read_csv(workdir / "results" / "evaluate" / "scores_agnostic.tsv", sep="\t")
-    ensemble = test[test["model"] == "ensemble"].set_index("thresholds")
+    default, tuned = ensemble_at(test, "default"), ensemble_at(test, "leaderboard")
     folds = test[test["model"].str.startswith("fold")]
     row = {"variant": name}
     for metric in ("AP50@100", "AP"):
-        row[f"test ensemble {metric}"] = ensemble.loc["default", metric]
-        row[f"test tuned {metric}"] = ensemble.loc["tuned", metric]
+        row[f"test ensemble {metric}"] = default[metric]
+        row[f"test tuned {metric}"] = tuned[metric]
         row[f"test folds {metric}"] = " / ".join(f"{v:.3f}" for v in folds[metric])
         row[f"fold spread {metric}"] = folds[metric].max() - folds[metric].min()
-    val_tuned = val[(val["model"] == "ensemble") & (val["thresholds"] == "tuned")].iloc[0]
-    return {**row, "val tuned AP50@100": val_tuned["AP50@100"], "wall min": seconds / 60}
+    # class-agnostic mPQ equals bPQ
+    row.update(cells_columns(test, ("PQ", "bPQ", "count_ratio")))
+    return {**row, "val tuned AP50@100": ensemble_at(val, "leaderboard")["AP50@100"], "wall min": seconds / 60}
 
 
 def markdown(rows: list[dict]) -> str:

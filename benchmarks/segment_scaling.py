@@ -3,7 +3,8 @@ real tissue (MoNuSeg's 1000 px training images, mirrored alternately so that sea
 
 Each size runs in its own process (so that its peak RSS, `ru_maxrss`, is its own): the slide is
 written as a tiled, zlib-compressed TIFF tile by tile, then segmented block by block from the
-file and its outputs written (labels.tif, GeoJSON, CSV, overlay). The model is resnet18-FPN
+file at a `cells` operating point (`--score`, mask threshold 0.5, NMS across classes at IoU
+0.5) and its outputs written (labels.tif, GeoJSON, CSV, overlay). The model is resnet18-FPN
 with random weights unless `--weights` names trained ones: time and memory depend on the
 network and the number of detections, not on accuracy; `--max-dets` caps the detections per
 tile as a trained model's would be.
@@ -66,8 +67,10 @@ def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
 
 def run_one(args) -> dict:
     """Segment one synthetic slide of `args.one` px square; its seconds and peak RSS."""
+    from cellseg.inference import FoldEnsemble
     from cellseg.memory import release_freed_memory
     from cellseg.model import build_model
+    from cellseg.predict import predict_settings
     from cellseg.segment_export import segment_file
     from cellseg.train_config import resolve_train_config
 
@@ -86,6 +89,13 @@ def run_one(args) -> dict:
         if args.weights:
             model.load_state_dict(torch.load(args.weights[k], map_location="cpu", weights_only=True))
         models.append(model.to(device).eval())
+    # The ensemble as load_fold_ensemble builds it for the segment job (predict settings with
+    # amp resolved for the device, fusion settings), without calibration or TTA; one class.
+    predict = {"tile_size": args.tile_size, "overlap": 64, "tta": [], "batch_size": 4, "amp": args.amp,
+               "tta_fusion": {"iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}}  # fmt: skip
+    fusion = {"weights": None, "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg", "absent_as_zero": False}
+    ensemble = FoldEnsemble(models, [None] * len(models), device, predict_settings(predict, device), fusion)
+    point = {"point": "cells", "score_thresholds": {1: args.score}, "mask_thresholds": {1: 0.5}, "nms_threshold": 0.5}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         start = time.monotonic()
@@ -94,14 +104,7 @@ def run_one(args) -> dict:
         outputs = {k: tmp / f for k, f in [("labels", "labels.tif"), ("geojson", "cells.geojson"),
                                             ("csv", "cells.csv"), ("overlay", "overlay.png")]}
         start = time.monotonic()
-        table = segment_file(
-            tmp / "slide.tif", outputs, models, ["nucleus"], predict={
-                "tile_size": args.tile_size, "overlap": 64, "tta": [], "batch_size": 4,
-                "tta_fusion": {"iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}},
-            ensemble={"weights": None, "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg", "absent_as_zero": False},
-            thresholds={"score_thresholds": {1: args.score}, "mask_thresholds": {1: 0.5}, "nms_threshold": 0.5},
-            device=device, block=args.block, margin=128,
-        )
+        table = segment_file(tmp / "slide.tif", outputs, ensemble, point, ["nucleus"], block=args.block, margin=128)
         seconds = time.monotonic() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"px": args.one, "megapixels": args.one**2 / 1e6, "seconds": round(seconds, 1),
@@ -123,7 +126,9 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--block", type=int, default=2048)
     parser.add_argument("--max-dets", type=int, default=300, help="detections per tile at most")
-    parser.add_argument("--score", type=float, default=0.0, help="score threshold")
+    parser.add_argument("--score", type=float, default=0.0, help="score threshold (of the cells point)")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                        help="autocast of the network (resolved for the device: none on the CPU)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default allocator thresholds (the baseline of cellseg.memory)")
     parser.add_argument("--workdir", default=None, help="where the synthetic slide is written")

@@ -5,21 +5,32 @@ demo images of `cellseg.demo`, `--classes` classes, every image in the validatio
 `results/split/split.tsv`), then runs the workflow's own job scripts in the workflow's file
 layout, each job in its own process so that its peak RSS (`ru_maxrss`) is its own:
 
-    predict_fold.py (one job per fold)  results/predict/fold{k}/val/<id>.npz
-    ensemble_folds.py                   results/ensemble/val/<id>.npz
-    tune_thresholds.py                  results/tune/thresholds.json, trials.tsv
-    evaluate_predictions.py             results/evaluate/*.tsv
+    predict_fold.py (one job per fold)       results/predict/fold{k}/val/<id>.npz
+    ensemble_folds.py                        results/ensemble/val/<id>.npz
+    tune_thresholds.py (one job per point)   results/tune/<point>.json, <point>_trials.tsv
+    collect_thresholds.py                    results/tune/thresholds.json
+    evaluate_predictions.py                  results/evaluate/*.tsv
 
 Each script runs as Snakemake would run it (`runpy`, with a `snakemake` object holding the
 rule's input, output, params, log and threads, params taken from `config.yaml` as the rules
 take them), after `cellseg.memory.release_freed_memory()`. The only stand-in is the network:
 `load_model_for_inference` returns `dark_blobs.DarkBlobDetector` (nuclei as connected
 components of dark pixels, a slightly different darkness level per fold so that the folds
-differ), whose memory is per tile, the same at any number of images. The tune search is cut
-to a few points (`--search small`; `config` for config.yaml's) because its memory depends on
-the predictions held, not on the number of trials. `--baseline REV` also runs the tune and
-evaluate jobs of commit REV (its own scripts and package, `git archive`) on the same predictions,
-after this code's, and says whether both chose the same thresholds and wrote the same scores.
+differ), whose memory is per tile, the same at any number of images. The tune stage is the
+tune job of each operating point (`leaderboard`, `cells`) and the collect job; its peak is the
+largest job's. The tune search is cut to one value per threshold (`--search small`, for both
+operating points; `config` for config.yaml's grids: `tune` for leaderboard, `tune.cells` for
+cells) because its memory depends on the predictions held, not on the number of trials.
+
+`--baseline REV` also runs the tune and evaluate jobs of commit REV (its own scripts and
+package, `git archive`, through its own copy of this script) on the same predictions, after
+this code's, and says for each of this code's tune and evaluate files whether REV wrote the
+same. REV from before the two operating points (one tuned point: `thresholds.json` holding
+one point, score tables with a `tuned` row) is compared where the formats meet: its thresholds with the leaderboard point's `score_thresholds`,
+`mask_thresholds`, `nms_threshold`, `metric` and `score`; its score tables on the rows and
+columns both have, its `tuned` row as `leaderboard`; per_image.tsv not at all (scored at its
+tuned point, here at the cells point). A REV with the two points must have this version of
+this script (`--point`).
 Run from the repository root, one thread:
 
     .venv/bin/python benchmarks/stage_memory.py --images 1000 10000 [--baseline REV]
@@ -51,6 +62,8 @@ sys.path.insert(0, str(ROOT / "src"))
 SIZE = 256
 STAGES = ("predict", "ensemble", "tune", "evaluate")
 SMALL_SEARCH = {"score_thresholds": [0.5], "mask_thresholds": [0.5], "nms_thresholds": [1.0]}
+POINTS = ("leaderboard", "cells")  # cellseg.postprocess.POINTS; the tune jobs, then "collect"
+SINGLE_POINT_KEYS = ("score_thresholds", "mask_thresholds", "nms_threshold", "metric", "score")
 
 
 class Named(list):
@@ -69,6 +82,9 @@ class Named(list):
 
     def get(self, key, default=None):
         return getattr(self, key, default)
+
+    def items(self):
+        return [(key, getattr(self, key)) for key in self._names]
 
 
 def write_dataset(data: Path, n_images: int, n_templates: int, n_classes: int) -> list[str]:
@@ -99,31 +115,45 @@ def write_split(path: Path, ids: list[str]) -> None:
     table.to_csv(path, sep="\t", index=False)
 
 
-def job(stage: str, work: Path, config: dict, classes: list[str], folds: list[int], fold: int, search: str):
-    """The `snakemake` object of one job, as the rule in workflow/rules/<stage>.smk builds it."""
+def tune_settings(config: dict, point: str, search: str) -> dict:
+    """The rule's `settings` param of one point (workflow/rules/tune.smk), `SMALL_SEARCH` with
+    `search` small."""
+    section = config["tune"]["cells"] if point == "cells" else config["tune"]
+    keys = ("score_thresholds", "mask_thresholds", "nms_thresholds")
+    return {"metric": section["metric"], "search": SMALL_SEARCH if search == "small" else {key: section[key] for key in keys}}
+
+
+def job(stage: str, work: Path, config: dict, classes: list[str], folds: list[int], fold: int, search: str,
+        point: str | None = None):  # fmt: skip
+    """The `snakemake` object of one job, as the rule in workflow/rules/<stage>.smk builds it;
+    `point`: the tune job's operating point (`POINTS`), or "collect"."""
     source = {"format": "reference", "path": str(work / "data"), "classes": classes}
     split = str(work / "results/split/split.tsv")
     fold_dirs = [str(work / f"results/predict/fold{k}/val") for k in folds]
-    ens, ev, tune = config["ensemble"], config["evaluate"], config["tune"]
+    ens, ev = config["ensemble"], config["evaluate"]
     if stage == "predict":
         pr = config["predict"]
+        predict = {key: pr[key] for key in ("tile_size", "overlap", "tta", "tta_fusion", "batch_size")}
         params = Named(train={}, source=source, classes=classes, train_tile_size=config["tiles"]["size"],
-                       tile_size=pr["tile_size"], overlap=pr["overlap"], tta=pr["tta"], tta_fusion=pr["tta_fusion"],
-                       batch_size=pr["batch_size"], amp=pr["amp"] or "none")  # fmt: skip
+                       predict={**predict, "amp": pr["amp"] or "none"})  # fmt: skip
         inputs = Named(weights=f"fold{fold}.pt", split=split, images=[], stain=[])
         outputs, name = Named(fold_dirs[folds.index(fold)]), f"predict_fold{fold}"
     elif stage == "ensemble":
-        params = Named(folds=folds, weights=ens["weights"], iou_thr=ens["iou_thr"], skip_box_thr=ens["skip_box_thr"],
-                       conf_type=ens["conf_type"], absent_as_zero=ens["absent_as_zero"])  # fmt: skip
+        fusion = {key: ens[key] for key in ("weights", "iou_thr", "skip_box_thr", "conf_type", "absent_as_zero")}
+        params = Named(folds=folds, fusion=fusion)
         inputs = Named(folds=fold_dirs, calibration=[])
         outputs, name = Named(str(work / "results/ensemble/val")), "ensemble_folds"
+    elif stage == "tune" and point == "collect":
+        params = Named()
+        inputs = Named(**{p: str(work / f"results/tune/{p}.json") for p in POINTS})
+        outputs, name = Named(str(work / "results/tune/thresholds.json")), "collect_thresholds"
     elif stage == "tune":
-        keys = ("score_thresholds", "mask_thresholds", "nms_thresholds")
-        params = Named(source=source, classes=classes, metric=tune["metric"],
-                       search=SMALL_SEARCH if search == "small" else {key: tune[key] for key in keys},
+        if point not in POINTS:
+            raise ValueError(f"tune job: point {point!r}, expected one of {POINTS} or 'collect'")
+        params = Named(source=source, classes=classes, settings=tune_settings(config, point, search),
                        max_dets=ev["max_dets"], evaluator=ev["evaluator"])  # fmt: skip
         inputs = Named(ensemble=str(work / "results/ensemble/val"), split=split, samples=[])
-        outputs = Named(thresholds=str(work / "results/tune/thresholds.json"), trials=str(work / "results/tune/trials.tsv"))
+        outputs = Named(thresholds=str(work / f"results/tune/{point}.json"), trials=str(work / f"results/tune/{point}_trials.tsv"))
         name = "tune_thresholds"
     else:
         params = Named(source=source, classes=classes, folds=folds, max_dets=ev["max_dets"], evaluator=ev["evaluator"])
@@ -133,9 +163,11 @@ def job(stage: str, work: Path, config: dict, classes: list[str], folds: list[in
         name = "evaluate_predictions"
     for path in outputs:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    log = work / "logs" / (f"{name}_{point}.log" if point in POINTS else f"{name}.log")
     snakemake = argparse.Namespace(
-        input=inputs, output=outputs, params=params, log=Named(str(work / f"logs/{name}.log")), threads=1,
-        wildcards=Named(fold=str(fold), subset="val"), resources=Named(gpu=0), scriptdir=str(SCRIPTS), config=config,
+        input=inputs, output=outputs, params=params, log=Named(str(log)), threads=1,
+        wildcards=Named(fold=str(fold), subset="val", point=point), resources=Named(gpu=0), scriptdir=str(SCRIPTS),
+        config=config,
     )  # fmt: skip
     return f"{name}.py" if stage != "predict" else "predict_fold.py", snakemake
 
@@ -153,12 +185,14 @@ def run_stage(args) -> dict:
         cellseg.predict.load_model_for_inference = lambda *a, **k: DarkBlobDetector(level=level).eval()
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     classes = [f"class{k + 1}" for k in range(args.classes)]
-    script, snakemake = job(args.stage, Path(args.work), config, classes, list(range(args.folds)), args.fold, args.search)
+    folds = list(range(args.folds))
+    script, snakemake = job(args.stage, Path(args.work), config, classes, folds, args.fold, args.search, args.point)
     start = time.monotonic()
     runpy.run_path(str(SCRIPTS / script), init_globals={"snakemake": snakemake}, run_name="__main__")
     seconds = time.monotonic() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"stage": args.stage, "fold": args.fold if args.stage == "predict" else None,
+            "point": args.point if args.stage == "tune" else None,
             "seconds": round(seconds, 1), "peak_rss_mib": round(peak_mib)}  # fmt: skip
 
 
@@ -172,8 +206,8 @@ def run_size(args, n: int, base: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     rows = []
     for stage in args.stages:
-        for fold in range(args.folds) if stage == "predict" else [0]:
-            command = [sys.executable, __file__, "--stage", stage, "--fold", str(fold), "--work", str(work),
+        for job_args in _jobs(stage, args.folds):
+            command = [sys.executable, __file__, "--stage", stage, *job_args, "--work", str(work),
                        "--folds", str(args.folds), "--classes", str(args.classes), "--search", args.search]  # fmt: skip
             out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
             row = {"images": n, "code": "this", **json.loads(out.strip().splitlines()[-1])}
@@ -182,6 +216,16 @@ def run_size(args, n: int, base: Path) -> list[dict]:
     if args.baseline:
         rows += run_baseline(args, n, work, base / "baseline", env)
     return rows
+
+
+def _jobs(stage: str, folds: int, points: bool = True) -> list[list[str]]:
+    """The job options of a stage: one job per fold (predict), per operating point and the
+    collect job (tune; one job without `points`, a single-point baseline's), else one."""
+    if stage == "predict":
+        return [["--fold", str(fold)] for fold in range(folds)]
+    if stage == "tune" and points:
+        return [["--point", point] for point in (*POINTS, "collect")]
+    return [[]]
 
 
 def run_baseline(args, n: int, work: Path, tree: Path, env: dict) -> list[dict]:
@@ -193,33 +237,57 @@ def run_baseline(args, n: int, work: Path, tree: Path, env: dict) -> list[dict]:
         tree.mkdir()
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tree, filter="data")
+    points = (tree / "workflow/scripts/collect_thresholds.py").exists()  # REV has the two operating points
+    if points and "--point" not in (tree / "benchmarks/stage_memory.py").read_text():
+        raise SystemExit(f"--baseline {args.baseline}: it tunes two operating points, but its "
+                         "benchmarks/stage_memory.py runs one tune job (no --point); choose another commit")  # fmt: skip
     results = work / "results"
-    ours = {path: path.read_bytes() for path in [results / "tune/thresholds.json", *sorted((results / "evaluate").glob("*.tsv"))]}
+    ours = {path: path.read_bytes() for path in [*sorted((results / "tune").glob("*")), *sorted((results / "evaluate").glob("*.tsv"))]}
+    for path in ours:  # what REV does not write stays absent
+        path.unlink()
     rows = []
     for stage in ("tune", "evaluate"):
-        command = [sys.executable, str(tree / "benchmarks/stage_memory.py"), "--stage", stage, "--work", str(work),
-                   "--folds", str(args.folds), "--classes", str(args.classes), "--search", args.search]  # fmt: skip
-        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
-        row = {"images": n, "code": args.baseline, **json.loads(out.strip().splitlines()[-1])}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for job_args in _jobs(stage, args.folds, points):
+            command = [sys.executable, str(tree / "benchmarks/stage_memory.py"), "--stage", stage, *job_args,
+                       "--work", str(work), "--folds", str(args.folds), "--classes", str(args.classes),
+                       "--search", args.search]  # fmt: skip
+            out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env).stdout
+            row = {"images": n, "code": args.baseline, **json.loads(out.strip().splitlines()[-1])}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     for path, content in ours.items():
-        same = _same_output(path, content)
-        print(f"{n} images: {path.relative_to(work)} {'equal to' if same else 'DIFFERS from'} {args.baseline}'s", flush=True)
+        print(f"{n} images: {path.relative_to(work)} {_compare(path, content, points, args.baseline)}", flush=True)
     return rows
 
 
-def _same_output(path: Path, ours: bytes) -> bool:
-    """Whether `path` (written by the baseline) holds what this code wrote: JSON equal, tables
-    equal to 1e-12."""
+def _compare(path: Path, ours: bytes, points: bool, rev: str) -> str:
+    """How `path` (written by the baseline `rev`) compares with what this code wrote there:
+    JSON equal, tables equal to 1e-12. `points`: the baseline has the two operating points;
+    without them, the formats are compared where they meet (module doc)."""
+    if not path.exists():
+        return f"not written by {rev}"
     if path.suffix == ".json":
-        return json.loads(ours) == json.loads(path.read_text())
+        theirs, mine = json.loads(path.read_text()), json.loads(ours)
+        if path.name == "thresholds.json" and not points:
+            same = {key: mine["leaderboard"][key] for key in SINGLE_POINT_KEYS} == {key: theirs.get(key) for key in SINGLE_POINT_KEYS}
+            return f"(leaderboard point) {'equal to' if same else 'DIFFERS from'} {rev}'s single point"
+        return f"{'equal to' if mine == theirs else 'DIFFERS from'} {rev}'s"
+    if path.name == "per_image.tsv" and not points:
+        return f"not comparable: at the cells point, {rev}'s at its tuned point"
     a, b = pd.read_csv(io.BytesIO(ours), sep="\t"), pd.read_csv(path, sep="\t")
+    scope = ""
+    if not points and "thresholds" in b:
+        b["thresholds"] = b["thresholds"].replace("tuned", "leaderboard")
+        keys = ["model", "thresholds"]
+        shared = a[keys].merge(b[keys])
+        columns = [c for c in a.columns if c in b.columns]
+        a, b = (t.merge(shared)[columns].sort_values(keys, kind="stable").reset_index(drop=True) for t in (a, b))
+        scope = f"(on the {len(shared)} rows and {len(columns)} columns both have) "
     try:
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-12)
     except AssertionError:
-        return False
-    return True
+        return f"{scope}DIFFERS from {rev}'s"
+    return f"{scope}equal to {rev}'s"
 
 
 def main() -> None:
@@ -234,6 +302,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where the images and results are written (removed after)")
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--fold", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--point", choices=[*POINTS, "collect"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
@@ -245,7 +314,7 @@ def main() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     peaks = {}
-    for row in rows:  # the predict jobs' peak is the largest fold's
+    for row in rows:  # the predict and tune stages' peak is their largest job's
         key = (row["code"], row["stage"], row["images"])
         peaks[key] = max(peaks.get(key, (0, 0)), (row["peak_rss_mib"], row["seconds"]))
     small, large = min(args.images), max(args.images)
