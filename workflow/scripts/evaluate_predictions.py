@@ -1,4 +1,4 @@
-"""Score each fold, the ensemble and the tuned ensemble on the validation set, per class and
+"""Score each fold, the ensemble and the ensemble at each operating point on the validation set, per class and
 class-agnostically."""
 
 import sys
