@@ -19,19 +19,20 @@ from workflow_helpers import copy_repo, snakemake
 
 LEARNING_CONFIG = Path("tests") / "configs" / "learning.yaml"
 
-# Mask AP50 on images no model trained on, as measured with learning.yaml on the code of
-# commits a8f4772 and 57f003d (identical to every digit): each fold and the tuned ensemble on the validation set (scores.tsv), and
-# the tuned ensemble on the test set (test_scores.tsv). Random init with lr 0 scores ~0.
+# Mask AP50 on images no model trained on, as measured with learning.yaml (two code versions of
+# 2026-11, identical to every digit): each fold and the ensemble at the leaderboard point on the
+# validation set (scores.tsv), and the same ensemble on the test set (test_scores.tsv). Random
+# init with lr 0 scores ~0.
 MEASURED_AP50 = {
     ("scores", "fold 0", "default"): 0.429,
     ("scores", "fold 1", "default"): 0.236,
-    ("scores", "ensemble", "tuned"): 0.515,
-    ("test_scores", "ensemble", "tuned"): 0.684,
+    ("scores", "ensemble", "leaderboard"): 0.515,
+    ("test_scores", "ensemble", "leaderboard"): 0.684,
 }
 MARGIN = 0.1
-# The tuned ensemble against the best single fold, on both tables, for AP and AP50 (measured
-# leads: +0.016 / +0.086 on validation, +0.037 / +0.182 on test). PQ and F1 are not compared:
-# tuning maximises AP, which keeps low-score detections that PQ and F1 count as false.
+# The ensemble at the leaderboard point against the best single fold, on both tables, for AP and
+# AP50 (measured leads: +0.016 / +0.086 on validation, +0.037 / +0.182 on test). PQ and F1 are
+# the cells point's business: the leaderboard point keeps every low-score detection.
 ENSEMBLE_TOLERANCE = 0.02
 ENSEMBLE_METRICS = ("AP", "AP50")
 # Each fold's training loss in its last epoch against its first (measured: 0.28 and 0.37).
@@ -78,7 +79,7 @@ def ensemble_below_best_fold(workdir: Path) -> list[str]:
         scores = read_scores(workdir, table)
         folds = scores[scores.index.get_level_values("model").str.startswith("fold ")]
         for metric in ENSEMBLE_METRICS:
-            best, tuned = folds[metric].max(), scores.loc[("ensemble", "tuned"), metric]
+            best, tuned = folds[metric].max(), scores.loc[("ensemble", "leaderboard"), metric]
             print(f"{table} {metric}: tuned ensemble {tuned:.3f}, best fold {best:.3f}")
             if tuned < best - ENSEMBLE_TOLERANCE:
                 failures.append(f"{table}: tuned ensemble {metric} {tuned:.3f} < best fold {best:.3f} - {ENSEMBLE_TOLERANCE}")

@@ -305,7 +305,7 @@ def test_test_set_of_another_dataset_reruns_only_the_test_stages(finished_run, r
     snakemake(run_copy, repo=finished_run.repo, configs=[extra])
     results = run_copy / "results"
     agnostic = pd.read_csv(results / "evaluate" / "test_scores_agnostic.tsv", sep="\t")
-    assert len(agnostic) == len(FOLDS) + 2 and agnostic["AP50@100"].between(0, 1).all()
+    assert len(agnostic) == len(FOLDS) + 3 and agnostic["AP50@100"].between(0, 1).all()
     assert not [c for c in agnostic.columns if c.endswith("_class1")]
     assert "class-agnostic scores only" in (run_copy / "logs" / "evaluate" / "evaluate_test.log").read_text()
     id_map = json.loads((other / "test_image_name_to_ids.json").read_text())
@@ -541,7 +541,7 @@ def test_cascade_box_head_trains_resumes_predicts_ensembles_and_submits(finished
     uninterrupted = torch.load(fold0 / "model_last.pt", weights_only=True)
     assert any(key.startswith("roi_heads.refine.") for key in uninterrupted)
     scores = pd.read_csv(results / "evaluate" / "scores.tsv", sep="\t")
-    assert len(scores) == len(FOLDS) + 2 and scores["AP"].between(0, 1).all()
+    assert len(scores) == len(FOLDS) + 3 and scores["AP"].between(0, 1).all()
     with zipfile.ZipFile(results / "submission" / "submission.zip") as archive:
         assert archive.namelist() == ["test-results.json"]
 
