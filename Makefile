@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test test-fast check-demo report dag clean
+.PHONY: setup demo test test-fast check-demo report dag docs format lint clean
 
 $(BIN)/snakemake: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,24 @@ test-fast: setup
 check-demo: setup
 	CELLSEG_DEMO_CORES=$(CORES) CELLSEG_DEMO_WORKDIR=$(DEMO_WORKDIR) $(BIN)/python -m pytest -q --run-demo tests/test_demo_figures.py
 
+# The generated pages of docs/ (tests/test_generated_docs.py fails when they are stale):
+# docs/rulegraph.dot (`snakemake --rulegraph`, default config, in an empty directory) and its
+# rendering docs/rulegraph.svg (needs Graphviz: apt-get install graphviz); docs/config.md from
+# the config schema, config.yaml's comments and the train presets.
 dag: setup
-	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
+	$(BIN)/python scripts/generate_docs.py rulegraph
+	dot -Tsvg -o docs/rulegraph.svg docs/rulegraph.dot
+
+docs: dag
+	$(BIN)/python scripts/generate_docs.py config
+
+# Snakemake's conventions, also checked by `make test`: snakefmt's formatting and the linter.
+format: setup
+	$(BIN)/snakefmt Snakefile workflow
+
+lint: setup
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakemake --lint
 
 clean:
 	rm -rf results logs .snakemake

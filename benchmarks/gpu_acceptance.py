@@ -11,7 +11,7 @@
 
 `--cpu-smoke` runs the same code paths at toy size on the CPU (AMP forced on), so that the
 script's own bugs show before a GPU is lent; `tests/test_gpu_acceptance.py` runs it. Run
-through `benchmarks/gpu_check.sh` (README, "GPU acceptance").
+through `benchmarks/gpu_check.sh` (docs/benchmarks.md, On GPUs).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The full demo's stored figures (tests/expected/demo_*scores.tsv): compare a run with them,
-render the README's demo table from them, and store a run's figures.
+render the demo table of docs/accuracy.md from them, and store a run's figures.
 
-    python tests/demo_figures.py WORKDIR   # store WORKDIR's scores, print the README table
+    python tests/demo_figures.py WORKDIR   # store WORKDIR's scores, print the docs table
 
 Update the stored figures only on purpose, in the commit of the change that moves them, and
-paste the printed table into the README (a test checks that they agree).
+paste the printed table into docs/accuracy.md, section "The demo" (a test checks that they agree).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ EXPECTED = Path(__file__).resolve().parent / "expected"
 TABLES = {"scores": EXPECTED / "demo_scores.tsv", "test_scores": EXPECTED / "demo_test_scores.tsv"}
 # CPU runs repeat to every printed digit; the tolerance absorbs other BLAS/torch builds.
 TOLERANCE = 0.005
-# README columns: (header, table, column of that table).
-README_COLUMNS = [
+# Columns of the docs table: (header, table, column of that table).
+DOCS_COLUMNS = [
     ("val AP", "scores", "AP"),
     ("val AP50", "scores", "AP50"),
     ("val AP75", "scores", "AP75"),
@@ -59,13 +59,13 @@ def differences(actual: pd.DataFrame, expected: pd.DataFrame, tolerance: float =
     return lines
 
 
-def readme_table(tables: dict[str, pd.DataFrame]) -> str:
-    """The README's demo table (markdown, 3 decimals) from the stored `tables`."""
-    header = ["model", "thresholds"] + [name for name, _, _ in README_COLUMNS]
+def docs_table(tables: dict[str, pd.DataFrame]) -> str:
+    """The demo table of docs/accuracy.md (markdown, 3 decimals) from the stored `tables`."""
+    header = ["model", "thresholds"] + [name for name, _, _ in DOCS_COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for i, (model, thresholds) in enumerate(tables["scores"][["model", "thresholds"]].itertuples(index=False)):
         name = "ensemble (WBF)" if model == "ensemble" else model
-        values = [f"{tables[table].loc[i, column]:.3f}" for _, table, column in README_COLUMNS]
+        values = [f"{tables[table].loc[i, column]:.3f}" for _, table, column in DOCS_COLUMNS]
         lines.append("| " + " | ".join([name, thresholds, *values]) + " |")
     return "\n".join(lines)
 
@@ -83,4 +83,4 @@ def store(workdir: Path) -> None:
 
 if __name__ == "__main__":
     store(Path(sys.argv[1]))
-    print(readme_table(stored_tables()))
+    print(docs_table(stored_tables()))

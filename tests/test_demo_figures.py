@@ -1,9 +1,10 @@
 """The full demo against the figures stored in tests/expected/ (`make check-demo`, about 8 min
-on 2 cores; skipped without `--run-demo`), and the README's demo table against those figures.
+on 2 cores; skipped without `--run-demo`), and the demo table of docs/accuracy.md against those
+figures.
 
 Run the check whenever an accuracy-relevant change lands. When the change moves the figures
 on purpose, store the new ones in the same commit (`python tests/demo_figures.py WORKDIR`)
-and paste the table it prints into the README.
+and paste the table it prints into docs/accuracy.md (section "The demo").
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import os
 from pathlib import Path
 
 import pytest
-from demo_figures import TABLES, differences, read_table, readme_table, stored_tables
+from demo_figures import TABLES, differences, docs_table, read_table, stored_tables
 from workflow_helpers import REPO, snakemake
 
 
-def test_readme_demo_table_equals_stored_figures():
-    readme = (REPO / "README.md").read_text()
-    table = readme_table(stored_tables())
-    assert table in readme, f"README's demo table differs from tests/expected; it should read:\n{table}"
+def test_accuracy_page_demo_table_equals_stored_figures():
+    page = (REPO / "docs" / "accuracy.md").read_text()
+    table = docs_table(stored_tables())
+    assert table in page, f"docs/accuracy.md's demo table differs from tests/expected; it should read:\n{table}"
 
 
 @pytest.mark.demo

@@ -5,7 +5,7 @@ pycocotools and faster-coco-eval evaluate a whole set at once: every image's gro
 detections and IoU matrices stay in memory until they accumulate, so the tune and evaluate
 jobs grew with the number of images. pycocotools' per-image step (`evaluateImg`) could be run
 image by image, but it is a Python loop over detections x ground truth x IoU thresholds, far
-slower than faster-coco-eval on dense images (README, benchmarks), and faster-coco-eval's
+slower than faster-coco-eval on dense images (docs/benchmarks.md), and faster-coco-eval's
 per-image results are not readable from Python. So `CocoAccumulator` does both steps itself, as
 pycocotools defines them (its precision array is equal to pycocotools', tested):
 `add_image` matches one image's detections per class and area range (greedy in score order,

@@ -274,7 +274,7 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 
 # zlib level of the shard files: level 1 deflates much faster than numpy's default (6), for
-# slightly larger files (measured in the README, Scale).
+# slightly larger files (measured in docs/scale.md).
 NPZ_LEVEL = 1
 
 

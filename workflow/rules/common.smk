@@ -11,7 +11,13 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cellseg.codehash import code_digest
 from cellseg.config_checks import check_cross_keys, schema_error_line
-from cellseg.dataset import DatasetIndex, check_headers, check_test_headers, index_test_set, index_training_set
+from cellseg.dataset import (
+    DatasetIndex,
+    check_headers,
+    check_test_headers,
+    index_test_set,
+    index_training_set,
+)
 from cellseg.errors import ConfigError, DataError
 from cellseg.header_cache import HeaderCache
 from cellseg.listing import write_listing
@@ -44,7 +50,11 @@ except WorkflowError as error:
 CLASSES = list(config["classes"])
 DEMO = config["data"]["source"] == "demo"
 if DEMO and CLASSES != [f"class{k}" for k in range(1, len(CLASSES) + 1)][:4]:
-    raise _user_error(ConfigError(f"classes: the demo dataset draws up to 4 classes named class1..class4; got {CLASSES}"))
+    raise _user_error(
+        ConfigError(
+            f"classes: the demo dataset draws up to 4 classes named class1..class4; got {CLASSES}"
+        )
+    )
 
 
 # The data keys that choose the test set: the training stages never see them.
@@ -59,7 +69,9 @@ def resolve_source():
     data = config["data"]
     if DEMO:
         return {"format": "reference", "path": DEMO_DIR, "classes": CLASSES}
-    source = {key: value for key, value in data.items() if key not in ("source", *TEST_KEYS)}
+    source = {
+        key: value for key, value in data.items() if key not in ("source", *TEST_KEYS)
+    }
     return {"format": data["source"], "classes": CLASSES, **source}
 
 
@@ -68,7 +80,10 @@ def resolve_test_source():
     reference-layout folder `data.test_path` (another dataset); `classes` are the class files
     of its ground truth (`data.test_classes`, by default the model's)."""
     data = config["data"]
-    test = {key: data[key] for key in ("test_path", "test_json", "test_image_dir", "test_gt")}
+    test = {
+        key: data[key]
+        for key in ("test_path", "test_json", "test_image_dir", "test_gt")
+    }
     if DEMO_TEST:
         test.update(test_path=DEMO_DIR, test_gt=f"{DEMO_DIR}/test_gt")
     return {**SOURCE, **test, "classes": data["test_classes"] or CLASSES}
@@ -83,24 +98,39 @@ FOREIGN_TEST_CLASSES = TEST_SOURCE["classes"] != CLASSES
 HEADERS = HeaderCache(".snakemake/cellseg/tiff_headers.json")
 try:
     check_cross_keys(config)
-    TRAIN_CFG = resolve_train_config(config["train"], predict_tile_size=config["predict"]["tile_size"])
+    TRAIN_CFG = resolve_train_config(
+        config["train"], predict_tile_size=config["predict"]["tile_size"]
+    )
     if DEMO:
         from cellseg.demo import demo_ids
 
-        TRAIN_IDS, TEST_NAMES = demo_ids(config["demo"]["n_train"], config["demo"]["n_test"])
+        TRAIN_IDS, TEST_NAMES = demo_ids(
+            config["demo"]["n_train"], config["demo"]["n_test"]
+        )
     else:
         TRAIN_IDS = index_training_set(SOURCE)
         check_headers(SOURCE, DatasetIndex(TRAIN_IDS, []), HEADERS.read)
     if not DEMO_TEST:
-        if config["data"]["test_path"] and not Path(config["data"]["test_path"]).is_dir():
-            raise DataError(f"data.test_path: {config['data']['test_path']} is not a folder")
+        if (
+            config["data"]["test_path"]
+            and not Path(config["data"]["test_path"]).is_dir()
+        ):
+            raise DataError(
+                f"data.test_path: {config['data']['test_path']} is not a folder"
+            )
         TEST_IMAGES = index_test_set(TEST_SOURCE)
         check_test_headers(TEST_SOURCE, TEST_IMAGES, HEADERS.read)
         TEST_NAMES = [t.name for t in TEST_IMAGES]
     # The file `snakemake download_weights` writes, for hosts without internet.
-    WEIGHTS_DOWNLOAD = f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth"
+    WEIGHTS_DOWNLOAD = (
+        f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth"
+    )
     _weights = TRAIN_CFG["weights_path"]
-    if _weights and not Path(_weights).is_file() and Path(_weights) != Path(WEIGHTS_DOWNLOAD):
+    if (
+        _weights
+        and not Path(_weights).is_file()
+        and Path(_weights) != Path(WEIGHTS_DOWNLOAD)
+    ):
         raise ConfigError(
             f"train.weights_path: {_weights} not found; run `snakemake download_weights` where there is "
             f"internet and set the key to the file it writes ({WEIGHTS_DOWNLOAD}), or set it to null"
@@ -111,7 +141,9 @@ HEADERS.save()
 
 FOLDS = list(range(config["split"]["folds"]))
 if len(TRAIN_IDS) < 2:
-    raise _user_error(DataError(f"{SOURCE.get('path')}: need at least 2 training images"))
+    raise _user_error(
+        DataError(f"{SOURCE.get('path')}: need at least 2 training images")
+    )
 try:
     split_sizes(
         len(set(image_groups(TRAIN_IDS, config["split"]["group_by"]))),
@@ -153,13 +185,17 @@ def train_weights_file(wildcards=None):
 def shard_ids(wildcards):
     """The training image ids of shard `wildcards.shard`."""
     if wildcards.shard not in SHARDS:
-        raise WorkflowError(f"no shard {wildcards.shard}: the training images fill shards {', '.join(SHARDS)}")
+        raise WorkflowError(
+            f"no shard {wildcards.shard}: the training images fill shards {', '.join(SHARDS)}"
+        )
     return SHARDS[wildcards.shard]
 
 
 def shard_sample_files(wildcards):
     """Files the training images of one shard are read from."""
-    return sorted({path for image in shard_ids(wildcards) for path in image_files(image)})
+    return sorted(
+        {path for image in shard_ids(wildcards) for path in image_files(image)}
+    )
 
 
 @functools.cache
@@ -205,9 +241,14 @@ def test_files(wildcards=None):
         return [DEMO_DIR]
     if TEST_SOURCE["test_path"] or TEST_SOURCE["format"] == "reference":
         root = Path(TEST_SOURCE["test_path"] or TEST_SOURCE["path"])
-        return [str(t.path) for t in TEST_IMAGES] + [str(root / "test_image_name_to_ids.json")]
+        return [str(t.path) for t in TEST_IMAGES] + [
+            str(root / "test_image_name_to_ids.json")
+        ]
     if TEST_SOURCE["test_json"]:
-        return [TEST_SOURCE["test_json"], TEST_SOURCE["test_image_dir"] or TEST_SOURCE["image_dir"]]
+        return [
+            TEST_SOURCE["test_json"],
+            TEST_SOURCE["test_image_dir"] or TEST_SOURCE["image_dir"],
+        ]
     return []
 
 
@@ -224,7 +265,8 @@ def test_ground_truth_files(wildcards=None):
 
 def _check_test_ground_truth():
     """Fail while building the DAG when `data.test_gt` holds no test image's folder (a wrong
-    path); a test image without its folder is scored as an image without cells, and said so."""
+    path); a test image without its folder is scored as an image without cells, and said so.
+    """
     if DEMO_TEST or not TEST_SOURCE["test_gt"]:
         return
     folder = Path(TEST_SOURCE["test_gt"])
@@ -233,7 +275,9 @@ def _check_test_ground_truth():
     missing = [name for name in TEST_NAMES if not (folder / name).is_dir()]
     if len(missing) == len(TEST_NAMES):
         raise _user_error(
-            DataError(f"data.test_gt: {folder} has a folder for none of the test images, e.g. {missing[:3]}")
+            DataError(
+                f"data.test_gt: {folder} has a folder for none of the test images, e.g. {missing[:3]}"
+            )
         )
     if missing:
         logger.warning(
@@ -290,15 +334,32 @@ def subset_source(wildcards):
 # arguments of predict_image and the ensemble_folds rule's of fuse_instance_sets, given to
 # segment_image as well, so that segment and the workflow cannot drift apart.
 PREDICT_SETTINGS = {
-    **{key: config["predict"][key] for key in ("tile_size", "overlap", "tta", "tta_fusion", "batch_size")},
+    **{
+        key: config["predict"][key]
+        for key in ("tile_size", "overlap", "tta", "tta_fusion", "batch_size")
+    },
     "amp": config["predict"]["amp"] or TRAIN_CFG["amp"],
 }
-FUSION_SETTINGS = {key: config["ensemble"][key] for key in ("weights", "iou_thr", "skip_box_thr", "conf_type", "absent_as_zero")}
+FUSION_SETTINGS = {
+    key: config["ensemble"][key]
+    for key in ("weights", "iou_thr", "skip_box_thr", "conf_type", "absent_as_zero")
+}
 
 
 def calibration_file(wildcards=None):
     """The folds' fitted score maps (`calibrate_folds`); none with ensemble.calibrate: none."""
-    return [] if config["ensemble"]["calibrate"] == "none" else ["results/ensemble/calibration.json"]
+    return (
+        []
+        if config["ensemble"]["calibrate"] == "none"
+        else ["results/ensemble/calibration.json"]
+    )
+
+
+def tune_settings(point):
+    """The search and metric of an operating point (tune.smk), from config."""
+    section = config["tune"]["cells"] if point == "cells" else config["tune"]
+    keys = ("score_thresholds", "mask_thresholds", "nms_thresholds")
+    return {"metric": section["metric"], "search": {key: section[key] for key in keys}}
 
 
 def shard_tiles():
@@ -326,7 +387,8 @@ def get_final_output():
 
 def test_score_files():
     """The test set's score tables: class-agnostic always, per class when its ground truth
-    names the model's classes (per-class scores against other classes would be meaningless)."""
+    names the model's classes (per-class scores against other classes would be meaningless).
+    """
     files = {"agnostic": "results/evaluate/test_scores_agnostic.tsv"}
     if not FOREIGN_TEST_CLASSES:
         files["scores"] = "results/evaluate/test_scores.tsv"
@@ -356,7 +418,9 @@ SEGMENT_IMAGES = _segment_images()
 
 def segment_image_file(wildcards):
     if wildcards.name not in SEGMENT_IMAGES:
-        raise WorkflowError(f"DataError: no image named {wildcards.name} in segment.images ({SEGMENT_FOLDER or 'not set'})")
+        raise WorkflowError(
+            f"DataError: no image named {wildcards.name} in segment.images ({SEGMENT_FOLDER or 'not set'})"
+        )
     return SEGMENT_IMAGES[wildcards.name]
 
 
@@ -365,4 +429,8 @@ def segment_outputs(wildcards=None):
         raise WorkflowError(
             "ConfigError: segment.images: no folder set; run `snakemake segment --config segment_images=DIR`"
         )
-    return expand("results/segment/{name}/{file}", name=SEGMENT_IMAGES, file=["labels.tif", "cells.csv"])
+    return expand(
+        "results/segment/{name}/{file}",
+        name=SEGMENT_IMAGES,
+        file=["labels.tif", "cells.csv"],
+    )

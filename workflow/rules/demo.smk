@@ -4,14 +4,6 @@
 rule demo_dataset:
     output:
         directory(DEMO_DIR),
-    params:
-        seed=config["demo"]["seed"],
-        n_train=config["demo"]["n_train"],
-        n_test=config["demo"]["n_test"],
-        min_size=config["demo"]["min_size"],
-        max_size=config["demo"]["max_size"],
-        classes=CLASSES,
-        code=script_digest("demo_dataset.py"),
     log:
         "logs/demo/demo_dataset.log",
     benchmark:
@@ -20,5 +12,13 @@ rule demo_dataset:
         f"{ENVS}/data.yaml"
     resources:
         **job_resources("default"),
+    params:
+        seed=config["demo"]["seed"],
+        n_train=config["demo"]["n_train"],
+        n_test=config["demo"]["n_test"],
+        min_size=config["demo"]["min_size"],
+        max_size=config["demo"]["max_size"],
+        classes=CLASSES,
+        code=script_digest("demo_dataset.py"),
     script:
         "../scripts/demo_dataset.py"

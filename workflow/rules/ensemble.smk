@@ -7,10 +7,6 @@ rule calibrate_folds:
         expand("results/predict/fold{fold}/val", fold=FOLDS),
     output:
         "results/ensemble/calibration.json",
-    params:
-        method=config["ensemble"]["calibrate"],
-        folds=FOLDS,
-        code=script_digest("calibrate_folds.py"),
     log:
         "logs/ensemble/calibration.log",
     benchmark:
@@ -19,6 +15,10 @@ rule calibrate_folds:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        method=config["ensemble"]["calibrate"],
+        folds=FOLDS,
+        code=script_digest("calibrate_folds.py"),
     script:
         "../scripts/calibrate_folds.py"
 
@@ -29,10 +29,6 @@ rule ensemble_folds:
         calibration=calibration_file,
     output:
         directory("results/ensemble/{subset}"),
-    params:
-        folds=FOLDS,
-        fusion=FUSION_SETTINGS,
-        code=script_digest("ensemble_folds.py"),
     log:
         "logs/ensemble/{subset}.log",
     benchmark:
@@ -41,5 +37,9 @@ rule ensemble_folds:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        folds=FOLDS,
+        fusion=FUSION_SETTINGS,
+        code=script_digest("ensemble_folds.py"),
     script:
         "../scripts/ensemble_folds.py"

@@ -19,13 +19,6 @@ rule evaluate_predictions:
         agnostic="results/evaluate/scores_agnostic.tsv",
         per_image="results/evaluate/per_image.tsv",
         pr_curve="results/evaluate/pr_curve.tsv",
-    params:
-        source=SOURCE,
-        classes=CLASSES,
-        folds=FOLDS,
-        max_dets=config["evaluate"]["max_dets"],
-        evaluator=config["evaluate"]["evaluator"],
-        code=script_digest("evaluate_predictions.py"),
     log:
         "logs/evaluate/evaluate_predictions.log",
     benchmark:
@@ -34,6 +27,13 @@ rule evaluate_predictions:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        source=SOURCE,
+        classes=CLASSES,
+        folds=FOLDS,
+        max_dets=config["evaluate"]["max_dets"],
+        evaluator=config["evaluate"]["evaluator"],
+        code=script_digest("evaluate_predictions.py"),
     script:
         "../scripts/evaluate_predictions.py"
 
@@ -47,16 +47,11 @@ rule evaluate_test:
         truth=test_ground_truth_files,
     output:
         **{
-            name: report(path, caption="../report/test_scores.rst", category="Evaluation")
+            name: report(
+                path, caption="../report/test_scores.rst", category="Evaluation"
+            )
             for name, path in test_score_files().items()
         },
-    params:
-        source=TEST_SOURCE,
-        classes=CLASSES,
-        folds=FOLDS,
-        max_dets=config["evaluate"]["max_dets"],
-        evaluator=config["evaluate"]["evaluator"],
-        code=script_digest("evaluate_test.py"),
     log:
         "logs/evaluate/evaluate_test.log",
     benchmark:
@@ -65,5 +60,12 @@ rule evaluate_test:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        source=TEST_SOURCE,
+        classes=CLASSES,
+        folds=FOLDS,
+        max_dets=config["evaluate"]["max_dets"],
+        evaluator=config["evaluate"]["evaluator"],
+        code=script_digest("evaluate_test.py"),
     script:
         "../scripts/evaluate_test.py"

@@ -6,6 +6,13 @@ rule compute_maps:
         shard_sample_files,
     output:
         "results/maps/shard_{shard}.npz",
+    log:
+        "logs/maps/shard_{shard}.log",
+    cache: "omit-software"
+    conda:
+        f"{ENVS}/data.yaml"
+    resources:
+        **job_resources("default"),
     params:
         source=SOURCE,
         center_sigma=config["maps"]["center_sigma"],
@@ -14,12 +21,5 @@ rule compute_maps:
         # output cache (whose hash ignores wildcards) from handing one shard's maps to another.
         image_ids=shard_ids,
         code=script_digest("compute_maps.py"),
-    log:
-        "logs/maps/shard_{shard}.log",
-    conda:
-        f"{ENVS}/data.yaml"
-    resources:
-        **job_resources("default"),
-    cache: "omit-software"
     script:
         "../scripts/compute_maps.py"

@@ -9,6 +9,15 @@ rule predict_fold:
         stain=stain_reference,
     output:
         directory("results/predict/fold{fold}/{subset}"),
+    log:
+        "logs/predict/fold{fold}_{subset}.log",
+    benchmark:
+        "results/benchmarks/predict/fold{fold}_{subset}.tsv"
+    conda:
+        f"{ENVS}/torch.yaml"
+    threads: config["resources"]["predict"]["cpus_per_task"]
+    resources:
+        **job_resources("predict"),
     params:
         train=TRAIN_CFG,
         source=subset_source,
@@ -16,14 +25,5 @@ rule predict_fold:
         train_tile_size=config["tiles"]["size"],
         predict=PREDICT_SETTINGS,
         code=script_digest("predict_fold.py"),
-    log:
-        "logs/predict/fold{fold}_{subset}.log",
-    benchmark:
-        "results/benchmarks/predict/fold{fold}_{subset}.tsv"
-    threads: config["resources"]["predict"]["cpus_per_task"]
-    resources:
-        **job_resources("predict"),
-    conda:
-        f"{ENVS}/torch.yaml"
     script:
         "../scripts/predict_fold.py"

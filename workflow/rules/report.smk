@@ -38,11 +38,6 @@ rule plot_report:
             caption="../report/overlay.rst",
             category="Examples",
         ),
-    params:
-        source=SOURCE,
-        classes=CLASSES,
-        folds=FOLDS,
-        code=script_digest("plot_report.py"),
     log:
         "logs/report/plot_report.log",
     benchmark:
@@ -51,5 +46,10 @@ rule plot_report:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        source=SOURCE,
+        classes=CLASSES,
+        folds=FOLDS,
+        code=script_digest("plot_report.py"),
     script:
         "../scripts/plot_report.py"

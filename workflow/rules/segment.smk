@@ -17,8 +17,17 @@ rule segment_image:
         geojson="results/segment/{name}/cells.geojson",
         csv="results/segment/{name}/cells.csv",
         overlay="results/segment/{name}/overlay.png",
+    log:
+        "logs/segment/{name}.log",
+    benchmark:
+        "results/benchmarks/segment/{name}.tsv"
     wildcard_constraints:
         name="[^/]+",
+    conda:
+        f"{ENVS}/torch.yaml"
+    threads: config["resources"]["predict"]["cpus_per_task"]
+    resources:
+        **job_resources("predict"),
     params:
         train=TRAIN_CFG,
         classes=CLASSES,
@@ -30,15 +39,6 @@ rule segment_image:
         margin=config["segment"]["margin"],
         overlay_size=config["segment"]["overlay_size"],
         code=script_digest("segment_image.py"),
-    log:
-        "logs/segment/{name}.log",
-    benchmark:
-        "results/benchmarks/segment/{name}.tsv"
-    threads: config["resources"]["predict"]["cpus_per_task"]
-    resources:
-        **job_resources("predict"),
-    conda:
-        f"{ENVS}/torch.yaml"
     script:
         "../scripts/segment_image.py"
 
@@ -48,9 +48,6 @@ rule summarise_segments:
         segment_outputs,
     output:
         "results/segment/summary.csv",
-    params:
-        classes=CLASSES,
-        code=script_digest("summarise_segments.py"),
     log:
         "logs/segment/summary.log",
     benchmark:
@@ -59,6 +56,9 @@ rule summarise_segments:
         f"{ENVS}/torch.yaml"
     resources:
         **job_resources("default"),
+    params:
+        classes=CLASSES,
+        code=script_digest("summarise_segments.py"),
     script:
         "../scripts/summarise_segments.py"
 
@@ -66,4 +66,8 @@ rule summarise_segments:
 rule segment:
     input:
         "results/segment/summary.csv",
-        expand("results/segment/{name}/{file}", name=SEGMENT_IMAGES, file=["cells.geojson", "overlay.png"]),
+        expand(
+            "results/segment/{name}/{file}",
+            name=SEGMENT_IMAGES,
+            file=["cells.geojson", "overlay.png"],
+        ),

@@ -6,6 +6,13 @@ rule split_dataset:
         all_sample_files,
     output:
         "results/split/split.tsv",
+    log:
+        "logs/split/split_dataset.log",
+    cache: "omit-software"
+    conda:
+        f"{ENVS}/data.yaml"
+    resources:
+        **job_resources("default"),
     params:
         source=SOURCE,
         image_ids=TRAIN_IDS,
@@ -14,12 +21,5 @@ rule split_dataset:
         seed=config["split"]["seed"],
         group_by=config["split"]["group_by"],
         code=script_digest("split_dataset.py"),
-    log:
-        "logs/split/split_dataset.log",
-    conda:
-        f"{ENVS}/data.yaml"
-    resources:
-        **job_resources("default"),
-    cache: "omit-software"
     script:
         "../scripts/split_dataset.py"

@@ -7,18 +7,18 @@ rule fit_stain_reference:
         stain_reference_inputs,
     output:
         "results/stain/reference.json",
+    log:
+        "logs/stain/fit_stain_reference.log",
+    cache: "omit-software"
+    conda:
+        f"{ENVS}/data.yaml"
+    resources:
+        **job_resources("default"),
     params:
         method=config["stain"]["method"],
         reference=config["stain"]["reference"],
         source=SOURCE,
         image_ids=TRAIN_IDS,
         code=script_digest("fit_stain_reference.py"),
-    log:
-        "logs/stain/fit_stain_reference.log",
-    conda:
-        f"{ENVS}/data.yaml"
-    resources:
-        **job_resources("default"),
-    cache: "omit-software"
     script:
         "../scripts/fit_stain_reference.py"

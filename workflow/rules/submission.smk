@@ -11,10 +11,6 @@ rule make_submission:
     output:
         json="results/submission/test-results.json",
         zip="results/submission/submission.zip",
-    params:
-        source=TEST_SOURCE,
-        classes=CLASSES,
-        code=script_digest("make_submission.py"),
     log:
         "logs/submission/make_submission.log",
     benchmark:
@@ -23,6 +19,10 @@ rule make_submission:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        source=TEST_SOURCE,
+        classes=CLASSES,
+        code=script_digest("make_submission.py"),
     script:
         "../scripts/make_submission.py"
 
@@ -34,11 +34,6 @@ rule make_kaggle_csv:
         test=test_files,
     output:
         "results/submission/submission.csv",
-    params:
-        source=TEST_SOURCE,
-        classes=CLASSES,
-        pixel_order=config["submission"]["kaggle_csv"],
-        code=script_digest("make_kaggle_csv.py"),
     log:
         "logs/submission/make_kaggle_csv.log",
     benchmark:
@@ -47,5 +42,10 @@ rule make_kaggle_csv:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        source=TEST_SOURCE,
+        classes=CLASSES,
+        pixel_order=config["submission"]["kaggle_csv"],
+        code=script_digest("make_kaggle_csv.py"),
     script:
         "../scripts/make_kaggle_csv.py"

@@ -7,11 +7,22 @@ rule make_tiles:
         samples=shard_sample_files,
         # The centre/boundary maps are the aux heads' targets and nothing else reads them:
         # without train.aux_heads no job computes them.
-        maps=lambda wildcards: f"results/maps/shard_{wildcards.shard}.npz" if TRAIN_CFG["aux_heads"] else [],
+        maps=lambda wildcards: (
+            f"results/maps/shard_{wildcards.shard}.npz"
+            if TRAIN_CFG["aux_heads"]
+            else []
+        ),
         stain=stain_reference,
     output:
         tiles="results/tiles/shard_{shard}.npz",
         index="results/tiles/shard_{shard}.tsv",
+    log:
+        "logs/tiles/shard_{shard}.log",
+    cache: "omit-software"
+    conda:
+        f"{ENVS}/data.yaml"
+    resources:
+        **job_resources("default"),
     params:
         source=SOURCE,
         size=config["tiles"]["size"],
@@ -23,12 +34,5 @@ rule make_tiles:
         # output cache (whose hash ignores wildcards) from handing one shard's tiles to another.
         image_ids=shard_ids,
         code=script_digest("make_tiles.py"),
-    log:
-        "logs/tiles/shard_{shard}.log",
-    conda:
-        f"{ENVS}/data.yaml"
-    resources:
-        **job_resources("default"),
-    cache: "omit-software"
     script:
         "../scripts/make_tiles.py"

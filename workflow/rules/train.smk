@@ -19,8 +19,16 @@ rule train_fold:
             subcategory="fold {fold}",
         ),
         summary="results/train/fold{fold}/train_summary.json",
+    log:
+        "logs/train/fold{fold}.log",
+    cache: "omit-software"
+    conda:
+        f"{ENVS}/torch.yaml"
+    threads: config["resources"]["train"]["cpus_per_task"]
+    resources:
+        **job_resources("train"),
     params:
-        # The fold is a param so that the output cache (`cache:` below, whose provenance hash
+        # The fold is a param so that the output cache (`cache:` above, whose provenance hash
         # ignores wildcards) keeps one entry per fold instead of one for all folds.
         fold=lambda wildcards: int(wildcards.fold),
         train=TRAIN_CFG,
@@ -29,33 +37,26 @@ rule train_fold:
         tile_size=config["tiles"]["size"],
         val_overlap=config["predict"]["overlap"],
         code=script_digest("train_fold.py"),
-    log:
-        "logs/train/fold{fold}.log",
-    threads: config["resources"]["train"]["cpus_per_task"]
-    resources:
-        **job_resources("train"),
-    conda:
-        f"{ENVS}/torch.yaml"
-    cache: "omit-software"
     script:
         "../scripts/train_fold.py"
 
 
 rule download_weights:
     """Fetch the configured pretrained weights once on the submitting host, for compute nodes
-    without internet: run `snakemake download_weights`, then set train.weights_path to the file."""
+    without internet: run `snakemake download_weights`, then set train.weights_path to the file.
+    """
     output:
         WEIGHTS_DOWNLOAD,
-    params:
-        train=TRAIN_CFG,
     log:
         "logs/download_weights/download_weights.log",
     benchmark:
         "results/benchmarks/download_weights/download_weights.tsv"
+    localrule: True
     conda:
         f"{ENVS}/torch.yaml"
     resources:
         **job_resources("default"),
-    localrule: True
+    params:
+        train=TRAIN_CFG,
     script:
         "../scripts/download_weights.py"

@@ -5,13 +5,6 @@
 # Each point is its own job, so changing one point's settings re-runs only what reads it.
 
 
-def tune_settings(point):
-    """The search and metric of an operating point, from config."""
-    section = config["tune"]["cells"] if point == "cells" else config["tune"]
-    keys = ("score_thresholds", "mask_thresholds", "nms_thresholds")
-    return {"metric": section["metric"], "search": {key: section[key] for key in keys}}
-
-
 rule tune_thresholds:
     input:
         ensemble="results/ensemble/val",
@@ -20,8 +13,16 @@ rule tune_thresholds:
     output:
         thresholds="results/tune/{point}.json",
         trials="results/tune/{point}_trials.tsv",
+    log:
+        "logs/tune/tune_{point}.log",
+    benchmark:
+        "results/benchmarks/tune/tune_{point}.tsv"
     wildcard_constraints:
         point="leaderboard|cells",
+    conda:
+        f"{ENVS}/eval.yaml"
+    resources:
+        **job_resources("default"),
     params:
         source=SOURCE,
         classes=CLASSES,
@@ -29,14 +30,6 @@ rule tune_thresholds:
         max_dets=config["evaluate"]["max_dets"],
         evaluator=config["evaluate"]["evaluator"],
         code=script_digest("tune_thresholds.py"),
-    log:
-        "logs/tune/tune_{point}.log",
-    benchmark:
-        "results/benchmarks/tune/tune_{point}.tsv"
-    conda:
-        f"{ENVS}/eval.yaml"
-    resources:
-        **job_resources("default"),
     script:
         "../scripts/tune_thresholds.py"
 
@@ -47,13 +40,13 @@ rule collect_thresholds:
         cells="results/tune/cells.json",
     output:
         "results/tune/thresholds.json",
-    params:
-        code=script_digest("collect_thresholds.py"),
     log:
         "logs/tune/collect_thresholds.log",
     conda:
         f"{ENVS}/eval.yaml"
     resources:
         **job_resources("default"),
+    params:
+        code=script_digest("collect_thresholds.py"),
     script:
         "../scripts/collect_thresholds.py"

@@ -25,7 +25,7 @@ with job_logging(snakemake.log[0]) as log:
     preds = StoredSets(snakemake.input.ensemble, ids)  # read from disk on every pass
     options = {"metric": p.settings["metric"], "max_dets": p.max_dets, "evaluator": p.evaluator, "point": point}
     with tempfile.TemporaryDirectory(prefix="cellseg_truth_") as spool_dir:
-        # encoded once, one image at a time, then read back from disk on every pass (README, Scale)
+        # encoded once, one image at a time, then read back from disk on every pass (docs/scale.md)
         truth = spool_ground_truth((load_sample(p.source, image_id).labels for image_id in ids), p.classes, spool_dir)
         best, trials = tune_thresholds(truth, preds, p.classes, p.settings["search"], **options)
         best["cross_check"] = cross_check(truth, preds, p.classes, p.settings["search"], **options)

@@ -1,0 +1,25 @@
+"""Converters from public nucleus datasets, in their published formats, to the reference layout
+that the pipeline reads (`cellseg.dataset`); see docs/datasets.md.
+
+Each `convert_<name>` lists and checks the native files at once and returns a `Conversion`
+whose items are read one at a time; `write_reference` writes them, all or nothing. The command
+line: `python -m cellseg.datasets <name> SRC DEST [options]`.
+"""
+
+from cellseg.datasets.consep import convert_consep
+from cellseg.datasets.layout import Conversion, Item, Summary, write_reference
+from cellseg.datasets.lizard import convert_lizard
+from cellseg.datasets.monuseg import convert_monusac, convert_monuseg
+from cellseg.datasets.pannuke import convert_pannuke
+
+__all__ = [
+    "Conversion",
+    "Item",
+    "Summary",
+    "convert_consep",
+    "convert_lizard",
+    "convert_monusac",
+    "convert_monuseg",
+    "convert_pannuke",
+    "write_reference",
+]

@@ -1,0 +1,243 @@
+"""The generated pages of docs/ cannot go stale, and the workflow keeps Snakemake's conventions.
+
+- docs/config.md equals what `cellseg.generated_docs.config_reference` writes today (`make docs`
+  regenerates it), and documents every key of the schema;
+- docs/rulegraph.dot equals today's `snakemake --rulegraph` (edges sorted), and
+  docs/rulegraph.svg shows the same rules and edges (checked without Graphviz; rendered again
+  where `dot` is installed);
+- docs/design.md names every module of src/cellseg;
+- the Snakefile and workflow/rules/*.smk pass `snakefmt --check` (`snakemake --lint`:
+  tests/test_workflow.py::test_lint_reports_nothing);
+- .snakemake-workflow-catalog.yml uses only the catalog's documented keys.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cellseg.generated_docs import (
+    config_comments,
+    config_reference,
+    describe_type,
+    normalise_rulegraph,
+    rulegraph_structure,
+    run_rulegraph,
+    schema_keys,
+    svg_structure,
+    train_key_meanings,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+# --------------------------------------------------------------------------------------------
+# docs/config.md
+
+
+def test_config_reference_is_current():
+    assert (DOCS / "config.md").read_text() == config_reference(ROOT), (
+        "docs/config.md is stale: run `make docs` (python scripts/generate_docs.py config)"
+    )
+
+
+def test_config_reference_documents_every_key():
+    page = (DOCS / "config.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([\w.]+)` \|.*\| ([^|]*) \|$", page, re.M)}
+    keys = [key for key, _ in schema_keys(SCHEMA)]
+    assert list(rows) == keys
+    assert "tune.cells.metric" in rows and "resources.default.gpu" in rows
+    assert [key for key, text in rows.items() if not text.strip()] == []
+
+
+def test_config_reference_shows_both_presets_side_by_side():
+    page = (DOCS / "config.md").read_text()
+    assert "| key | type | default | `demo` preset | `gpu` preset | description |" in page
+    row = next(line for line in page.splitlines() if line.startswith("| `train.backbone` |"))
+    assert "| `resnet18` | `resnet50` |" in row
+
+
+def test_every_commented_key_of_config_yaml_is_a_schema_key():
+    """A comment attached to a key the schema does not know would be a stale comment."""
+    known = set()
+    for key, _ in schema_keys(SCHEMA):
+        parts = key.split(".")
+        known |= {".".join(parts[: i + 1]) for i in range(len(parts))}
+    assert set(config_comments((ROOT / "config.yaml").read_text())) <= known
+
+
+def test_config_comments_own_shared_and_nested():
+    text = """# header, then a blank line
+
+# -----------
+# Section comment
+section:
+  # Own comment of a,
+  # over two lines.
+  a: 1
+  b: 2
+
+  c: 3
+  nested:
+    # Of x.
+    x: [1, 2]
+    y: null
+  # Of z.
+  z: ""
+top: 1
+"""
+    assert config_comments(text) == {
+        "section": ("own", "Section comment"),
+        "section.a": ("own", "Own comment of a, over two lines."),
+        "section.b": ("shared", "Own comment of a, over two lines."),
+        "section.nested.x": ("own", "Of x."),
+        "section.nested.y": ("shared", "Of x."),
+        "section.z": ("own", "Of z."),
+    }
+
+
+def test_train_key_meanings_are_read_from_the_table():
+    meanings = train_key_meanings((DOCS / "train_keys.md").read_text())
+    assert meanings["lr"] == "peak learning rate"
+    assert "preset" in meanings and "key" not in meanings
+
+
+@pytest.mark.parametrize(
+    "prop, expected",
+    [
+        ({"type": "integer", "minimum": 1}, "integer ≥ 1"),
+        ({"type": ["number", "null"], "minimum": 0, "maximum": 1}, "number in [0, 1] or `null`"),
+        ({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}, "number in (0, 1)"),
+        ({"enum": ["a", "b", None]}, "one of `a`, `b`, or `null`"),
+        (
+            {"type": "array", "items": {"enum": ["hflip", "vflip"]}, "uniqueItems": True},
+            "list of any of `hflip`, `vflip`, no repeats",
+        ),
+        ({"type": "array", "items": {"type": "integer"}, "minItems": 5, "maxItems": 5}, "list of integer, 5 items"),
+        ({"$ref": "#/definitions/p"}, "number in [0, 1]"),
+    ],
+)
+def test_describe_type(prop, expected):
+    assert describe_type(prop, {"p": {"type": "number", "minimum": 0, "maximum": 1}}) == expected
+
+
+def test_generate_docs_check_passes():
+    """`scripts/generate_docs.py --check config` (what CI could run) agrees with the test above."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_docs.py"), "--check", "config"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The rule graph
+
+
+def test_normalise_rulegraph_sorts_edges_and_strips_blanks():
+    dot = 'digraph g {\n\t0[label = "all"];\n\t1[label = "a"];\n\t10 -> 0  \n\t1 -> 0\n\t2 -> 1\n}   \n'
+    expected = 'digraph g {\n\t0[label = "all"];\n\t1[label = "a"];\n\t1 -> 0\n\t2 -> 1\n\t10 -> 0\n}\n'
+    assert normalise_rulegraph(dot) == expected
+
+
+def test_rulegraph_dot_is_current():
+    committed = (DOCS / "rulegraph.dot").read_text()
+    today = run_rulegraph(ROOT)
+    assert rulegraph_structure(committed) == rulegraph_structure(today), "rules or edges changed: run `make dag`"
+    assert committed == today, "docs/rulegraph.dot is stale: run `make dag`"
+
+
+def test_rulegraph_svg_shows_the_dot_graph():
+    """The SVG holds the .dot's rules and edges (read from the SVG's node and edge titles, so
+    no Graphviz is needed and its version does not matter)."""
+    dot = (DOCS / "rulegraph.dot").read_text()
+    rules, edges = rulegraph_structure(dot)
+    assert {"all", "train_fold", "evaluate_test", "tune_thresholds"} <= rules
+    assert svg_structure((DOCS / "rulegraph.svg").read_text()) == (rules, edges), (
+        "docs/rulegraph.svg differs from docs/rulegraph.dot: run `make dag`"
+    )
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+def test_rulegraph_svg_renders_from_the_dot(tmp_path):
+    """Rendered again by this machine's Graphviz: the same graph, and the same bytes when the
+    committed SVG was written by the same Graphviz version."""
+    svg = tmp_path / "rulegraph.svg"
+    subprocess.run(["dot", "-Tsvg", "-o", str(svg), str(DOCS / "rulegraph.dot")], check=True)
+    rendered = svg.read_text()
+    committed = (DOCS / "rulegraph.svg").read_text()
+    assert svg_structure(rendered) == svg_structure(committed)
+    version = re.compile(r"Generated by graphviz version ([^\n]+)")
+    if version.search(rendered).group(1) == version.search(committed).group(1):
+        assert rendered == committed, "docs/rulegraph.svg is stale: run `make dag`"
+
+
+# --------------------------------------------------------------------------------------------
+# docs/design.md
+
+
+def package_modules() -> list[str]:
+    """The modules of src/cellseg as docs/design.md names them: `name.py` for a module,
+    `name/` for a subpackage."""
+    package = ROOT / "src" / "cellseg"
+    modules = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+    modules += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists()]
+    return sorted(modules)
+
+
+def test_design_names_every_module():
+    design = (DOCS / "design.md").read_text()
+    missing = [name for name in package_modules() if f"`{name}`" not in design]
+    assert missing == [], "modules missing from docs/design.md's package layout"
+
+
+def test_design_names_no_module_that_does_not_exist():
+    design = (DOCS / "design.md").read_text()
+    layout = design.split("## Package layout", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in layout.splitlines() if line.startswith("| `")]
+    named = {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    assert named - set(package_modules()) == set()
+
+
+# --------------------------------------------------------------------------------------------
+# Snakemake conventions
+
+
+def test_snakefmt_check_passes():
+    """The Snakefile and rule files as snakefmt formats them (requirements.txt pins it)."""
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    if not snakefmt.exists():
+        snakefmt = shutil.which("snakefmt")
+    assert snakefmt, "snakefmt is not installed: pip install -r requirements.txt"
+    proc = subprocess.run(
+        [str(snakefmt), "--check", "--diff", "Snakefile", "workflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, f"run `snakefmt Snakefile workflow`:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}"
+
+
+def test_catalog_file_uses_only_documented_keys():
+    """The keys the Snakemake workflow catalog documents for .snakemake-workflow-catalog.yml."""
+    settings = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert set(settings) == {"usage"}
+    usage = settings["usage"]
+    assert set(usage) <= {"mandatory-flags", "software-stack-deployment"}
+    assert set(usage.get("mandatory-flags", {})) <= {"desc", "flags"}
+    deployment = usage["software-stack-deployment"]
+    assert set(deployment) <= {"conda", "apptainer", "apptainer+conda", "report"}
+    assert all(isinstance(value, bool) for value in deployment.values())
+    # What it claims rests on files that exist: conda envs, the report, the SLURM profile.
+    assert deployment["conda"] and list((ROOT / "envs").glob("*.yaml"))
+    assert deployment["report"] and list((ROOT / "workflow" / "report").glob("*.rst"))
+    assert (ROOT / "profiles" / "slurm" / "config.yaml").exists()
+    assert not deployment.get("apptainer") and not deployment.get("apptainer+conda"), "no container: directive"
