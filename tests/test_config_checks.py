@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from test_config_files import schema_defaults
 
-from cellseg.config_checks import check_cross_keys, schema_error_line
+from cellseg.config_checks import check_cross_keys, check_training_scale, schema_error_line
 from cellseg.errors import ConfigError
+from cellseg.train_config import resolve_train_config
 
 
 def config(**sections) -> dict:
@@ -77,3 +78,18 @@ def _schema_error(cfg: dict):
 def test_schema_errors_are_one_line_naming_the_key(cfg, line):
     message = schema_error_line(_schema_error(cfg))
     assert message.startswith(line) and "\n" not in message, message
+
+
+def test_training_and_prediction_scales_must_agree():
+    gpu = resolve_train_config({"preset": "gpu"})
+    check_training_scale(gpu, 512)  # trains at 0.875-1.125x, predicts at 1x
+    check_training_scale(resolve_train_config({"preset": "demo"}), 128)  # no multiscale
+    with pytest.raises(ConfigError) as error:
+        check_training_scale(gpu, 128)
+    message = str(error.value)
+    assert "\n" not in message and "train.multiscale_sizes = [448, 512, 576]" in message and "tiles.size = 128" in message
+    assert "3.5-4.5x while training but by 1x when predicting (train.min_size = null)" in message
+    check_training_scale({**gpu, "min_size": 512}, 128)  # min_size 512 predicts at 4x, inside the jitter
+    check_training_scale({**gpu, "min_size": 500}, 0)
+    with pytest.raises(ConfigError, match="train.min_size = 600"):
+        check_training_scale({**gpu, "min_size": 600}, 0)

@@ -873,6 +873,11 @@ def _dry_run_in_existing_workdir(tmp_path: Path, config: Path):
             "ConfigError: train.box_head = 'cascade_rcnn' is not one of: standard, cascade",
             id="unknown-box-head",
         ),
+        pytest.param(
+            {"train": {"preset": "gpu"}},
+            "ConfigError: train.multiscale_sizes = [448, 512, 576] with tiles.size = 128 resize by 3.5-4.5x",
+            id="gpu-multiscale-on-small-tiles",
+        ),
     ],
 )
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, override, first_line):

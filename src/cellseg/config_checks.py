@@ -27,6 +27,35 @@ def check_cross_keys(config: dict) -> None:
         raise ConfigError(f"demo.min_size = {demo['min_size']} exceeds demo.max_size = {demo['max_size']}")
 
 
+def check_training_scale(train: dict, tile_size: int) -> None:
+    """Training and inference must show the model cells at one magnification. `train`: the
+    resolved train config (`resolve_train_config`); tile_size: `tiles.size`.
+
+    With tiles of S px, the model resizes every image by (min size) / S: by each of
+    `train.multiscale_sizes` / S while training, by `train.min_size` / S (1 when null) when it
+    predicts. Without tiles, the short side goes to those sizes. The prediction's size must lie
+    within the training sizes' range (their jitter), else cells are predicted at a scale the
+    model never saw (a gpu preset's 448-576 on 128 px tiles trains at 3.5-4.5x, predicts at 1x).
+    """
+    sizes = train["multiscale_sizes"]
+    if not sizes:
+        return
+    predicted = train["min_size"] or tile_size
+    if predicted and min(sizes) <= predicted <= max(sizes):
+        return
+    if tile_size:
+        scale = f"resize by {min(sizes) / tile_size:g}-{max(sizes) / tile_size:g}x while training"
+        raise ConfigError(
+            f"train.multiscale_sizes = {sizes} with tiles.size = {tile_size} {scale} but by "
+            f"{predicted / tile_size:g}x when predicting (train.min_size = {train['min_size'] or 'null'}): set tiles.size "
+            f"within {min(sizes)}-{max(sizes)}, or multiscale sizes around it"
+        )
+    raise ConfigError(
+        f"train.multiscale_sizes = {sizes} train at other short sides than train.min_size = {train['min_size']} "
+        f"predicts at: put train.min_size within {min(sizes)}-{max(sizes)}"
+    )
+
+
 def _check_overlap(section: dict, size_key: str, overlap_key: str, size: int) -> None:
     overlap = section[overlap_key.split(".")[1]]
     if size > 0 and overlap >= size:

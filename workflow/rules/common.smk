@@ -10,7 +10,11 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cellseg.codehash import code_digest
-from cellseg.config_checks import check_cross_keys, schema_error_line
+from cellseg.config_checks import (
+    check_cross_keys,
+    check_training_scale,
+    schema_error_line,
+)
 from cellseg.dataset import (
     DatasetIndex,
     check_headers,
@@ -101,6 +105,7 @@ try:
     TRAIN_CFG = resolve_train_config(
         config["train"], predict_tile_size=config["predict"]["tile_size"]
     )
+    check_training_scale(TRAIN_CFG, config["tiles"]["size"])
     if DEMO:
         from cellseg.demo import demo_ids
 
