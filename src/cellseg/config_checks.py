@@ -47,7 +47,8 @@ def check_training_scale(train: dict, tile_size: int) -> None:
         scale = f"resize by {min(sizes) / tile_size:g}-{max(sizes) / tile_size:g}x while training"
         raise ConfigError(
             f"train.multiscale_sizes = {sizes} with tiles.size = {tile_size} {scale} but by "
-            f"{predicted / tile_size:g}x when predicting (train.min_size = {train['min_size'] or 'null'}): set tiles.size "
+            f"{predicted / tile_size:g}x when predicting (train.min_size = {train['min_size'] or 'null'}): "
+            "set tiles.size "
             f"within {min(sizes)}-{max(sizes)}, or multiscale sizes around it"
         )
     raise ConfigError(

@@ -12,8 +12,9 @@ survives on images the thresholds were not tuned on).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,6 @@ def at_point(preds: Iterable[InstanceSet], point: dict) -> list[InstanceSet]:
     return [apply_point(p, point) for p in preds]
 
 
-def _at_point_lazily(preds: Iterable[InstanceSet], point: dict) -> Iterator[InstanceSet]:
-    """`at_point`, one image at a time."""
-    return (apply_point(p, point) for p in preds)
-
-
 @dataclass(frozen=True)
 class Scoreboard:
     """What `scoreboard` scores. tables: per kind (`KINDS`) the scores table (one row per
@@ -108,7 +104,7 @@ def scoreboard(
         raise ValueError(f"unknown scoreboard kinds {sorted(unknown) or kinds}; choose from {KINDS}")
     models = [(f"fold {k}", "default", preds) for k, preds in sorted(fold_preds.items())]
     models += [("ensemble", "default", ensemble_preds)]
-    models += [("ensemble", name, _at_point_lazily(ensemble_preds, points[name])) for name in POINTS]
+    models += [("ensemble", name, map(partial(apply_point, point=points[name]), ensemble_preds)) for name in POINTS]
     scorers = [
         {kind: SetScorer(class_names, max_dets, evaluator, class_agnostic=kind == "agnostic") for kind in kinds}
         for _ in models

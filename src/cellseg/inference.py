@@ -62,7 +62,8 @@ def load_fold_ensemble(
         load_model_for_inference(path, train_cfg, n_classes, device, tile_size=train_tile_size)
         for path in weights.values()
     ]
-    return FoldEnsemble(models, [maps.get(fold) for fold in weights], device, predict_settings(predict, device), dict(fusion))
+    maps_in_order = [maps.get(fold) for fold in weights]
+    return FoldEnsemble(models, maps_in_order, device, predict_settings(predict, device), dict(fusion))
 
 
 def predict_folds(ensemble: FoldEnsemble, pixels: np.ndarray) -> list[InstanceSet]:

@@ -25,6 +25,11 @@ from cellseg.metrics import encode_window
 ARCHIVE_MEMBER = "test-results.json"
 
 
+def id_map_entries(tests) -> list[dict]:
+    """The id map (`file_name`, `id`, `height`, `width` per image) of `cellseg.dataset.TestImage`s."""
+    return [{"file_name": t.file_name, "id": t.id, "height": t.height, "width": t.width} for t in tests]
+
+
 def build_submission(
     preds: dict[str, InstanceSet],
     id_map: list[dict],

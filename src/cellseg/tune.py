@@ -1,6 +1,7 @@
 """Threshold search on the validation set, for each operating point (`cellseg.postprocess`).
 
-`leaderboard`: per-class score and mask thresholds and per-class mask NMS. The search is bounded: a grid over one mask threshold for all classes x NMS thresholds with
+`leaderboard`: per-class score and mask thresholds and per-class mask NMS. The search is
+bounded: a grid over one mask threshold for all classes x NMS thresholds with
 all scores kept; then, at the best grid point, one coordinate pass over each class's mask
 threshold, then one over each class's score threshold, i.e. |mask| x |nms| + C x (|mask| - 1)
 + C x (|score| - 1) evaluations. Score filtering commutes with per-class greedy NMS (a lower
@@ -227,8 +228,8 @@ def cross_check(
     evaluator: str = DEFAULT_EVALUATOR,
     point: str = "leaderboard",
 ) -> dict:
-    """How much of the tuned score of the operating point `point` is overfitting: tune on half A (even positions), score half B
-    (odd positions) and swap. Returns `held_out` (mean of the two held-out scores, to set next
+    """How much of the tuned score of the operating point `point` is overfitting: tune on half A
+    (even positions), score half B (odd positions) and swap. Returns `held_out` (mean of the two held-out scores, to set next
     to the in-sample `best["score"]`), `held_out_a`/`held_out_b` (score of a half with the
     thresholds tuned on the other), `tuned_a`/`tuned_b` (in-sample score of each half). A half
     of one image is tuned and scored like any other; with fewer than 2 images all are NaN.

@@ -42,6 +42,8 @@ rule collect_thresholds:
         "results/tune/thresholds.json",
     log:
         "logs/tune/collect_thresholds.log",
+    benchmark:
+        "results/benchmarks/tune/collect_thresholds.tsv"
     conda:
         f"{ENVS}/eval.yaml"
     resources:

@@ -1,5 +1,5 @@
-"""Score each fold, the ensemble and the ensemble at each operating point on the validation set, per class and
-class-agnostically."""
+"""Score each fold, the ensemble and the ensemble at each operating point on the validation
+set, per class and class-agnostically."""
 
 import sys
 from pathlib import Path

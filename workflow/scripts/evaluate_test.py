@@ -1,6 +1,6 @@
-"""Score each fold, the ensemble and the ensemble at each operating point on the test set's held-out ground truth:
-class-agnostically, and per class unless that ground truth names other classes than the
-model's (a test set taken from another dataset)."""
+"""Score each fold, the ensemble and the ensemble at each operating point on the test set's
+held-out ground truth: class-agnostically, and per class unless that ground truth names other
+classes than the model's (a test set taken from another dataset)."""
 
 import sys
 from pathlib import Path

@@ -2,7 +2,6 @@
 validated, zipped."""
 
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
@@ -11,7 +10,7 @@ from cellseg.dataset import index_test_set
 from cellseg.evaluation import at_point, read_point
 from cellseg.instances import load_instance_sets
 from cellseg.joblog import job_logging
-from cellseg.submission import build_submission, write_submission
+from cellseg.submission import build_submission, id_map_entries, write_submission
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params
@@ -19,7 +18,7 @@ with job_logging(snakemake.log[0]) as log:
     sets = load_instance_sets(snakemake.input.ensemble, [t.name for t in tests])
     tuned = at_point(sets.values(), read_point(snakemake.input.thresholds))
     preds = {t.file_name: instances for t, instances in zip(tests, tuned)}
-    id_map = [{k: v for k, v in asdict(t).items() if k != "path"} for t in tests]
+    id_map = id_map_entries(tests)
     results = build_submission(preds, id_map, p.classes)
     write_submission(results, snakemake.output.json, snakemake.output.zip, id_map, p.classes)
     log.info("%d instances on %d test images", len(results), len(tests))
