@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from test_config_files import schema_defaults
 
-from cellseg.config_checks import check_cross_keys, check_training_scale, schema_error_line
+from cellseg.config_checks import check_cross_keys, check_training_scale, schema_error_line, trained_folds
 from cellseg.errors import ConfigError
 from cellseg.train_config import resolve_train_config
 
@@ -29,7 +29,13 @@ def test_defaults_pass():
         ({"predict": {"tile_size": 64, "overlap": 64}}, ["predict.overlap = 64", "predict.tile_size = 64"]),
         ({"tiles": {"size": 128, "overlap": 200}}, ["tiles.overlap = 200", "tiles.size = 128"]),
         ({"train": {"val_tile_size": 256}}, ["train.val_tile_size = 256", "predict.tile_size = 512"]),
-        ({"ensemble": {"weights": [1, 2]}}, ["ensemble.weights has 2 values", "split.folds = 5"]),
+        ({"ensemble": {"weights": [1, 2]}}, ["ensemble.weights has 2 values", "split.folds gives 5 folds"]),
+        (
+            {"ensemble": {"weights": [1, 2]}, "split": {"folds": 5, "train_folds": [3]}},
+            ["ensemble.weights has 2 values", "split.train_folds gives 1 folds"],
+        ),
+        ({"split": {"folds": 5, "train_folds": [5]}}, ["split.train_folds = [5]", "split.folds - 1 = 4"]),
+        ({"split": {"folds": 5, "train_folds": [1, 1]}}, ["split.train_folds = [1, 1]", "split.folds"]),
         ({"split": {"folds": 1}}, ["split.folds = 1", "split.val_fraction"]),
         ({"demo": {"min_size": 300}}, ["demo.min_size = 300", "demo.max_size = 256"]),
     ],
@@ -41,6 +47,12 @@ def test_each_constraint_names_both_keys_in_one_line(sections, keys):
     assert "\n" not in message
     for key in keys:
         assert key in message
+
+
+def test_train_folds_choose_what_is_trained_and_fused():
+    assert trained_folds({"folds": 3, "train_folds": None}) == [0, 1, 2]
+    assert trained_folds({"folds": 3, "train_folds": [2, 0]}) == [2, 0]
+    check_cross_keys(config(split={"folds": 3, "train_folds": [2]}, ensemble={"weights": [1.0]}))
 
 
 def test_demo_sizes_are_not_checked_for_other_data():

@@ -20,7 +20,8 @@ def check_cross_keys(config: dict) -> None:
     _check_overlap(config["tiles"], "tiles.size", "tiles.overlap", config["tiles"]["size"])
     _check_overlap(config["predict"], "predict.tile_size", "predict.overlap", config["predict"]["tile_size"])
     _check_val_tile_size(config["train"].get("val_tile_size"), config["predict"]["tile_size"])
-    _check_ensemble_weights(config["ensemble"]["weights"], config["split"]["folds"])
+    _check_train_folds(config["split"])
+    _check_ensemble_weights(config["ensemble"]["weights"], config["split"])
     _check_single_fold(config["split"])
     demo = config["demo"]
     if config["data"]["source"] == "demo" and demo["min_size"] > demo["max_size"]:
@@ -73,9 +74,29 @@ def _check_val_tile_size(val_tile_size: int | None, predict_tile_size: int) -> N
         )
 
 
-def _check_ensemble_weights(weights: list | None, folds: int) -> None:
-    if weights is not None and len(weights) != folds:
-        raise ConfigError(f"ensemble.weights has {len(weights)} values but split.folds = {folds} (one weight per fold)")
+def trained_folds(split: dict) -> list[int]:
+    """The folds that are trained, predicted and fused: `split.train_folds`, else all of them."""
+    return list(split.get("train_folds") or range(split["folds"]))
+
+
+def _check_train_folds(split: dict) -> None:
+    chosen = split.get("train_folds")
+    if chosen is None:
+        return
+    outside = [fold for fold in chosen if not 0 <= fold < split["folds"]]
+    if not chosen or outside or len(set(chosen)) != len(chosen):
+        raise ConfigError(
+            f"split.train_folds = {chosen} must name distinct folds from 0 to split.folds - 1 = {split['folds'] - 1}"
+        )
+
+
+def _check_ensemble_weights(weights: list | None, split: dict) -> None:
+    folds = trained_folds(split)
+    if weights is not None and len(weights) != len(folds):
+        key = "split.train_folds" if split.get("train_folds") else "split.folds"
+        raise ConfigError(
+            f"ensemble.weights has {len(weights)} values but {key} gives {len(folds)} folds (one weight per fold)"
+        )
 
 
 def _check_single_fold(split: dict) -> None:

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cellseg.codehash import code_digest
 from cellseg.config_checks import (
     check_cross_keys,
+    trained_folds,
     check_training_scale,
     schema_error_line,
 )
@@ -144,7 +145,7 @@ except (DataError, ConfigError) as error:
     raise _user_error(error)
 HEADERS.save()
 
-FOLDS = list(range(config["split"]["folds"]))
+FOLDS = trained_folds(config["split"])
 if len(TRAIN_IDS) < 2:
     raise _user_error(
         DataError(f"{SOURCE.get('path')}: need at least 2 training images")
