@@ -103,6 +103,13 @@ def index_test_set(source: dict) -> list[TestImage]:
     return _index_coco_test(source)
 
 
+def training_image_path(source: dict, image_id: str) -> Path:
+    """The image file of training image `image_id`."""
+    if _format(source) == "reference":
+        return Path(source["path"]) / "train" / image_id / "image.tif"
+    return Path(source["image_dir"]) / _parse_coco(source).images[image_id]["file_name"]
+
+
 def load_sample(source: dict, image_id: str) -> Sample:
     """Read training image `image_id` and its labels, checking that every mask fits the image."""
     if _format(source) == "reference":

@@ -36,11 +36,13 @@ class HeaderCache:
             return read_tiff_header(path)  # the DataError naming the missing file
         key, stamp = str(path), [stat.st_mtime_ns, stat.st_size]
         entry = self.entries.get(key)
-        if entry and entry[:2] == stamp:
-            height, width, channels, dtype, alpha = entry[2:]
-            return TiffHeader(height, width, channels, np.dtype(dtype), alpha)
+        if entry and entry[:2] == stamp and len(entry) == 8:  # a cache of older code lacks the mpp
+            height, width, channels, dtype, alpha, mpp = entry[2:]
+            return TiffHeader(height, width, channels, np.dtype(dtype), alpha, mpp)
         header = read_tiff_header(path)
-        self.entries[key] = [*stamp, header.height, header.width, header.channels, header.dtype.str, header.alpha]
+        self.entries[key] = [
+            *stamp, header.height, header.width, header.channels, header.dtype.str, header.alpha, header.mpp
+        ]
         self.changed = True
         return header
 

@@ -23,6 +23,7 @@ import torch
 from cellseg.calibrate import read_calibration
 from cellseg.ensemble import fuse_folds
 from cellseg.instances import InstanceSet
+from cellseg.pixel_size import network_scale
 from cellseg.postprocess import apply_point
 from cellseg.predict import load_model_for_inference, predict_image, predict_settings
 
@@ -42,6 +43,7 @@ class FoldEnsemble:
     device: torch.device
     predict: dict
     fusion: dict
+    mpp: float | None = None
 
 
 def load_fold_ensemble(
@@ -53,25 +55,32 @@ def load_fold_ensemble(
     fusion: dict,
     calibration: str | os.PathLike | None,
     device: torch.device,
+    mpp: float | None = None,
 ) -> FoldEnsemble:
     """The folds' models (`{fold: model_best.pt}`) with the workflow's settings: `predict`
     as the predict_fold rule's (amp as in config, resolved here for the device), `fusion`
-    as the ensemble_folds rule's, `calibration` its calibration.json (None: none)."""
+    as the ensemble_folds rule's, `calibration` its calibration.json (None: none), `mpp` the
+    training pixel size."""
     maps = read_calibration(calibration)
     models = [
         load_model_for_inference(path, train_cfg, n_classes, device, tile_size=train_tile_size)
         for path in weights.values()
     ]
     maps_in_order = [maps.get(fold) for fold in weights]
-    return FoldEnsemble(models, maps_in_order, device, predict_settings(predict, device), dict(fusion))
+    return FoldEnsemble(models, maps_in_order, device, predict_settings(predict, device), dict(fusion), mpp)
 
 
-def predict_folds(ensemble: FoldEnsemble, pixels: np.ndarray) -> list[InstanceSet]:
-    """Each fold's instances in `pixels` (H, W, 3) uint8, as the predict_fold stage finds them."""
-    return [predict_image(model, pixels, device=ensemble.device, **ensemble.predict) for model in ensemble.models]
+def predict_folds(ensemble: FoldEnsemble, pixels: np.ndarray, mpp: float | None = None) -> list[InstanceSet]:
+    """Each fold's instances in `pixels` (H, W, 3) uint8 of `mpp` µm per pixel (None = the
+    training pixel size), as the predict_fold stage finds them."""
+    scale = network_scale(mpp, ensemble.mpp)
+    return [
+        predict_image(model, pixels, device=ensemble.device, scale=scale, **ensemble.predict)
+        for model in ensemble.models
+    ]
 
 
-def infer(ensemble: FoldEnsemble, pixels: np.ndarray, point: dict) -> InstanceSet:
-    """The final instances of `pixels` (H, W, 3) uint8 at the operating point `point`
-    (`cellseg.evaluation.read_point`): binary masks, of size (H, W)."""
-    return apply_point(fuse_folds(predict_folds(ensemble, pixels), ensemble.maps, **ensemble.fusion), point)
+def infer(ensemble: FoldEnsemble, pixels: np.ndarray, point: dict, mpp: float | None = None) -> InstanceSet:
+    """The final instances of `pixels` (H, W, 3) uint8 of `mpp` µm per pixel at the operating
+    point `point` (`cellseg.evaluation.read_point`): binary masks, of size (H, W)."""
+    return apply_point(fuse_folds(predict_folds(ensemble, pixels, mpp), ensemble.maps, **ensemble.fusion), point)

@@ -27,6 +27,7 @@ import numpy as np
 import tifffile
 
 from cellseg.errors import DataError
+from cellseg.pixel_size import page_mpp
 
 # What tifffile and the imagecodecs codecs raise on a broken file (imagecodecs' errors derive
 # from RuntimeError; a truncated header shows up as struct.error, EOFError or IndexError).
@@ -42,6 +43,7 @@ class TiffHeader:
     channels: int  # samples per pixel, alpha included
     dtype: np.dtype
     alpha: bool  # the extra sample is declared (associated or unassociated) alpha
+    mpp: float | None = None  # µm per pixel, when the metadata states it (`cellseg.pixel_size`)
 
 
 def _first_page(path: Path, tif: tifffile.TiffFile):
@@ -70,7 +72,7 @@ def _first_page(path: Path, tif: tifffile.TiffFile):
 def _header_of(path: Path, page) -> TiffHeader:
     samples_separate, _, height, width, samples_contig = page.shaped
     alpha = any(int(kind) in (1, 2) for kind in page.extrasamples)  # associated, unassociated
-    header = TiffHeader(height, width, samples_separate * samples_contig, page.dtype, alpha)
+    header = TiffHeader(height, width, samples_separate * samples_contig, page.dtype, alpha, page_mpp(page))
     if header.channels == 2 and not header.alpha:
         raise DataError(
             f"{path}: 2 channels that are not grey + alpha (no alpha ExtraSamples tag); cellseg reads "

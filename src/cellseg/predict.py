@@ -38,6 +38,7 @@ from cellseg.ensemble import fuse_instance_sets
 from cellseg.errors import ConfigError, DataError
 from cellseg.instances import InstanceSet, bounding_rect, quantised_threshold
 from cellseg.model import build_model
+from cellseg.pixel_size import instances_on_image, resampled_image
 from cellseg.tiles import tile_origins
 
 TTA_OPS = ("hflip", "vflip", "rot90")
@@ -92,6 +93,7 @@ def predict_image(
     batch_size: int = 4,
     tta_fusion: dict | None = None,
     amp: str = "none",
+    scale: float = 1.0,
 ) -> InstanceSet:
     """Instances of `model` (eval mode; its `detect` as `CellMaskRCNN.detect`) in one image.
 
@@ -100,13 +102,15 @@ def predict_image(
     combinations are run (`tta_views`). tta_fusion: keyword arguments of `fuse_instance_sets`
     for the views (not `weights`: views weigh the same). amp: none, bf16 or fp16, resolved for
     the device (`cellseg.device.resolve_amp`); the model's `detect` runs under that autocast.
-    Returns an `InstanceSet` of size (H, W).
+    scale: network pixels per image pixel (`cellseg.pixel_size.network_scale`); the image is
+    resampled by it first and the instances mapped back. Returns an `InstanceSet` of size (H, W).
     """
     fusion = dict(tta_fusion or {})
     if "weights" in fusion:
         raise ValueError("tta_fusion: TTA views are weighted equally, drop 'weights'")
-    views = predict_views(model, image, tile_size, overlap, tta, device, batch_size, amp)
-    return fuse_instance_sets(views, **fusion)
+    view = image if scale == 1.0 else resampled_image(image, scale)
+    found = fuse_instance_sets(predict_views(model, view, tile_size, overlap, tta, device, batch_size, amp), **fusion)
+    return found if scale == 1.0 else instances_on_image(found, image.shape[:2])
 
 
 @torch.inference_mode()

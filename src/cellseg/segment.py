@@ -59,12 +59,15 @@ def segment_image(
     margin: int = 128,
     name: str = "",
     normalise=None,
+    mpp: float | None = None,
 ) -> InstanceSet:
     """The cells of the image `reader` reads, block by block (module doc), at the operating
     point `point` (the `cells` one of thresholds.json): binary, disjoint instances of size
     (H, W) with their `class_scores`. `normalise(pixels, name)`, when given, maps each block
     (with its margin) onto the stain target (`cellseg.stain`) before the models see it; the
-    exported colours stay the file's. Logs one progress line per block with an ETA."""
+    exported colours stay the file's. `mpp`: the image's µm per pixel (None = the training
+    pixel size); each block is resampled to the training pixel size for the network and its
+    cells mapped back (`cellseg.pixel_size`). Logs one progress line per block with an ETA."""
     height, width = reader.size
     blocks = block_grid(height, width, block)
     index = WindowIndex()
@@ -76,7 +79,7 @@ def segment_image(
         pixels = reader.read(ry0, ry1, rx0, rx1)
         if normalise is not None:
             pixels = normalise(pixels, f"{name} block {k}")
-        found = infer(ensemble, pixels, point)
+        found = infer(ensemble, pixels, point, mpp)
         cx = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 + rx0
         cy = (found.boxes[:, 1] + found.boxes[:, 3]) / 2 + ry0
         tol = CENTRE_TOLERANCE if len(blocks) > 1 else math.inf

@@ -12,6 +12,7 @@ pixel's centre lies inside the polygon exactly when the pixel belongs to the cel
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,11 +26,14 @@ from scipy import ndimage
 
 from cellseg.instances import InstanceSet
 from cellseg.io import atomic_path
+from cellseg.pixel_size import network_scale
 from cellseg.segment import cell_labels, segment_image, write_labels
 from cellseg.segment_input import BAND_ROWS, ImageReader, open_image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger("cellseg.segment")
 
 
 def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
@@ -245,13 +249,25 @@ def export_cells(outputs: dict, reader: ImageReader, cells: InstanceSet, class_n
 
 
 def segment_file(
-    image_path, outputs: dict, ensemble, point: dict, class_names: list[str], overlay_size: int = 2000, **segment
+    image_path,
+    outputs: dict,
+    ensemble,
+    point: dict,
+    class_names: list[str],
+    overlay_size: int = 2000,
+    default_mpp: float | None = None,
+    **segment,
 ) -> pd.DataFrame:
     """Segment one image file (`segment_image(reader, ensemble, point, **segment)`) and write
-    its `outputs` (`export_cells`); returns the cell table."""
+    its `outputs` (`export_cells`); returns the cell table. The image's pixel size is its
+    metadata's, else `default_mpp` (`segment.mpp`), else taken to be the training one."""
     reader = open_image(image_path)
     try:
-        cells = segment_image(reader, ensemble, point, name=Path(image_path).name, **segment)
+        mpp = reader.mpp or default_mpp
+        scale = network_scale(mpp, ensemble.mpp)
+        if scale != 1.0:
+            log.info("%s: %g µm/px, resampled by %.3g to the training %g µm/px", image_path, mpp, scale, ensemble.mpp)
+        cells = segment_image(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, **segment)
         return export_cells(outputs, reader, cells, class_names, overlay_size)
     finally:
         reader.close()

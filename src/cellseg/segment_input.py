@@ -20,7 +20,8 @@ import tifffile
 from PIL import Image
 
 from cellseg.errors import DataError
-from cellseg.io import _READ_ERRORS, check_pixel_dtype, to_rgb8
+from cellseg.io import _READ_ERRORS, check_pixel_dtype, read_tiff_header, to_rgb8
+from cellseg.pixel_size import page_mpp
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
@@ -69,6 +70,14 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read as an image ({type(error).__name__}: {error})") from None
 
 
+def image_mpp(path: str | os.PathLike) -> float | None:
+    """The µm per pixel a TIFF's metadata states (`cellseg.pixel_size.page_mpp`); None for
+    other formats or without the metadata."""
+    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    return read_tiff_header(path).mpp
+
+
 def open_image(path: str | os.PathLike) -> ImageReader:
     """A lazy region reader of a TIFF, or a reader over a decoded PNG / JPEG."""
     path = Path(path)
@@ -87,6 +96,7 @@ class ImageReader:
     size: tuple[int, int]
     dtype: np.dtype
     channels: int
+    mpp: float | None = None  # µm per pixel, when the file's metadata states it
 
     def _check(self) -> None:
         check_pixel_dtype(self.dtype, self.path)
@@ -156,6 +166,7 @@ class TiffReader(ImageReader):
         if ends and max(ends) > file_size:
             raise DataError(f"{path}: file is truncated (image data ends at byte {max(ends)}, file has {file_size} bytes)")
         self._page = page
+        self.mpp = page_mpp(page)
         self.size, self.dtype, self.channels = (height, width), page.dtype, samples * per_pixel
         self._samples = samples
         self._check()

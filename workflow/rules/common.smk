@@ -22,11 +22,13 @@ from cellseg.dataset import (
     check_test_headers,
     index_test_set,
     index_training_set,
+    training_image_path,
 )
 from cellseg.errors import ConfigError, DataError
 from cellseg.header_cache import HeaderCache
 from cellseg.listing import write_listing
-from cellseg.segment_input import check_image, list_images
+from cellseg.pixel_size import mpp_warnings
+from cellseg.segment_input import check_image, image_mpp, list_images
 from cellseg.shards import shard_images
 from cellseg.split import image_groups, split_sizes
 from cellseg.train_config import resolve_train_config
@@ -127,6 +129,17 @@ try:
         TEST_IMAGES = index_test_set(TEST_SOURCE)
         check_test_headers(TEST_SOURCE, TEST_IMAGES, HEADERS.read)
         TEST_NAMES = [t.name for t in TEST_IMAGES]
+    # The pixel size the models train at: data.mpp, else the training images' metadata.
+    TRAIN_MPP = config["data"]["mpp"]
+    if not TRAIN_MPP and not DEMO:
+        TRAIN_MPP = HEADERS.read(training_image_path(SOURCE, TRAIN_IDS[0])).mpp
+    if not DEMO_TEST:
+        for line in mpp_warnings(
+            TRAIN_MPP,
+            {str(t.path): HEADERS.read(t.path).mpp for t in TEST_IMAGES},
+            "data.mpp",
+        ):
+            logger.warning(f"Warning: {line}")
     # The file `snakemake download_weights` writes, for hosts without internet.
     WEIGHTS_DOWNLOAD = (
         f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth"
@@ -414,8 +427,14 @@ def _segment_images():
         images = list_images(SEGMENT_FOLDER)
         for path in images.values():
             check_image(path)
+        mpps = {
+            str(path): image_mpp(path) or config["segment"]["mpp"]
+            for path in images.values()
+        }
     except DataError as error:
         raise _user_error(error)
+    for line in mpp_warnings(TRAIN_MPP, mpps, "data.mpp"):
+        logger.warning(f"Warning: {line}")
     return {name: str(path) for name, path in images.items()}
 
 

@@ -38,6 +38,8 @@ rule segment_image:
         block_size=config["segment"]["block_size"],
         margin=config["segment"]["margin"],
         overlay_size=config["segment"]["overlay_size"],
+        mpp=TRAIN_MPP,
+        image_mpp=config["segment"]["mpp"],
         code=script_digest("segment_image.py"),
     script:
         "../scripts/segment_image.py"

@@ -13,7 +13,9 @@ from cellseg.device import pin_gpus, select_device
 from cellseg.predict import load_model_for_inference, predict_image, predict_settings
 from cellseg.joblog import job_logging
 from cellseg.memory import release_freed_memory
+from cellseg.pixel_size import network_scale
 from cellseg.progress import Progress
+from cellseg.segment_input import image_mpp
 from cellseg.split import read_split, validation_ids
 from cellseg.stain import load_normaliser
 
@@ -25,17 +27,25 @@ with job_logging(snakemake.log[0]) as log:
     normalise = load_normaliser(snakemake.input.stain)
     if snakemake.wildcards.subset == "val":
         ids = validation_ids(read_split(snakemake.input.split))
-        images = ((i, normalise(load_sample(p.source, i).image, i)) for i in ids)
+        images = ((i, normalise(load_sample(p.source, i).image, i), 1.0) for i in ids)  # the training pixels
     else:
         tests = index_test_set(p.source)
         ids = [t.name for t in tests]
-        images = ((t.name, normalise(load_test_image(t), t.name)) for t in tests)
+        scales = {t.name: network_scale(image_mpp(t.path), p.mpp) for t in tests}
+        resampled = {name: scale for name, scale in scales.items() if scale != 1.0}
+        if resampled:
+            log.info("%d test images resampled to the training %g µm/px, e.g. %s", len(resampled), p.mpp, next(iter(resampled)))
+        images = ((t.name, normalise(load_test_image(t), t.name), scales[t.name]) for t in tests)
     device = select_device()
-    model = load_model_for_inference(snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size)
+    model = load_model_for_inference(
+        snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size
+    )
     settings = predict_settings(p.predict, device)
     out = Path(snakemake.output[0])
     out.mkdir(parents=True, exist_ok=True)
-    found = ((name, predict_image(model, image, device=device, **settings)) for name, image in images)  # one at a time
+    found = (
+        (name, predict_image(model, image, device=device, scale=scale, **settings)) for name, image, scale in images
+    )
     progress = Progress(log, len(ids), every=len(ids) // 50, label="image", unit="images")
     for done, (name, instances) in enumerate(found, 1):
         instances.save(out / f"{name}.npz")

@@ -23,6 +23,7 @@ with job_logging(snakemake.log[0]) as log:
     ensemble = load_fold_ensemble(
         dict(zip(p.folds, snakemake.input.weights)), p.train, len(p.classes), p.train_tile_size, p.predict,
         p.ensemble, snakemake.input.calibration[0] if snakemake.input.calibration else None, select_device(),
+        mpp=p.mpp,
     )
     table = segment_file(
         snakemake.input.image,
@@ -33,6 +34,7 @@ with job_logging(snakemake.log[0]) as log:
         p.overlay_size,
         block=p.block_size,
         margin=p.margin,
+        default_mpp=p.image_mpp,
         normalise=load_normaliser(snakemake.input.stain),
     )
     log.info("%s: %d cells", snakemake.input.image, len(table))
