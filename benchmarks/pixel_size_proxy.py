@@ -85,6 +85,7 @@ def score(run: Path, workdir: Path, configs: list[Path], overrides: dict, cores:
     shutil.copytree(run / ".snakemake", workdir / ".snakemake", ignore=shutil.ignore_patterns("locks", "conda*"))
     for stale in ("results/predict/fold0/test", "results/predict/fold1/test", "results/ensemble/test", "results/evaluate"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
+    shutil.copy(ROOT / "config.yaml", workdir)  # the Snakefile's own configfile, read from the work directory
     (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     command = [
         str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", str(cores),
