@@ -88,9 +88,8 @@ def score(run: Path, workdir: Path, configs: list[Path], overrides: dict, cores:
     shutil.copy(ROOT / "config.yaml", workdir)  # the Snakefile's own configfile, read from the work directory
     (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     command = [
-        str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", str(cores),
-        "--rerun-triggers", "mtime", "input", "results/evaluate/test_scores.tsv",
-        "--configfile", *map(str, configs), str(workdir / "overrides.yaml"),
+        str(SNAKEMAKE), "results/evaluate/test_scores.tsv", "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(workdir), "--cores", str(cores), "--rerun-triggers", "mtime", "input", "--configfile", *map(str, configs), str(workdir / "overrides.yaml"),
     ]  # fmt: skip
     start = time.monotonic()
     with open(workdir / "snakemake.log", "w") as log:
