@@ -4,7 +4,7 @@ CoNSeP is scanned at 40x (about 0.25 µm/px). This benchmark writes a 20x-like c
 set (`--out/data`): every test image and ground-truth mask downsampled by `--factor` (2), the
 images' TIFF resolution tags stating 0.25 x factor µm/px. It then scores that copy with the
 folds of a finished CoNSeP run (`--run`, trained on the original 40x images), twice, each in a
-copy of the run's work directory (the folds are not retrained: `--rerun-triggers mtime input`
+copy of the run's work directory (the folds are not retrained: `--rerun-triggers input`
 re-runs only the test set's prediction, ensemble and evaluation):
 
 - `with mpp`: `data.mpp: 0.25`, so the test images are resampled to the training pixel size
@@ -89,7 +89,7 @@ def score(run: Path, workdir: Path, configs: list[Path], overrides: dict, cores:
     (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     command = [
         str(SNAKEMAKE), "results/evaluate/test_scores.tsv", "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), "--cores", str(cores), "--rerun-triggers", "mtime", "input", "--configfile", *map(str, configs), str(workdir / "overrides.yaml"),
+        "--directory", str(workdir), "--cores", str(cores), "--rerun-triggers", "input", "--configfile", *map(str, configs), str(workdir / "overrides.yaml"),
     ]  # fmt: skip
     start = time.monotonic()
     with open(workdir / "snakemake.log", "w") as log:
