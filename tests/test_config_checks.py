@@ -62,7 +62,8 @@ def test_demo_sizes_are_not_checked_for_other_data():
 @pytest.mark.parametrize(
     "data, key",
     [({"source": "reference"}, "data.path"), ({"source": "coco", "image_dir": "x"}, "data.train_json"),
-     ({"source": "coco", "train_json": "x.json"}, "data.image_dir")],
+     ({"source": "coco", "train_json": "x.json"}, "data.image_dir"), ({"source": "geojson"}, "data.path"),
+     ({"source": "labels"}, "data.path")],
 )
 def test_a_source_without_its_path_names_the_key(data, key):
     with pytest.raises(ConfigError, match=rf"^{key} is required with data.source: {data['source']}"):

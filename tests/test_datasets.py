@@ -407,3 +407,54 @@ def test_destination_must_be_new_or_empty_and_names_are_made_safe(tmp_path, cons
     with pytest.raises(SystemExit, match=r"^ERROR: .*out: exists and is not an empty folder"):
         main(["consep", str(src), str(dest)])
     assert safe_name("TCGA 01{a}/b") == "TCGA_01_a__b" and safe_name(".hidden") == "hidden"
+
+
+# ---------------------------------------------------------------- reference layout -> geojson layout
+
+
+def _touching_nuclei(shape, n, rng):
+    """A CoNSeP-like instance map: `n` nuclei of radius 3-7 px around random centres, a pixel
+    going to its nearest centre, so that neighbours touch along a shared border."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = rng.uniform(0, shape, (n, 2))
+    radii = rng.uniform(3, 7, n)
+    d2 = (yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2
+    nearest = d2.argmin(axis=0)
+    inside = np.take_along_axis(d2, nearest[None], 0)[0] <= radii[nearest] ** 2
+    return np.where(inside, nearest + 1, 0)
+
+
+def test_reference_labels_written_as_geojson_read_back_as_the_same_instances(tmp_path, consep, capsys):
+    src, _ = consep
+    rng = np.random.default_rng(3)
+    inst = _touching_nuclei((48, 56), 30, rng)
+    _consep_split(src / "Train", "train_2", _rgb(48, 56), inst, inst_type=rng.integers(1, 8, 30))
+    write_reference(convert_consep(src), tmp_path / "ref")
+    main(["geojson", str(tmp_path / "ref"), str(tmp_path / "geo")])
+    classes = ["class1", "class2", "class3", "class4"]
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"Wrote 2 images and their GeoJSON to {tmp_path / 'geo'}")
+    assert f"data: {{source: geojson, path: {tmp_path / 'geo'}, test_path: {tmp_path / 'ref'}, test_gt:" in printed
+    assert sorted(p.name for p in (tmp_path / "geo").iterdir()) == [
+        "train_1.geojson", "train_1.tif", "train_2.geojson", "train_2.tif"
+    ]
+    reference = _source(tmp_path / "ref", classes)
+    geojson = {"format": "geojson", "path": str(tmp_path / "geo"), "classes": classes}
+    assert index_training_set(geojson) == index_training_set(reference) == ["train_1", "train_2"]
+    check_headers(geojson, index_dataset(geojson))
+    for image_id in ("train_1", "train_2"):
+        truth, read = load_sample(reference, image_id), load_sample(geojson, image_id)
+        np.testing.assert_array_equal(read.image, truth.image)
+        for c in range(len(classes)):
+            assert read.labels[c].max() == truth.labels[c].max()  # counts and classes
+            for number in range(1, truth.labels[c].max() + 1):
+                mask = truth.labels[c] == number
+                found = read.labels[c] == np.bincount(read.labels[c][mask]).argmax()
+                assert (mask & found).sum() / (mask | found).sum() >= 0.95
+        np.testing.assert_array_equal(read.labels, truth.labels)  # in fact pixel for pixel
+    assert truth.labels.max(axis=(1, 2)).sum() >= 20  # train_2's touching nuclei
+    with pytest.raises(SystemExit, match=r"^ERROR: .*geo: exists and is not an empty folder"):
+        main(["geojson", str(tmp_path / "ref"), str(tmp_path / "geo")])
+    with pytest.raises(SystemExit, match=r"^ERROR: .*missing/train: no image folders"):
+        main(["geojson", str(tmp_path / "missing"), str(tmp_path / "geo2")])
+    assert _no_partial_output(tmp_path / "geo2")

@@ -18,8 +18,9 @@ from scipy import ndimage
 from cellseg.errors import DataError
 from cellseg.inference import FoldEnsemble, infer
 from cellseg.io import read_image
+from cellseg.polygons import mask_polygons
 from cellseg.segment import label_tiles, segment_image
-from cellseg.segment_export import cell_table, geojson, mask_polygons, segment_file, summary_table
+from cellseg.segment_export import cell_table, geojson, segment_file, summary_table
 from cellseg.segment_input import check_image, list_images, open_image
 
 CPU = torch.device("cpu")

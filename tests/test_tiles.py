@@ -25,10 +25,10 @@ def toy_image(height=50, width=70, seed=0):
     return image, labels, maps["center"], maps["boundary"]
 
 
-def tiles_of(image, labels, center, boundary, size, overlap=0, skip_empty=False, min_area=0):
+def tiles_of(image, labels, center, boundary, size, overlap=0, skip_empty=False, min_area=0, valid=None):
     return make_tiles(
         image, labels, center, boundary, size, overlap, skip_empty, min_area,
-        image_id="img", class_names=CLASSES,
+        image_id="img", class_names=CLASSES, valid=valid,
     )
 
 
@@ -120,6 +120,52 @@ def test_skip_empty_keeps_foreground_tiles_and_at_least_one():
     assert index[["tile", "y0", "x0", "n_b"]].values.tolist() == [[0, 20, 20, 1]]
     tiles, index = tiles_of(image, np.zeros_like(labels), maps["center"], maps["boundary"], size=20, skip_empty=True)
     assert len(tiles) == 1 and index[["y0", "x0"]].values.tolist() == [[0, 0]]
+
+
+def test_tiles_of_a_partly_annotated_image_lie_wholly_inside_its_regions():
+    image, labels, center, boundary = toy_image(height=50, width=70)
+    valid = np.zeros((50, 70), bool)
+    valid[5:45, 10:60] = True  # a region larger than a tile
+    valid[0:10, 62:70] = True  # a rectangle smaller than a tile: one padded tile
+    yy, xx = np.mgrid[:50, :70]
+    valid |= (yy - 47) ** 2 + (xx - 65) ** 2 <= 4  # a disc smaller than a tile: none
+    tiles, index = tiles_of(image, labels, center, boundary, size=24, overlap=4, valid=valid)
+    covered = np.zeros(valid.shape, bool)
+    for tile, row in zip(tiles, index.itertuples()):
+        window = (slice(row.y0, row.y0 + row.height), slice(row.x0, row.x0 + row.width))
+        assert valid[window].all()
+        covered[window] = True
+        assert tile["image"].shape == (24, 24, 3)
+        np.testing.assert_array_equal(tile["image"][: row.height, : row.width], image[window])
+        assert not tile["image"][row.height :].any() and not tile["image"][:, row.width :].any()
+    expected = np.zeros(valid.shape, bool)
+    expected[5:45, 10:60] = expected[0:10, 62:70] = True
+    np.testing.assert_array_equal(covered, expected)
+    assert [0, 62, 10, 8] in index[["y0", "x0", "height", "width"]].values.tolist()
+
+
+def test_an_image_without_a_tile_inside_its_regions_gives_none(tmp_path, caplog):
+    image, labels, center, boundary = toy_image(height=50, width=70)
+    valid = np.zeros((50, 70), bool)
+    valid[10:20, 10:40] = True
+    valid[20:30, 10:20] = True  # an L: its bounding box holds invalid pixels
+    tiles, index = tiles_of(image, labels, center, boundary, size=24, valid=valid)
+    assert tiles == [] and list(index.columns) == [
+        "image_id", "tile", "y0", "x0", "height", "width", "n_instances", "n_a", "n_b"
+    ]
+    assert "img: no 24 px tile lies wholly inside its annotated regions" in caplog.text
+    save_tiles(tmp_path / "t.npz", tmp_path / "t.tsv", tiles, index)
+    assert read_index([tmp_path / "t.tsv"]).empty
+    assert tiles_of(image, labels, center, boundary, size=0, valid=valid)[0] == []
+
+
+def test_without_tiling_each_region_is_one_tile():
+    image, labels, center, boundary = toy_image(height=50, width=70)
+    valid = np.zeros((50, 70), bool)
+    valid[10:20, 10:40] = valid[30:45, 5:20] = True
+    tiles, index = tiles_of(image, labels, center, boundary, size=0, valid=valid)
+    assert index[["y0", "x0", "height", "width"]].values.tolist() == [[10, 10, 10, 30], [30, 5, 15, 15]]
+    np.testing.assert_array_equal(tiles[1]["image"], image[30:45, 5:20])
 
 
 def test_save_load_round_trip(tmp_path):

@@ -10,7 +10,12 @@ import difflib
 from cellseg.errors import ConfigError
 
 # The keys each data source reads its files through.
-_SOURCE_KEYS = {"reference": ("path",), "coco": ("train_json", "image_dir")}
+_SOURCE_KEYS = {
+    "reference": ("path",),
+    "coco": ("train_json", "image_dir"),
+    "geojson": ("path",),
+    "labels": ("path",),
+}
 
 
 def check_cross_keys(config: dict) -> None:

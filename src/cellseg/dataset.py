@@ -1,4 +1,4 @@
-"""Listing, validating and loading a dataset in either input format, into one `Sample` form.
+"""Listing, validating and loading a dataset in any of its input formats, into one `Sample` form.
 
 Format 1 (`format: reference`), the reference layout::
 
@@ -10,6 +10,11 @@ Format 1 (`format: reference`), the reference layout::
 Format 2 (`format: coco`, the LIVECell layout): a COCO instance JSON with polygon or RLE
 (compressed or not) segmentations plus an image folder; an optional test JSON (COCO with
 `images`, or a plain list like the id map) lists the test images.
+
+Format 3 (`format: geojson`, `cellseg.geojson_source`): a folder of images, each with the
+QuPath GeoJSON of its cells and of the regions that were annotated. Format 4 (`format:
+labels`, `cellseg.labels_source`): a folder of images, each with an instance label image as
+`segment` writes it. Neither has a test set of its own (`test_path` can name one).
 
 The test set may come from another dataset: `source["test_path"]` names a folder in the
 reference layout whose `test_release/` and id map are the test images instead (see
@@ -34,7 +39,17 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from cellseg.errors import DataError
-from cellseg.io import TiffHeader, check_pixel_dtype, read_image, read_mask, read_tiff_header, relabel_consecutive
+from cellseg.geojson_source import check_geojson, geojson_files, index_geojson, load_geojson
+from cellseg.io import (
+    TiffHeader,
+    check_pixel_dtype,
+    paint_order,
+    read_image,
+    read_mask,
+    read_tiff_header,
+    relabel_consecutive,
+)
+from cellseg.labels_source import check_labels, index_labels, labels_files, load_labels
 
 ID_MAP = "test_image_name_to_ids.json"
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -48,12 +63,15 @@ class Sample:
     """One training image and its labels.
 
     `image` is `(H, W, 3) uint8` RGB; `labels` is `(C, H, W) int32`, `labels[c]` the instance
-    label image of class `c + 1` (0 = background, instances 1..n).
+    label image of class `c + 1` (0 = background, instances 1..n). `valid` is `(H, W)` bool,
+    the area that was annotated (a pixel outside it is unknown, not background), or None when
+    the whole image was: only the geojson format's regions set it.
     """
 
     image_id: str
     image: np.ndarray
     labels: np.ndarray
+    valid: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -88,32 +106,62 @@ def index_dataset(source: dict) -> DatasetIndex:
 
 
 def index_training_set(source: dict) -> list[str]:
-    """The training image ids (sorted), their folders or records validated."""
-    return _index_reference(source) if _format(source) == "reference" else _index_coco(source)
+    """The training image ids (sorted), their folders, files or records validated."""
+    kind = _format(source)
+    if kind in ("geojson", "labels"):
+        ids = index_geojson(source) if kind == "geojson" else index_labels(source)
+        for image_id in ids:
+            _check_name(training_image_path(source, image_id), image_id)
+        return ids
+    return _index_reference(source) if kind == "reference" else _index_coco(source)
 
 
 def index_test_set(source: dict) -> list[TestImage]:
     """The test images (sorted by id): those of the reference-layout folder
     `source["test_path"]` when given, else the dataset's own (`path`'s in the reference
-    layout, `test_json`'s in the COCO layout; none without it)."""
+    layout, `test_json`'s in the COCO layout; none without it, nor in the geojson and labels
+    layouts)."""
     if source.get("test_path"):
         return _index_reference_test(Path(source["test_path"]))
     if _format(source) == "reference":
         return _index_reference_test(Path(source["path"]))
-    return _index_coco_test(source)
+    return _index_coco_test(source) if _format(source) == "coco" else []
 
 
 def training_image_path(source: dict, image_id: str) -> Path:
     """The image file of training image `image_id`."""
-    if _format(source) == "reference":
+    kind = _format(source)
+    if kind == "reference":
         return Path(source["path"]) / "train" / image_id / "image.tif"
+    if kind == "geojson":
+        return geojson_files(source, image_id)[0]
+    if kind == "labels":
+        return labels_files(source, image_id)[0]
     return Path(source["image_dir"]) / _parse_coco(source).images[image_id]["file_name"]
+
+
+def training_files(source: dict, image_id: str) -> list[str]:
+    """The files training image `image_id` is read from (the COCO layout: its JSON and image
+    folder), sorted: the inputs of the rules that read it."""
+    kind = _format(source)
+    if kind == "reference":
+        return sorted(str(path) for path in (Path(source["path"]) / "train" / image_id).glob("*.tif"))
+    if kind == "geojson":
+        return sorted(map(str, geojson_files(source, image_id)))
+    if kind == "labels":
+        return sorted(str(path) for path in labels_files(source, image_id) if path is not None)
+    return [source["train_json"], source["image_dir"]]
 
 
 def load_sample(source: dict, image_id: str) -> Sample:
     """Read training image `image_id` and its labels, checking that every mask fits the image."""
-    if _format(source) == "reference":
+    kind = _format(source)
+    if kind == "reference":
         return _load_reference_sample(source, image_id)
+    if kind == "geojson":
+        return Sample(image_id, *load_geojson(source, image_id))
+    if kind == "labels":
+        return Sample(image_id, *load_labels(source, image_id))
     return _load_coco_sample(source, image_id)
 
 
@@ -121,11 +169,18 @@ def check_headers(source: dict, index: DatasetIndex, read_header: HeaderReader =
     """Check from TIFF headers alone (no pixels decoded) what reading the pixels would find
     only inside a job: unreadable or truncated files, stacks of planes, 2 channels without
     alpha, a mask of another size than its image or of more than one channel, a test image of
-    another size than its listing, test ground truth of another size than its test image.
-    Meant for DAG time (about 0.3 ms per file; `read_header` may be a `HeaderCache`'s `read`,
-    which skips unchanged files); `DataError` names the file."""
+    another size than its listing, test ground truth of another size than its test image; in
+    the geojson and labels layouts also what their annotation files say without pixels
+    (`check_geojson` parses every GeoJSON, `check_labels`). Meant for DAG time (about 0.3 ms
+    per TIFF header; `read_header` may be a `HeaderCache`'s `read`, which skips unchanged
+    files); `DataError` names the file."""
     classes = source["classes"]
-    if _format(source) == "reference":
+    kind = _format(source)
+    if kind == "geojson":
+        check_geojson(source, index.train_ids, read_header)
+    elif kind == "labels":
+        check_labels(source, index.train_ids, read_header)
+    elif kind == "reference":
         train = Path(source["path"]) / "train"
         for image_id in index.train_ids:
             header = read_header(train / image_id / "image.tif")
@@ -193,10 +248,13 @@ def _check_mask_headers(folder: Path, classes: list[str], size: tuple[int, int],
             )
 
 
+FORMATS = ("reference", "coco", "geojson", "labels")
+
+
 def _format(source: dict) -> str:
     kind = source.get("format")
-    if kind not in ("reference", "coco"):
-        raise DataError(f"data.format is {kind!r}; expected 'reference' or 'coco'")
+    if kind not in FORMATS:
+        raise DataError(f"data.format is {kind!r}; expected one of {', '.join(FORMATS)}")
     return kind
 
 
@@ -534,8 +592,8 @@ def _to_rle(segmentation, height: int, width: int) -> dict:
 def _load_coco_sample(source: dict, image_id: str) -> Sample:
     """Read one COCO image; crowd annotations are skipped.
 
-    Within one class, a pixel claimed by two instances goes to the smaller instance (instances
-    are painted largest first), so that a small cell lying on a large one stays whole.
+    Within one class, a pixel claimed by two instances goes to the smaller instance
+    (`io.paint_order`), so that a small cell lying on a large one stays whole.
     """
     json_path = source["train_json"]
     coco = _parse_coco(source)
@@ -558,9 +616,8 @@ def _load_coco_sample(source: dict, image_id: str) -> Sample:
     labels = np.zeros((len(rles), height, width), np.int32)
     for c, class_rles in enumerate(rles):
         if class_rles:
-            areas = mask_utils.area(class_rles).astype(np.int64)
-            largest_first = np.argsort(-areas, kind="stable")
-            for number in largest_first:  # decoded one at a time: images may hold 1000s of cells
+            # decoded one at a time: images may hold 1000s of cells
+            for number in paint_order(mask_utils.area(class_rles)):
                 labels[c][mask_utils.decode(class_rles[number]).astype(bool)] = number + 1
         labels[c] = relabel_consecutive(labels[c])
     return Sample(image_id, image, labels)

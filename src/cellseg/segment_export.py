@@ -4,9 +4,9 @@ table, an overlay picture, and a summary over images.
 Coordinates: the table uses array indices (pixel (row r, column c) is at x = c, y = r, as
 `np.nonzero(labels[k] == id)` gives them); the GeoJSON uses image coordinates in which pixel
 (r, c) covers [c, c + 1) x [r, r + 1), as QuPath does, so a pixel's centre is at (c + 0.5,
-r + 0.5). Polygons are contourpy's marching-squares contours of each cell's binary mask at
-level 0.5: each passes between the centres of the cell's pixels and of its neighbours, so a
-pixel's centre lies inside the polygon exactly when the pixel belongs to the cell.
+r + 0.5). Polygons are traced by `cellseg.polygons.mask_polygons` so that a pixel's centre
+lies inside its cell's polygon exactly when the pixel belongs to the cell; the `geojson` source
+(`cellseg.geojson_source`) reads them back as the same cells.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import contourpy
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ from scipy import ndimage
 from cellseg.instances import InstanceSet
 from cellseg.io import atomic_path
 from cellseg.pixel_size import network_scale
+from cellseg.polygons import mask_geometry
 from cellseg.segment import cell_labels, segment_image, write_labels
 from cellseg.segment_input import BAND_ROWS, ImageReader, open_image
 
@@ -39,27 +39,6 @@ log = logging.getLogger("cellseg.segment")
 def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
     """One (r, g, b) 0-255 colour per class, from matplotlib's tab10."""
     return [tuple(int(round(255 * v)) for v in plt.get_cmap("tab10")(k % 10)[:3]) for k in range(n_classes)]
-
-
-def mask_polygons(mask: np.ndarray, x0: float = 0.0, y0: float = 0.0) -> list[list[np.ndarray]]:
-    """Polygons of a 2-D bool mask: one list per connected piece, its outer ring first, then
-    its holes; rings are closed (K, 2) float64 x, y arrays in image coordinates (module doc),
-    the mask's pixel (0, 0) being at x0, y0."""
-    padded = np.pad(mask, 1).astype(np.float64)
-    points, offsets = contourpy.contour_generator(z=padded, fill_type=contourpy.FillType.OuterOffset).filled(0.5, 2.0)
-    shift = np.array([x0 - 0.5, y0 - 0.5])  # padded index c -> pixel c - 1, whose centre is at c - 0.5
-    return [
-        [_oriented(pts[a:b] + shift, hole=k > 0) for k, (a, b) in enumerate(zip(offs[:-1], offs[1:]))]
-        for pts, offs in zip(points, offsets)
-    ]
-
-
-def _oriented(ring: np.ndarray, hole: bool) -> np.ndarray:
-    """The ring with a positive shoelace area as an outer ring, negative as a hole (RFC 7946's
-    right-hand rule read with y pointing up)."""
-    x, y = ring[:, 0], ring[:, 1]
-    area = np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])
-    return ring[::-1] if (area < 0) != hole else ring
 
 
 def cell_table(cells: InstanceSet, class_names: list[str], reader: ImageReader | None = None) -> pd.DataFrame:
@@ -133,12 +112,7 @@ def geojson_features(cells: InstanceSet, table: pd.DataFrame, class_names: list[
     class_scores = table[[f"score_{name}" for name in class_names]].to_numpy()
     for i, row in enumerate(table.itertuples(index=False)):
         x0, y0 = cells.windows[i, :2].tolist()
-        pieces = [[_ring(r) for r in piece] for piece in mask_polygons(cells.window_mask(i), x0, y0)]
-        geometry = (
-            {"type": "Polygon", "coordinates": pieces[0]}
-            if len(pieces) == 1
-            else {"type": "MultiPolygon", "coordinates": pieces}
-        )
+        geometry = mask_geometry(cells.window_mask(i), x0, y0)
         yield {
             "type": "Feature",
             "id": int(row.id),
@@ -154,10 +128,6 @@ def geojson_features(cells: InstanceSet, table: pd.DataFrame, class_names: list[
                 "label": int(row.label),
             },
         }
-
-
-def _ring(points: np.ndarray) -> list[list[float]]:
-    return np.round(points, 3).tolist()
 
 
 def write_geojson(path: str | os.PathLike, features: Iterable[dict]) -> None:

@@ -6,19 +6,31 @@ Files (see docs/design.md): a shard's `results/tiles/shard_{shard}.npz` holds, p
 where the image is smaller than a tile; `results/tiles/shard_{shard}.tsv` is the index:
 `image_id`, `tile` (k), `y0`, `x0`, `height`, `width` (valid, unpadded extent),
 `n_instances`, `n_<class name>`.
+
+An image annotated only in parts (a `Sample.valid` area, the geojson format's regions) gives
+only the tiles that lie wholly inside that area: a pixel outside it is unknown, and in a tile
+it would be taken for background. Tiles are laid out over each connected piece of the area as
+over an image (`tile_origins` over its bounding box) and kept when every pixel is valid; a
+piece smaller than a tile gives one tile of its bounding box, zero-padded like an image
+smaller than a tile, when that box is wholly valid (a rectangle), else none.
 """
 
 import itertools
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from cellseg.errors import ConfigError
 from cellseg.io import atomic_path, npz_writer
 
 _KEYS = ("image", "labels", "center", "boundary")
+_INDEX_START = ["image_id", "tile", "y0", "x0", "height", "width", "n_instances"]
+
+log = logging.getLogger("cellseg.tiles")
 
 
 def tile_origins(length: int, size: int, overlap: int) -> list[int]:
@@ -50,16 +62,15 @@ def _crop_labels(plane: np.ndarray, full_area: np.ndarray, min_area: int) -> np.
 
 
 def _cut(
-    arrays: dict[str, np.ndarray], y0: int, x0: int, tile_h: int, tile_w: int,
+    arrays: dict[str, np.ndarray], y0: int, x0: int, h: int, w: int, tile_h: int, tile_w: int,
     full_areas: list[np.ndarray], min_area: int,
 ) -> dict[str, np.ndarray]:
-    """One tile of `arrays` (full-image `image`, `labels`, `center`, `boundary`) at (y0, x0).
+    """One `tile_h` x `tile_w` tile of `arrays` (full-image `image`, `labels`, `center`,
+    `boundary`) holding their `h` x `w` window at (y0, x0).
 
-    The part beyond the image is zero; labels are relabelled per class with slivers dropped.
+    The rest of the tile is zero; labels are relabelled per class with slivers dropped.
     """
-    height, width = arrays["center"].shape
-    window = (slice(y0, min(y0 + tile_h, height)), slice(x0, min(x0 + tile_w, width)))
-    h, w = window[0].stop - y0, window[1].stop - x0
+    window = (slice(y0, y0 + h), slice(x0, x0 + w))
     n_classes = arrays["labels"].shape[0]
     tile = {
         "image": np.zeros((tile_h, tile_w, 3), np.uint8),
@@ -87,6 +98,7 @@ def make_tiles(
     *,
     image_id: str,
     class_names: Sequence[str],
+    valid: np.ndarray | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], pd.DataFrame]:
     """Cut one image into overlapping `size` x `size` tiles for training.
 
@@ -98,34 +110,59 @@ def make_tiles(
     on each side; its part in a tile is dropped (set to 0 in labels; the maps stay as they
     are) when under `min_area` px. `skip_empty` leaves out tiles without foreground, but the
     first tile is kept when all are empty. `size == 0`: one tile, the whole image, unpadded.
+    `valid`: `(H, W)` bool, the annotated area (module doc; None = the whole image); an image
+    with no tile inside it gives none.
     """
     if len(class_names) != labels.shape[0]:
         raise ValueError(
             f"make_tiles: {len(class_names)} class names for {labels.shape[0]} label planes"
         )
     height, width = center.shape
-    if size == 0:
-        tile_h, tile_w, ys, xs = height, width, [0], [0]
+    if valid is None:
+        windows = _windows(0, 0, height, width, size, overlap)
     else:
-        tile_h = tile_w = size
-        ys, xs = tile_origins(height, size, overlap), tile_origins(width, size, overlap)
+        windows = _valid_windows(valid, size, overlap)
+        if not windows:
+            log.warning("%s: no %s tile lies wholly inside its annotated regions; it gives no tiles",
+                        image_id, f"{size} px" if size else "whole-region")
     arrays = {"image": image, "labels": labels, "center": center, "boundary": boundary}
     full_areas = [np.bincount(plane.ravel()) for plane in labels]
     cut = [
-        (y0, x0, _cut(arrays, y0, x0, tile_h, tile_w, full_areas, min_area))
-        for y0, x0 in itertools.product(ys, xs)
+        ((y0, x0, h, w), _cut(arrays, y0, x0, h, w, size or h, size or w, full_areas, min_area))
+        for y0, x0, h, w in windows
     ]
     if skip_empty:
-        cut = [item for item in cut if item[2]["labels"].any()] or cut[:1]
+        cut = [item for item in cut if item[1]["labels"].any()] or cut[:1]
     rows = []
-    for k, (y0, x0, tile) in enumerate(cut):
+    for k, ((y0, x0, h, w), tile) in enumerate(cut):
         counts = [int(plane.max()) for plane in tile["labels"]]  # ids are 1..n
         rows.append({
-            "image_id": image_id, "tile": k, "y0": y0, "x0": x0,
-            "height": min(tile_h, height - y0), "width": min(tile_w, width - x0),
+            "image_id": image_id, "tile": k, "y0": y0, "x0": x0, "height": h, "width": w,
             "n_instances": sum(counts), **{f"n_{name}": n for name, n in zip(class_names, counts)},
         })
-    return [tile for _, _, tile in cut], pd.DataFrame(rows)
+    columns = [*_INDEX_START, *(f"n_{name}" for name in class_names)]
+    return [tile for _, tile in cut], pd.DataFrame(rows, columns=columns)
+
+
+def _windows(top: int, left: int, height: int, width: int, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tile windows y0, x0, h, w over the `height` x `width` box at (top, left): `size` px
+    tiles at `tile_origins` (smaller where the box is), or with `size == 0` the box itself."""
+    if size == 0:
+        return [(top, left, height, width)]
+    ys, xs = tile_origins(height, size, overlap), tile_origins(width, size, overlap)
+    return [(top + y, left + x, min(size, height), min(size, width)) for y, x in itertools.product(ys, xs)]
+
+
+def _valid_windows(valid: np.ndarray, size: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """The windows of each connected piece of `valid` that lie wholly inside it (module doc)."""
+    pieces, _ = ndimage.label(valid)
+    windows = []
+    for rows, cols in ndimage.find_objects(pieces):
+        box = (rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+        for y0, x0, h, w in _windows(*box, size, overlap):
+            if valid[y0 : y0 + h, x0 : x0 + w].all():
+                windows.append((y0, x0, h, w))
+    return windows
 
 
 def save_tiles(

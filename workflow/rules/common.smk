@@ -22,6 +22,7 @@ from cellseg.dataset import (
     check_test_headers,
     index_test_set,
     index_training_set,
+    training_files,
     training_image_path,
 )
 from cellseg.errors import ConfigError, DataError
@@ -76,9 +77,12 @@ def resolve_source():
     data = config["data"]
     if DEMO:
         return {"format": "reference", "path": DEMO_DIR, "classes": CLASSES}
-    source = {
-        key: value for key, value in data.items() if key not in ("source", *TEST_KEYS)
-    }
+    # The region class is a param of every rule only where it means something, so that it
+    # re-runs nothing in the other layouts.
+    skip = {"source", *TEST_KEYS}
+    if data["source"] != "geojson":
+        skip.add("geojson_region_class")
+    source = {key: value for key, value in data.items() if key not in skip}
     return {"format": data["source"], "classes": CLASSES, **source}
 
 
@@ -132,7 +136,7 @@ try:
     # The pixel size the models train at: data.mpp, else the training images' metadata.
     TRAIN_MPP = config["data"]["mpp"]
     if not TRAIN_MPP and not DEMO:
-        TRAIN_MPP = HEADERS.read(training_image_path(SOURCE, TRAIN_IDS[0])).mpp
+        TRAIN_MPP = image_mpp(training_image_path(SOURCE, TRAIN_IDS[0]))
     if not DEMO_TEST:
         for line in mpp_warnings(
             TRAIN_MPP,
@@ -225,16 +229,11 @@ def image_files(image):
 
 
 def _image_files(image):
-    if DEMO:
-        return [DEMO_DIR]
-    if SOURCE["format"] == "reference":
-        folder = Path(SOURCE["path"]) / "train" / image
-        return sorted(str(path) for path in folder.glob("*.tif"))
-    return [SOURCE["train_json"], SOURCE["image_dir"]]
+    return [DEMO_DIR] if DEMO else training_files(SOURCE, image)
 
 
-# What the rules that see the whole training set take instead of its files, in the reference
-# layout (cellseg.listing): one input rather than two or more per image for each such job.
+# What the rules that see the whole training set take instead of its files, in the layouts of
+# files per image (cellseg.listing): one input rather than two or more per image for each job.
 TRAIN_LISTING = "results/dataset/training_files.tsv"
 
 
@@ -248,7 +247,7 @@ def _all_sample_files():
     if DEMO:
         return [DEMO_DIR]
     files = sorted({path for image in TRAIN_IDS for path in image_files(image)})
-    if SOURCE["format"] != "reference":
+    if SOURCE["format"] == "coco":
         return files
     write_listing(TRAIN_LISTING, files)
     return [TRAIN_LISTING]

@@ -30,7 +30,7 @@ with job_logging(snakemake.log[0]) as log, contextlib.ExitStack() as stack:
             yield make_tiles(
                 image, sample.labels, maps["center"], maps["boundary"],
                 p.size, p.overlap, p.skip_empty, p.min_instance_area,
-                image_id=sample.image_id, class_names=p.source["classes"],
+                image_id=sample.image_id, class_names=p.source["classes"], valid=sample.valid,
             )  # fmt: skip
 
     n = save_tiles_shard(snakemake.output.tiles, snakemake.output.index, tiles())

@@ -3,10 +3,12 @@ that the pipeline reads (`cellseg.dataset`); see docs/datasets.md.
 
 Each `convert_<name>` lists and checks the native files at once and returns a `Conversion`
 whose items are read one at a time; `write_reference` writes them, all or nothing. The command
-line: `python -m cellseg.datasets <name> SRC DEST [options]`.
+line: `python -m cellseg.datasets <name> SRC DEST [options]`. `reference_to_geojson` rewrites
+a reference-layout folder as images + QuPath GeoJSON (the geojson source).
 """
 
 from cellseg.datasets.consep import convert_consep
+from cellseg.datasets.geojson import reference_to_geojson
 from cellseg.datasets.layout import Conversion, Item, Summary, write_reference
 from cellseg.datasets.lizard import convert_lizard
 from cellseg.datasets.monuseg import convert_monusac, convert_monuseg
@@ -21,5 +23,6 @@ __all__ = [
     "convert_monusac",
     "convert_monuseg",
     "convert_pannuke",
+    "reference_to_geojson",
     "write_reference",
 ]

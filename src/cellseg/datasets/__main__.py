@@ -1,10 +1,13 @@
 """`python -m cellseg.datasets <name> SRC DEST [options]`: convert a public dataset, as
 published, into the reference layout at DEST, then print what was written and the config lines
-that train on it. Bad input ends with one `ERROR:` line naming the file, and no DEST."""
+that train on it; `python -m cellseg.datasets geojson SRC DEST` rewrites a reference-layout
+folder as images + QuPath GeoJSON. Bad input ends with one `ERROR:` line naming the file, and
+no DEST."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cellseg.datasets import (
     convert_consep,
@@ -14,6 +17,7 @@ from cellseg.datasets import (
     convert_pannuke,
     write_reference,
 )
+from cellseg.datasets.geojson import GeojsonSummary, reference_to_geojson
 from cellseg.datasets.layout import Conversion, Summary
 from cellseg.errors import DataError
 
@@ -56,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="the fold (split) that becomes the test set (default 3); 0: none, every image trains",
         )
         sub.set_defaults(convert=lambda a, convert=convert: convert(a.src, a.test_fold))
+    title = "a reference-layout folder (train/<id>/image.tif + <class>.tif) as images + QuPath GeoJSON"
+    sub = commands.add_parser("geojson", help=title, description=title)
+    sub.add_argument("src", metavar="SRC", help="a folder in the reference layout, e.g. a converted dataset")
+    sub.add_argument("dest", metavar="DEST", help="the folder to write (must not exist, or be empty)")
     return parser
 
 
@@ -77,9 +85,26 @@ def describe(conversion: Conversion, summary: Summary, dest: str) -> str:
     return "\n".join(lines)
 
 
+def describe_geojson(summary: GeojsonSummary, src: str, dest: str) -> str:
+    """What `geojson` wrote, per class, and the config lines that train on `dest`."""
+    lines = [f"Wrote {summary.images} images and their GeoJSON to {dest}"]
+    lines += [f"  {name}: {summary.instances.get(name, 0)} instances" for name in summary.classes]
+    test = f", test_path: {src}" if (Path(src) / "test_release").is_dir() else ""
+    test += f", test_gt: {Path(src) / 'test_gt'}" if test and (Path(src) / "test_gt").is_dir() else ""
+    lines += [
+        "To train on it, put in an override file:",
+        f"  data: {{source: geojson, path: {dest}{test}}}",
+        f"  classes: [{', '.join(summary.classes)}]",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        if args.dataset == "geojson":
+            print(describe_geojson(reference_to_geojson(args.src, args.dest), args.src, args.dest))
+            return
         conversion = args.convert(args)
         summary = write_reference(conversion, args.dest, args.patch)
     except DataError as error:

@@ -82,7 +82,7 @@ def write_reference(conversion: Conversion, dest: str | os.PathLike, patch: int 
     Raises `DataError` naming the source file for a duplicate name or a mask of another size
     than its image."""
     summary = Summary()
-    with _staged(Path(dest)) as stage:
+    with staged(Path(dest)) as stage:
         seen: dict[str, Path] = {}
         for item in _tiled(conversion.train, patch):
             _claim(seen, item)
@@ -150,7 +150,7 @@ def _write_json(path: Path, value) -> None:
 
 
 @contextlib.contextmanager
-def _staged(dest: Path) -> Iterator[Path]:
+def staged(dest: Path) -> Iterator[Path]:
     """Yield a new hidden folder beside `dest`; rename it to `dest` when the block succeeds,
     delete it when it fails."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
