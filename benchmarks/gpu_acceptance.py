@@ -1,17 +1,22 @@
 """GPU acceptance check: the numbers a session with a GPU measures once, printed as one table.
 
-1. Training images/s, R50-FPN (`gpu` preset), 512 px tiles, batch 8, in bf16 and in fp16
-   (GradScaler); inference images/s at 512 px (`CellMaskRCNN.detect` under autocast); peak
-   CUDA memory of each (`torch.cuda.max_memory_allocated`, reserved too).
+Every setting comes from `recipe: gpu` (`cellseg.recipes`, then its train preset), as the
+workflow resolves it, so that the first GPU it meets measures what users run.
+
+1. Training images/s of the recipe's model (R50-FPN), tiles, batch and multiscale sizes, in
+   bf16 and in fp16 (GradScaler); inference images/s on its prediction tiles and batch
+   (`CellMaskRCNN.detect` under autocast, in its precision); peak CUDA memory of each
+   (`torch.cuda.max_memory_allocated`, reserved too).
 2. Resume identity: a short `train_fold` run in bf16 with channels_last, preempted by SIGTERM
    (a checkpoint at the next step, `Preempted`), resumed, against an uninterrupted run; the
    largest weight difference must stay within `RESUME_TOLERANCE` (cuDNN is not bit-exact).
-3. Optional (`--monuseg PATH`): the pipeline's `gpu` preset trains fold 0 of MoNuSeg for
+3. Optional (`--monuseg PATH`): the pipeline with `recipe: gpu` trains fold 0 of MoNuSeg for
    `MONUSEG_STEPS` steps; its held-out AP50 must reach `MONUSEG_AP50`.
 
-`--cpu-smoke` runs the same code paths at toy size on the CPU (AMP forced on), so that the
-script's own bugs show before a GPU is lent; `tests/test_gpu_acceptance.py` runs it. Run
-through `benchmarks/gpu_check.sh` (docs/benchmarks.md, On GPUs).
+`--cpu-smoke` runs the same code paths at toy size on the CPU (AMP forced on): the recipe with
+smaller tiles, batches, backbone and sampling set over it (`SMOKE`), resolved the same way, so
+that the script's own bugs show before a GPU is lent; `tests/test_gpu_acceptance.py` runs it.
+Run through `benchmarks/gpu_check.sh` (docs/benchmarks.md, On GPUs).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +37,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import peak_memory_mib, synthetic_tile, timed_rate  # noqa: E402
 
+from cellseg.config_checks import check_training_scale  # noqa: E402
 from cellseg.device import autocast  # noqa: E402
 from cellseg.maps import compute_maps  # noqa: E402
 from cellseg.model import build_model  # noqa: E402
+from cellseg.recipes import resolve_recipe  # noqa: E402
 from cellseg.tiles import make_tiles, save_tiles  # noqa: E402
 from cellseg.train import Preempted, TrainOutputs, _Training, train_fold  # noqa: E402
 from cellseg.train_config import resolve_train_config  # noqa: E402
@@ -45,15 +51,42 @@ RESUME_TOLERANCE = 1e-2  # max |weight difference| after kill + resume on a GPU 
 MONUSEG_STEPS = 600
 MONUSEG_AP50 = 0.4  # not calibrated yet: the demo preset (resnet18) reached 0.46 in 192 CPU steps
 TARGETS = {"train bf16": 60.0, "train fp16": 60.0, "infer bf16": 100.0}  # images/s on an H100
+# What --cpu-smoke sets over the recipe: toy tiles and batches, multiscale sizes around its
+# tiles as the recipe's are around 512 px, and the demo preset's widths and sampling (the CPU's
+# fp16 backward is so slow that the gpu preset's would outlast the test's time limit).
+SMOKE = {
+    "tiles": {"size": 64, "overlap": 16},
+    "predict": {"tile_size": 64, "overlap": 16, "batch_size": 2},
+    "train": {
+        "backbone": "resnet18", "fpn_channels": 128, "mask_roi_size": 7, "rpn_batch_size_per_image": 128,
+        "rpn_post_nms_top_n_train": 300, "box_batch_size_per_image": 32, "batch_size": 2,
+        "multiscale_sizes": [56, 64, 72],
+    },
+}  # fmt: skip
 
 
-def throughput(device, size: int, batch: int, steps: int, backbone: str, preset: str) -> list[dict]:
-    """Rows of training (bf16, fp16) and inference (bf16) images/s and peak memory."""
+def recipe_settings(smoke: bool) -> tuple[dict, dict]:
+    """The config of `recipe: gpu` (with `SMOKE` over it for the CPU) and its train config,
+    resolved as the workflow resolves them. Random init: GPU hosts here are offline."""
+    user = {"recipe": "gpu", "train": {"weights": "none"}}
+    if smoke:
+        user = {**user, **SMOKE, "train": {**user["train"], **SMOKE["train"]}}
+    config = resolve_recipe(user)
+    cfg = resolve_train_config(config["train"], predict_tile_size=config["predict"]["tile_size"])
+    check_training_scale(cfg, config["tiles"]["size"])
+    return config, cfg
+
+
+def throughput(device, config: dict, cfg: dict, steps: int) -> list[dict]:
+    """Rows of training (bf16, fp16) and inference (the recipe's precision) images/s and peak memory."""
     rng = np.random.default_rng(0)
+    size, batch = config["tiles"]["size"], cfg["batch_size"]
     tiles = [synthetic_tile(rng, size) for _ in range(batch)]
     images = [image.to(device) for image, _ in tiles]
     targets = [{k: v.to(device) for k, v in target.items()} for _, target in tiles]
-    cfg = resolve_train_config({"preset": preset, "backbone": backbone, "weights": "none", "min_size": size})
+    predict = config["predict"]
+    predict_tiles = [synthetic_tile(rng, predict["tile_size"])[0].to(device) for _ in range(predict["batch_size"])]
+    infer_amp = predict.get("amp") or cfg["amp"]  # null = train.amp, as the workflow
     rows = []
     for amp in ("bf16", "fp16"):
         torch.manual_seed(0)
@@ -78,14 +111,14 @@ def throughput(device, size: int, batch: int, steps: int, backbone: str, preset:
     model.roi_heads.detections_per_img = 30  # about a trained model's detections per tile (train_throughput)
 
     def infer():
-        with autocast(device, "bf16"):
-            model.detect(images)
+        with autocast(device, infer_amp):
+            model.detect(predict_tiles)
 
     infer()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rate = timed_rate(infer, steps, batch, device)
-    rows.append({"check": "infer bf16", "images_per_s": rate, "peak_mem_mib": peak_memory_mib(device)})
+    rate = timed_rate(infer, steps, len(predict_tiles), device)
+    rows.append({"check": f"infer {infer_amp}", "images_per_s": rate, "peak_mem_mib": peak_memory_mib(device)})
     if device.type == "cuda":
         rows.append({"check": "cuda memory", "note": f"reserved {torch.cuda.max_memory_reserved(device) / 2**20:.0f} MiB"})
     return rows
@@ -109,14 +142,15 @@ def _write_tiles(folder: Path, n_images: int, size: int) -> list[Path]:
     return tsvs
 
 
-def resume_identity(device, size: int, backbone: str, preset: str, on_cpu: bool, steps: int) -> dict:
+def resume_identity(device, config: dict, on_cpu: bool, steps: int) -> dict:
     """Max |weight difference| between an uninterrupted run and one preempted (SIGTERM) and resumed."""
+    size = config["tiles"]["size"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ids = [f"img{i}" for i in range(4)]
         tiles = training_tiles(_write_tiles(tmp, 4, size), ids)
         cfg = resolve_train_config({
-            "preset": preset, "backbone": backbone, "weights": "none", "amp": "bf16", "channels_last": True,
+            **config["train"], "amp": "bf16", "channels_last": True,
             "batch_size": 2, "epochs": steps // 2, "min_steps": 0, "warmup_steps": 1, "checkpoint_every_steps": 1000,
             "multiscale_sizes": [], "min_size": size, "val_every_epochs": 1000,
         })  # fmt: skip
@@ -152,12 +186,12 @@ def resume_identity(device, size: int, backbone: str, preset: str, on_cpu: bool,
 
 
 def monuseg(path: Path, cores: int, dry_run: bool) -> dict:
-    """Fold 0 of MoNuSeg with the `gpu` preset for MONUSEG_STEPS steps through the pipeline."""
+    """Fold 0 of MoNuSeg with `recipe: gpu` for MONUSEG_STEPS steps through the pipeline."""
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     overrides = {
-        "data": {"source": "reference", "path": str(path.resolve())}, "classes": ["class1"],
-        "tiles": {"size": 512, "overlap": 64}, "split": {"folds": 2},
-        "train": {"preset": "gpu", "epochs": 1, "min_steps": MONUSEG_STEPS, "warmup_steps": 100,
+        "recipe": "gpu", "data": {"source": "reference", "path": str(path.resolve())}, "classes": ["class1"],
+        "split": {"folds": 2},
+        "train": {"epochs": 1, "min_steps": MONUSEG_STEPS, "warmup_steps": 100,
                   "val_every_epochs": 1, "early_stopping_patience": 0, "weights": "none"},  # the GPU host is offline
     }  # fmt: skip
     (work / "monuseg.json").write_text(json.dumps(overrides))
@@ -167,12 +201,12 @@ def monuseg(path: Path, cores: int, dry_run: bool) -> dict:
                "--cores", str(cores), "--configfile", str(root / "config.yaml"), str(work / "monuseg.json")]
     done = subprocess.run(command + (["-n"] if dry_run else []), capture_output=True, text=True)
     if done.returncode != 0:
-        return {"check": "MoNuSeg gpu preset", "ok": False, "note": " ".join((done.stdout + done.stderr).split()[-40:])}
+        return {"check": "MoNuSeg gpu recipe", "ok": False, "note": " ".join((done.stdout + done.stderr).split()[-40:])}
     if dry_run:
-        return {"check": "MoNuSeg gpu preset (dry run)", "ok": True, "note": "DAG builds"}
+        return {"check": "MoNuSeg gpu recipe (dry run)", "ok": True, "note": "DAG builds"}
     summary = json.loads((work / target).read_text())
     ap50 = max(r for r in _history_ap50(work / "results/train/fold0/history.csv"))
-    return {"check": f"MoNuSeg gpu preset, {summary['steps']} steps", "val_AP50": ap50, "ok": ap50 >= MONUSEG_AP50,
+    return {"check": f"MoNuSeg gpu recipe, {summary['steps']} steps", "val_AP50": ap50, "ok": ap50 >= MONUSEG_AP50,
             "note": f"needs >= {MONUSEG_AP50}; {summary['wall_time_s']:.0f} s"}
 
 
@@ -197,14 +231,13 @@ def main() -> int:
         torch.set_num_threads(1)
     else:
         torch.backends.cudnn.benchmark = True
-    size, batch, steps = (64, 2, 1) if smoke else (512, 8, 20)
-    backbone, preset = ("resnet18", "demo") if smoke else ("resnet50", "gpu")
-    rows = throughput(device, size, batch, steps, backbone, preset)
+    config, cfg = recipe_settings(smoke)
+    rows = throughput(device, config, cfg, 1 if smoke else 20)
     for row in rows:
         if row["check"] in TARGETS and not smoke:
             row["ok"] = row["images_per_s"] >= TARGETS[row["check"]]
             row["note"] = f"target >= {TARGETS[row['check']]:.0f} img/s"
-    rows.append(resume_identity(device, size, backbone, preset, smoke, 4 if smoke else 40))
+    rows.append(resume_identity(device, config, smoke, 4 if smoke else 40))
     if args.monuseg:
         rows.append(monuseg(args.monuseg, args.cores, dry_run=smoke))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-call GPU acceptance check (benchmarks/gpu_acceptance.py): throughput, memory, resume after
-# SIGTERM, and a short gpu-preset MoNuSeg training; prints one table. From the repository root:
+# SIGTERM, and a short MoNuSeg training, all with `recipe: gpu`; prints one table. From the
+# repository root:
 #   benchmarks/gpu_check.sh              # on a GPU machine (about 9 min on one H100/H200)
 #   benchmarks/gpu_check.sh --cpu-smoke  # toy sizes on the CPU (what CI runs)
 # Builds .venv with the README's setup (make setup) when it is missing.

@@ -183,7 +183,9 @@ def run_stage(args) -> dict:
 
         level = 0.45 + 0.01 * args.fold  # folds that differ a little
         cellseg.predict.load_model_for_inference = lambda *a, **k: DarkBlobDetector(level=level).eval()
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    from cellseg.recipes import resolve_recipe
+
+    config = resolve_recipe(yaml.safe_load((ROOT / "config.yaml").read_text()))
     classes = [f"class{k + 1}" for k in range(args.classes)]
     folds = list(range(args.folds))
     script, snakemake = job(args.stage, Path(args.work), config, classes, folds, args.fold, args.search, args.point)

@@ -38,6 +38,7 @@ from cellseg.ensemble import fuse_instance_sets  # noqa: E402
 from cellseg.io import read_image  # noqa: E402
 from cellseg.metrics import evaluate_predictions  # noqa: E402
 from cellseg.predict import load_model_for_inference, predict_views  # noqa: E402
+from cellseg.recipes import resolve_recipe  # noqa: E402
 from cellseg.train_config import resolve_train_config  # noqa: E402
 
 BASE = {"iou_thr": 0.55, "skip_box_thr": 0.0}
@@ -51,13 +52,13 @@ SETTINGS = {
 
 
 def workdir_config(workdir: Path, extra: list[Path]) -> dict:
-    """The validated config (schema defaults filled in) the workdir ran with."""
+    """The validated config (schema defaults and the recipe filled in) the workdir ran with."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for path in [workdir / "variant.yaml", *extra]:
         if path.exists():
             config = merge(config, yaml.safe_load(path.read_text()) or {})
     validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
-    return config
+    return resolve_recipe(config)
 
 
 def labelled_images(config: dict, workdir: Path, subset: str, limit: int | None):

@@ -7,15 +7,17 @@ from test_config_files import schema_defaults
 
 from cellseg.config_checks import check_cross_keys, check_training_scale, schema_error_line, trained_folds
 from cellseg.errors import ConfigError
+from cellseg.recipes import resolve_recipe
 from cellseg.train_config import resolve_train_config
 
 
 def config(**sections) -> dict:
-    """The schema's defaults with `sections` merged in (one level deep)."""
+    """The schema's defaults with `sections` merged in (one level deep), the recipe resolved
+    (as the workflow checks it)."""
     cfg = schema_defaults()
     for name, values in sections.items():
         cfg[name].update(values)
-    return cfg
+    return resolve_recipe(cfg)
 
 
 def test_defaults_pass():
@@ -81,7 +83,7 @@ def _schema_error(cfg: dict):
 @pytest.mark.parametrize(
     "cfg, line",
     [
-        ({"trian": {}}, "trian: unknown key (did you mean train?); top-level sections are data, classes,"),
+        ({"trian": {}}, "trian: unknown key (did you mean train?); top-level sections are recipe, data, classes,"),
         ({"split": {"foldz": 3}}, "split.foldz: unknown key (did you mean folds?); split takes val_fraction, folds,"),
         ({"tune": {"metric": "mAP"}}, "tune.metric = 'mAP' is not one of: AP, "),
         ({"split": {"folds": "x"}}, "split.folds = 'x' is not of type integer"),

@@ -7,6 +7,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from cellseg.recipes import RECIPES, resolve_recipe
+
 ROOT = Path(__file__).parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -35,17 +37,18 @@ def lookup(tree: dict, dotted: str):
 
 def test_config_yaml_shows_no_value_that_disagrees_with_the_schema():
     shown = dict(leaves(yaml.safe_load((ROOT / "config.yaml").read_text())))
-    assert "predict.overlap" in shown and "resources.train.cpus_per_task" in shown
+    assert "predict.tta" in shown and "resources.default.cpus_per_task" in shown
     defaults = schema_defaults()
     disagree = {key: (value, lookup(defaults, key)) for key, value in shown.items() if lookup(defaults, key) != value}
     assert disagree == {}, "config.yaml value, schema default"
 
 
-def test_a_partial_resources_section_keeps_its_own_kinds_defaults():
+def test_a_partial_resources_section_takes_the_rest_from_the_recipe():
     config = {"resources": {"train": {"mem_mb": 8000}}}
     validate(config, str(SCHEMA))
-    assert config["resources"]["train"] == {**schema_defaults()["resources"]["train"], "mem_mb": 8000}
-    assert config["resources"]["train"]["gpu"] == 1
+    train = resolve_recipe(config)["resources"]["train"]
+    assert train == {**RECIPES["demo"]["resources"]["train"], "mem_mb": 8000}
+    assert train["gpu"] == 1
 
 
 @pytest.mark.parametrize("section", ["train", "predict", "default"])

@@ -21,7 +21,8 @@ from cellseg.dataset import Sample
 from cellseg.errors import DataError
 from cellseg.model import build_model
 from cellseg.train import (
-    NonFiniteLossError, Preempted, TrainOutputs, _Training, class_weights, lr_factor, train_fold, validate,
+    NonFiniteLossError, Preempted, TrainOutputs, _Training, class_weights, lr_factor, make_optimizer, train_fold,
+    validate,
 )
 from cellseg.train_config import resolve_train_config
 from cellseg.train_data import training_tiles
@@ -94,12 +95,14 @@ def test_training_writes_weights_table_curve_and_summary(first_run):
     assert summary["device"] == "cpu" and summary["weights"] == "random initialisation"
     assert summary["resumed_from_step"] is None and summary["best_epoch"] in (2, 3)
     assert summary["epoch_repeat"] == 1 and summary["warnings"] == []
+    assert summary["lr"] == pytest.approx(5e-4) and summary["lr_rule"] == "0.001 x 2/4"  # batch 1 x 2 steps
     assert json.loads((out / "train_summary.json").read_text()) == summary
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3] and list(history["step"]) == [2, 4, 6]
     for column in ["loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "lr", "images_per_s"]:
         assert history[column].notna().all(), column
     assert history["val_AP"].isna().tolist() == [True, False, False]  # every 2nd epoch and the last
+    assert history["lr"].iloc[0] == pytest.approx(summary["lr"])  # epoch 1 ends with the warmup
     assert history["val_AP"].max() == pytest.approx(summary["best_val_ap"])
     assert history["peak_gpu_mem_mb"].isna().all()
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -191,6 +194,12 @@ def test_ema_weights_are_the_ones_saved(data, first_run, tmp_path):
     plain, averaged = weights(first_run[0]), weights(tmp_path)
     assert plain.keys() == averaged.keys()  # the EMA saves the model's own state-dict keys
     assert any(not torch.equal(plain[k], averaged[k]) for k in plain)
+
+
+def test_optimizer_starts_at_the_lr_of_the_total_batch():
+    model = torch.nn.Linear(2, 2)
+    for user, lr in [({}, 1e-3), ({"preset": "gpu"}, 0.01), ({"preset": "gpu", "grad_accum_steps": 2}, 0.02)]:
+        assert make_optimizer(model, resolve_train_config(user)).param_groups[0]["lr"] == pytest.approx(lr)
 
 
 def test_class_weights_and_schedule():

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from cellseg.errors import ConfigError
-from cellseg.train_config import TRAIN_PRESETS, resolve_train_config
+from cellseg.train_config import TRAIN_PRESETS, effective_lr, lr_rule, resolve_train_config
 
 
 def test_empty_config_is_the_demo_preset():
@@ -77,6 +77,7 @@ def test_non_null_overrides_win_and_nothing_is_shared():
         ({"batch_size": 0}, "train.batch_size"),
         ({"epochs": 2.5}, "train.epochs"),
         ({"lr": 0}, "train.lr"),
+        ({"lr_batch": 0}, "train.lr_batch"),
         ({"dice_loss_weight": -1}, "train.dice_loss_weight"),
         ({"aux_heads": "yes"}, "train.aux_heads"),
         ({"amp": "fp8"}, "train.amp"),
@@ -95,6 +96,21 @@ def test_bad_values_name_their_key(user, key):
 def test_coco_weights_accepted_for_resnet50():
     cfg = resolve_train_config({"backbone": "resnet50", "weights": "coco", "weights_path": "/x/coco.pt", "fpn_channels": 256})
     assert cfg["weights"] == "coco" and cfg["weights_path"] == "/x/coco.pt"
+
+
+@pytest.mark.parametrize(
+    "user, lr, rule",
+    [
+        ({}, 1e-3, "0.001 x 4/4"),  # the demo preset states lr at its own batch: unchanged
+        ({"preset": "gpu"}, 0.01, "0.02 x 8/16"),  # 0.02 for 16 images, at batch 8
+        ({"preset": "gpu", "batch_size": 16}, 0.02, "0.02 x 16/16"),
+        ({"preset": "gpu", "grad_accum_steps": 2}, 0.02, "0.02 x 16/16"),  # accumulation doubles it
+        ({"preset": "gpu", "batch_size": 2, "lr": 0.04}, 0.005, "0.04 x 2/16"),
+    ],
+)
+def test_lr_is_linear_in_the_total_batch(user, lr, rule):
+    cfg = resolve_train_config(user)
+    assert effective_lr(cfg) == pytest.approx(lr, rel=1e-12) and lr_rule(cfg) == rule
 
 
 def test_module_imports_no_torch():

@@ -29,7 +29,9 @@ from workflow_helpers import (
     REPO,
     copy_repo,
     copy_workdir,
+    job_fields,
     job_reasons,
+    job_resources,
     parse_dry_run,
     rule_counts,
     scheduled_jobs,
@@ -660,7 +662,8 @@ def test_config_error_names_the_key(tmp_path, override, expected):
         ),
         pytest.param({"tiles": {"overlap": 200}}, "tiles.overlap = 200 must be smaller than tiles.size = 128", id="tiles-overlap"),
         pytest.param(
-            {"ensemble": {"weights": [1, 1, 1]}}, "ensemble.weights has 3 values but split.folds = 2", id="ensemble-weights"
+            {"ensemble": {"weights": [1, 1, 1]}}, "ensemble.weights has 3 values but split.folds gives 2 folds",
+            id="ensemble-weights",
         ),
         pytest.param(
             {"train": {"val_tile_size": 64}}, "train.val_tile_size = 64 differs from predict.tile_size = 128",
@@ -878,6 +881,7 @@ def _dry_run_in_existing_workdir(tmp_path: Path, config: Path):
             "ConfigError: train.multiscale_sizes = [448, 512, 576] with tiles.size = 128 resize by 3.5-4.5x",
             id="gpu-multiscale-on-small-tiles",
         ),
+        pytest.param({"recipe": "tpu"}, "ConfigError: recipe = 'tpu' is not one of: demo, gpu", id="unknown-recipe"),
     ],
 )
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, override, first_line):
@@ -906,3 +910,62 @@ def test_yaml_syntax_error_names_the_file(tmp_path):
     proc = _dry_run_in_existing_workdir(tmp_path, bad)
     _assert_failed_before_jobs(proc, tmp_path / "work")
     assert str(bad) in proc.stdout.splitlines()[0], proc.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# 7. Recipes: one key gives a run whose parts agree
+
+
+def test_gpu_recipe_alone_gives_gpu_jobs_fed_by_workers_at_one_magnification(tmp_path):
+    """`recipe: gpu` and nothing else (config.yaml, no tiny preset): each fold's training job
+    asks for one GPU and the CPUs of its data-loader workers (threads - 1), its tiles are cut
+    at the recipe's size, and the model's transform resizes cells by a factor inside the
+    training jitter when it predicts. The DAG needs no weights file (train.weights_path null:
+    the job fetches the ImageNet backbone itself)."""
+    import torch
+    import yaml
+    from snakemake.utils import validate
+
+    from cellseg.config_checks import check_training_scale
+    from cellseg.model import build_model
+    from cellseg.recipes import RECIPES, resolve_recipe
+    from cellseg.train_config import resolve_train_config
+
+    extra = write_config(tmp_path / "gpu.yaml", {"recipe": "gpu"})
+    workdir = tmp_path / "work"
+    proc = snakemake(workdir, "--dry-run", configs=[extra], tiny=False, cores=8)
+    jobs = job_fields(proc.stdout)
+    train = {wildcards: fields for (rule, wildcards), fields in jobs.items() if rule == "train_fold"}
+    assert len(train) == 5, proc.stdout[-3000:]
+    for fields in train.values():
+        resources = job_resources(fields)
+        assert resources["gpu"] == "1" and int(resources["cpus_per_task"]) >= 5, fields  # >= 4 workers
+        assert int(fields["threads"]) == int(resources["cpus_per_task"]), fields
+
+    size = RECIPES["gpu"]["tiles"]["size"]
+    shard = min(wildcard_values(parse_dry_run(proc.stdout), "make_tiles", "shard"))
+    snakemake(workdir, f"results/tiles/shard_{shard}.npz", configs=[extra], tiny=False)
+    with np.load(workdir / f"results/tiles/shard_{shard}.npz") as tiles:
+        assert {tiles[key].shape for key in tiles.files if key.startswith("image_")} == {(size, size, 3)}
+
+    # The train config the workflow resolves from the same files (common.smk).
+    config = yaml.safe_load((REPO / "config.yaml").read_text()) | {"recipe": "gpu"}
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    config = resolve_recipe(config)
+    cfg = resolve_train_config(config["train"], predict_tile_size=config["predict"]["tile_size"])
+    assert cfg["preset"] == "gpu" and config["tiles"]["size"] == size
+    check_training_scale(cfg, size)
+    transform = build_model(cfg, 4, tile_size=size, pretrained=False).transform
+    tile = torch.rand(3, size, size)
+
+    def scale() -> float:
+        return transform([tile])[0].image_sizes[0][0] / size
+
+    torch.manual_seed(0)
+    transform.train()
+    training = {scale() for _ in range(30)}
+    transform.eval()
+    predicting = scale()
+    assert training == {s / size for s in cfg["multiscale_sizes"]} == {0.875, 1.0, 1.125}
+    assert min(training) <= predicting <= max(training) and predicting == 1.0
+    assert cfg["val_tile_size"] == config["predict"]["tile_size"]  # validation tiles as predicted

@@ -158,21 +158,32 @@ def parse_dry_run(output: str) -> Counter[Job]:
     return jobs
 
 
-def job_reasons(output: str) -> dict[Job, str]:
-    """The `reason:` Snakemake gives for each job of a dry run's listing, by (rule, wildcards)."""
-    reasons, rule, fields = {}, None, {}
+def job_fields(output: str) -> dict[Job, dict[str, str]]:
+    """The fields of each job of a dry run's listing (`reason`, `threads`, `resources`, ...),
+    by (rule, wildcards)."""
+    jobs, rule, fields = {}, None, {}
     for line in output.splitlines() + [""]:
         field = _JOB_FIELD.match(line) if rule else None
         if field:
             fields[field.group(1)] = field.group(2).strip()
             continue
         if rule:
-            reasons[(rule, fields.get("wildcards", ""))] = fields.get("reason", "")
+            jobs[(rule, fields.get("wildcards", ""))] = fields
             rule, fields = None, {}
         header = _JOB_HEADER.match(line)
         if header:
             rule = header.group(1)
-    return reasons
+    return jobs
+
+
+def job_reasons(output: str) -> dict[Job, str]:
+    """The `reason:` Snakemake gives for each job of a dry run's listing, by (rule, wildcards)."""
+    return {job: fields.get("reason", "") for job, fields in job_fields(output).items()}
+
+
+def job_resources(fields: dict[str, str]) -> dict[str, str]:
+    """A job's `resources:` field (`job_fields`) as {name: value}."""
+    return dict(pair.split("=", 1) for pair in fields.get("resources", "").split(", ") if pair)
 
 
 def _job_stats(lines: list[str]) -> dict[str, int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from cellseg.recipes import recipe_values
 from cellseg.train_config import TRAIN_PRESETS
 
 SCHEMA = Path("workflow") / "schemas" / "config.schema.yaml"
@@ -244,7 +245,7 @@ def config_reference(root: str | Path = ".") -> str:
     schema = yaml.safe_load((root / SCHEMA).read_text())
     comments = config_comments((root / CONFIG).read_text())
     meanings = train_key_meanings((root / TRAIN_KEYS).read_text())
-    return render_config_reference(schema, comments, meanings, TRAIN_PRESETS)
+    return render_config_reference(schema, comments, meanings, TRAIN_PRESETS, recipe_values())
 
 
 def _schema_descriptions(schema: dict) -> dict[str, str]:
@@ -262,9 +263,15 @@ def _schema_descriptions(schema: dict) -> dict[str, str]:
 
 
 def render_config_reference(
-    schema: dict, comments: dict[str, tuple[str, str]], train_meanings: dict[str, str], presets: dict[str, dict]
+    schema: dict,
+    comments: dict[str, tuple[str, str]],
+    train_meanings: dict[str, str],
+    presets: dict[str, dict],
+    recipes: dict[str, dict],
 ) -> str:
-    """The configuration reference in Markdown: one table per top-level key of the schema."""
+    """The configuration reference in Markdown: one table per top-level key of the schema.
+    `recipes`: {dotted key: {recipe: value}} (`cellseg.recipes.recipe_values`), shown after
+    the description of each key a recipe fills."""
     definitions = schema.get("definitions", {})
     keys = schema_keys(schema)
     schema_texts = _schema_descriptions(schema)
@@ -315,7 +322,9 @@ def render_config_reference(
                 row += [
                     f"`{yaml_inline(presets[p][leaf])}`" if leaf in presets[p] else "" for p in preset_names
                 ]
-            row.append(descriptions[key])
+            given = recipes.get(key, {})
+            recipe_text = ", ".join(f"{name} `{yaml_inline(value)}`" for name, value in given.items())
+            row.append(descriptions[key] + (f" Recipes: {recipe_text}." if given else ""))
             lines.append("| " + " | ".join(_cell(cell) for cell in row) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -44,6 +44,7 @@ from cellseg.io import atomic_path
 from cellseg.metrics import coco_mask_metrics
 from cellseg.model import build_model
 from cellseg.predict import predict_image
+from cellseg.train_config import effective_lr, lr_rule
 from cellseg.train_data import TileDataset, class_instance_counts, make_loader, repeat_factors, start_epoch
 from cellseg.progress import Progress
 from cellseg.training_log import VAL_KEYS, plot_curve, write_history, write_summary
@@ -116,11 +117,12 @@ def epoch_repeat(epochs: int, steps_per_epoch: int, min_steps: int) -> int:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """AdamW or SGD (with momentum) over the trainable parameters."""
+    """AdamW or SGD (with momentum) over the trainable parameters, at `effective_lr(cfg)`."""
     params = [p for p in model.parameters() if p.requires_grad]
+    lr = effective_lr(cfg)
     if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
 def validate(
@@ -224,8 +226,9 @@ class _Training:
             log.warning("WARNING: %s", warning)
         log.info(
             "fold training: %d tiles, %d per epoch (%d batches of %d), %d held-out images, %d optimizer steps, "
-            "device %s, amp %s, channels_last %s", len(dataset), len(self.loader.sampler), self.n_batches, cfg["batch_size"],
-            len(val_samples), self.total_steps, self.device, self.amp, self.channels_last,
+            "device %s, amp %s, channels_last %s, lr %g (%s)", len(dataset), len(self.loader.sampler), self.n_batches,
+            cfg["batch_size"], len(val_samples), self.total_steps, self.device, self.amp, self.channels_last,
+            effective_lr(cfg), lr_rule(cfg),
         )
 
     @property
@@ -420,7 +423,7 @@ class _Training:
         plot_curve(outputs.curve, state["history"])
         summary = {
             "weights": self.model.weights_description, "device": str(self.device), "amp": self.amp,
-            "ema_decay": self.cfg["ema_decay"],
+            "ema_decay": self.cfg["ema_decay"], "lr": effective_lr(self.cfg), "lr_rule": lr_rule(self.cfg),
             "steps": state["step"], "total_steps": self.total_steps, "epochs": state["epoch"],
             "epoch_repeat": self.repeat, "stopped_early": state["epoch"] < self.epochs,
             "wall_time_s": round(time.perf_counter() - self.started, 2),

@@ -52,6 +52,7 @@ TRAIN_PRESETS = {
         "lr": 1e-3,
         "weight_decay": 1e-4,
         "momentum": 0.9,
+        "lr_batch": 4,
         "epochs": 6,
         "min_steps": 50,
         "batch_size": 4,
@@ -102,6 +103,7 @@ TRAIN_PRESETS = {
         "lr": 0.02,
         "weight_decay": 1e-4,
         "momentum": 0.9,
+        "lr_batch": 16,
         "epochs": 24,
         "min_steps": 1000,
         "batch_size": 8,
@@ -133,7 +135,7 @@ _CHOICES = {
 _POSITIVE_INTS = (
     "max_size", "fpn_channels", "rpn_batch_size_per_image", "rpn_pre_nms_top_n_train",
     "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
-    "box_batch_size_per_image", "box_detections_per_img", "mask_roi_size", "epochs",
+    "box_batch_size_per_image", "box_detections_per_img", "mask_roi_size", "lr_batch", "epochs",
     "batch_size", "grad_accum_steps", "val_every_epochs", "checkpoint_every_steps",
 )  # fmt: skip
 _NON_NEGATIVE_INTS = ("val_tile_size", "min_steps", "warmup_steps", "early_stopping_patience", "seed")
@@ -166,6 +168,19 @@ def resolve_train_config(user: dict, predict_tile_size: int = 0) -> dict:
         cfg["val_tile_size"] = predict_tile_size
     _validate(cfg)
     return {"preset": preset, **cfg}
+
+
+def effective_lr(cfg: dict) -> float:
+    """The peak learning rate a run trains at, linear in its total batch (Goyal et al. 2017):
+    `lr` is stated for `lr_batch` tiles per optimizer step, and a fold (one GPU) takes
+    `batch_size` x `grad_accum_steps`; the warmup (`warmup_steps`) ramps up to it. So a
+    smaller batch, to fit a smaller GPU, keeps the step per tile and needs no new lr."""
+    return cfg["lr"] * cfg["batch_size"] * cfg["grad_accum_steps"] / cfg["lr_batch"]
+
+
+def lr_rule(cfg: dict) -> str:
+    """`effective_lr` as a formula, e.g. `0.02 x 8/16`, for the log and train_summary.json."""
+    return f"{cfg['lr']:g} x {cfg['batch_size'] * cfg['grad_accum_steps']}/{cfg['lr_batch']}"
 
 
 def _fail(key: str, why: str):

@@ -29,6 +29,7 @@ from cellseg.errors import ConfigError, DataError
 from cellseg.header_cache import HeaderCache
 from cellseg.listing import write_listing
 from cellseg.pixel_size import mpp_warnings
+from cellseg.recipes import resolve_recipe
 from cellseg.segment_input import check_image, image_mpp, list_images
 from cellseg.shards import shard_images
 from cellseg.split import image_groups, split_sizes
@@ -54,6 +55,9 @@ except WorkflowError as error:
     if error.__context__ is None:
         raise
     raise _user_error(ConfigError(schema_error_line(error.__context__)))
+# Every key the recipe controls and the user left null gets the recipe's value, once, here: the
+# checks, params and resources below all see the resolved config (the schema checked its name).
+config.update(resolve_recipe(config))
 
 CLASSES = list(config["classes"])
 DEMO = config["data"]["source"] == "demo"
