@@ -31,6 +31,12 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def amp_forced_on_cpu() -> bool:
+    """Whether the environment asks for `amp` and `channels_last` on the CPU as well
+    (`CELLSEG_AMP_ON_CPU=1`): how a CPU proxy of a GPU run executes its precision paths."""
+    return os.environ.get("CELLSEG_AMP_ON_CPU") == "1"
+
+
 def resolve_amp(device: torch.device, amp: str, on_cpu: bool = False) -> str:
     """The precision a job runs in: `amp` (none, bf16, fp16) on CUDA; on the CPU "none" unless
     `on_cpu`, because CPU autocast is slower than fp32 for most ops (tests force it, to run

@@ -226,6 +226,16 @@ class _Transform(GeneralizedRCNNTransform):
         finally:
             self.min_size, self.max_size = saved
 
+    def scales(self) -> dict:
+        """The resize factors this transform applies to a tile: `train`, one per training size;
+        `predict`, when predicting (None where images go to a fixed short side, no tiles)."""
+        if self.native:
+            return {"train": [1.0], "predict": 1.0}
+        if not self.tile_size:
+            return {"train": None, "predict": None}
+        sizes = self.train_sizes or self.eval_min_size
+        return {"train": [size / self.tile_size for size in sizes], "predict": self.eval_min_size[0] / self.tile_size}
+
     def forward(self, images, targets=None):
         self.min_size = self.eval_min_size
         if self.training and self.train_sizes:

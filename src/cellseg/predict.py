@@ -33,7 +33,7 @@ import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from cellseg.device import autocast, resolve_amp
+from cellseg.device import amp_forced_on_cpu, autocast, resolve_amp
 from cellseg.ensemble import fuse_instance_sets
 from cellseg.errors import ConfigError, DataError
 from cellseg.instances import InstanceSet, bounding_rect, quantised_threshold
@@ -66,7 +66,7 @@ def predict_settings(predict: dict, device: torch.device) -> dict:
     """The keyword arguments of `predict_image` from the workflow's predict settings (tile_size,
     overlap, tta, tta_fusion, batch_size, amp as configured), with amp resolved for `device`:
     what the predict stage and segment both run with."""
-    return {**predict, "amp": resolve_amp(device, predict.get("amp") or "none")}
+    return {**predict, "amp": resolve_amp(device, predict.get("amp") or "none", on_cpu=amp_forced_on_cpu())}
 
 
 def tta_views(tta: Iterable[str]) -> list[tuple[str, ...]]:

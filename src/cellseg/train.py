@@ -177,9 +177,10 @@ class _Training:
     """One fold's training run: setup, resume, the loop, and the outputs."""
 
     def __init__(
-        self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap, amp_on_cpu
+        self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap, amp_on_cpu, mpp
     ):
         self.cfg, self.class_names, self.outputs, self.val_samples = cfg, list(class_names), outputs, val_samples
+        self.mpp, self.num_workers = mpp, num_workers
         self.device = select_device(device)
         self.cuda = self.device.type == "cuda"
         self.amp = resolve_amp(self.device, cfg["amp"], on_cpu=amp_on_cpu)
@@ -424,6 +425,7 @@ class _Training:
         summary = {
             "weights": self.model.weights_description, "device": str(self.device), "amp": self.amp,
             "ema_decay": self.cfg["ema_decay"], "lr": effective_lr(self.cfg), "lr_rule": lr_rule(self.cfg),
+            "mpp": self.mpp, "resize": self.model.transform.scales(), "data_loader_workers": self.num_workers,
             "steps": state["step"], "total_steps": self.total_steps, "epochs": state["epoch"],
             "epoch_repeat": self.repeat, "stopped_early": state["epoch"] < self.epochs,
             "wall_time_s": round(time.perf_counter() - self.started, 2),
@@ -450,6 +452,7 @@ def train_fold(
     num_workers: int = 0,
     device: str = "auto",
     amp_on_cpu: bool = False,
+    mpp: float | None = None,
 ) -> dict:
     """Train one fold's model and write `outputs`; returns the summary written to `outputs.summary`.
 
@@ -465,11 +468,13 @@ def train_fold(
     device: `auto` (CUDA if available, else CPU) or a torch device name.
     amp_on_cpu: honour `amp` and `channels_last` on the CPU too (they are CUDA-only otherwise);
         for tests, which run every precision path without a GPU.
+    mpp: the µm per pixel of the training images (`data.mpp`), recorded in the summary with
+        the resize factors the model applies while training and when predicting.
 
     Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs
     (`DataError` when it matches but cannot be loaded). Raises `NonFiniteLossError` when the
     loss diverges, `Preempted` after a SIGTERM / SIGUSR1 (module doc).
     """
     return _Training(
-        tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap, amp_on_cpu
+        tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap, amp_on_cpu, mpp
     ).run()

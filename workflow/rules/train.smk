@@ -36,6 +36,7 @@ rule train_fold:
         classes=CLASSES,
         tile_size=config["tiles"]["size"],
         val_overlap=config["predict"]["overlap"],
+        mpp=TRAIN_MPP,
         code=script_digest("train_fold.py"),
     script:
         "../scripts/train_fold.py"

@@ -10,7 +10,7 @@ import dataclasses
 import torch
 
 from cellseg.dataset import load_sample
-from cellseg.device import pin_gpus
+from cellseg.device import amp_forced_on_cpu, pin_gpus
 from cellseg.joblog import job_logging
 from cellseg.split import read_split
 from cellseg.stain import load_normaliser
@@ -40,6 +40,8 @@ with job_logging(snakemake.log[0]) as log:
         tile_size=p.tile_size,
         val_overlap=p.val_overlap,
         num_workers=snakemake.threads - 1,
+        amp_on_cpu=amp_forced_on_cpu(),
+        mpp=p.mpp,
     )
     # A finished run leaves no resume state: a later re-run (e.g. after a code change) starts over.
     outputs.checkpoint.unlink(missing_ok=True)
