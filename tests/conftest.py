@@ -1,9 +1,12 @@
-"""Shared fixtures: a small demo dataset, written once per test session; one torch thread."""
+"""Shared fixtures: a small demo dataset and one finished tiny pipeline run, each made once per
+test session; one torch thread."""
 
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from workflow_helpers import Run, copy_repo, snakemake
 
 from cellseg.demo import write_demo_dataset
 
@@ -51,3 +54,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("demo"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Run:
+    """The whole tiny pipeline, run once per session and shared by every workflow test module
+    (about 2-3 minutes on 2 cores); tests copy its workdir before changing anything."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    repo = copy_repo(base / "repo")
+    cache = base / "cache"
+    cache.mkdir()
+    workdir = base / "work"
+    start = time.monotonic()
+    snakemake(workdir, "--cache", repo=repo, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)})
+    seconds = time.monotonic() - start
+    print(f"tiny pipeline run: {seconds:.0f} s")
+    return Run(repo, workdir, cache, seconds)

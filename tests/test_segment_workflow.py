@@ -1,5 +1,5 @@
-"""The `segment` target end to end: the tiny pipeline's trained folds and thresholds (the
-`finished_run` of test_workflow.py) applied to a folder of new images in several formats."""
+"""The `segment` target end to end: the trained folds and thresholds of the session's tiny run
+(`finished_run`, conftest.py) applied to a folder of new images in several formats."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
-from test_workflow import finished_run  # noqa: F401  (the shared tiny run, a fixture)
 from workflow_helpers import copy_workdir, rule_counts, scheduled_jobs, snakemake, wildcard_values, write_config
 
 from cellseg.evaluation import read_point
@@ -46,7 +45,7 @@ def new_images(folder, demo):
 
 
 @pytest.mark.slow
-def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):  # noqa: F811
+def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):
     workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
     images = tmp_path / "images"
     names = new_images(images, workdir / "results" / "demo")
@@ -108,7 +107,7 @@ def painted(cells: InstanceSet, n_classes: int) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("calibrate", ["none", "quantile"])
-def test_segment_gives_a_validation_image_the_workflows_cells(finished_run, tmp_path, calibrate):  # noqa: F811
+def test_segment_gives_a_validation_image_the_workflows_cells(finished_run, tmp_path, calibrate):
     """segment on the run's validation images gives exactly the instances the workflow scores
     for them at the cells point (the tiny run predicts with hflip TTA), also with the folds'
     scores calibrated."""

@@ -1,7 +1,7 @@
 """End-to-end tests of the Snakemake workflow on the tiny demo preset (tests/configs/tiny.yaml).
 
-One tiny run (`finished_run`, module scope) is shared: it runs from a copy of the repository
-(so tests may change that copy's code without touching the checkout) in a temporary workdir,
+One tiny run (`finished_run`, session scope, conftest.py) is shared: it runs from a copy of the
+repository (so tests may change that copy's code without touching the checkout) in a temporary workdir,
 with `--cache` and a temporary SNAKEMAKE_OUTPUT_CACHE. Rerun-trigger tests dry-run (`-n`) a
 copy of its workdir after one change and compare the exact set of scheduled jobs. Three tests
 need runs of their own, kept small: a reference-format dataset of 5 images (one image added),
@@ -19,7 +19,6 @@ import subprocess
 import time
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,35 +82,6 @@ FROM_TRAIN = {
     "ensemble_folds": 2,
     **FROM_TUNE,
 }
-
-
-@dataclass
-class Run:
-    """A finished tiny pipeline run: the repository copy it ran from, its workdir, its cache."""
-
-    repo: Path
-    workdir: Path
-    cache: Path
-    seconds: float
-
-    @property
-    def env(self) -> dict:
-        return {"SNAKEMAKE_OUTPUT_CACHE": str(self.cache)}
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Run:
-    """The whole tiny pipeline, run once for the module (about 2-3 minutes on 2 cores)."""
-    base = tmp_path_factory.mktemp("tiny_run")
-    repo = copy_repo(base / "repo")
-    cache = base / "cache"
-    cache.mkdir()
-    workdir = base / "work"
-    start = time.monotonic()
-    snakemake(workdir, "--cache", repo=repo, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)})
-    seconds = time.monotonic() - start
-    print(f"tiny pipeline run: {seconds:.0f} s")
-    return Run(repo, workdir, cache, seconds)
 
 
 @pytest.fixture

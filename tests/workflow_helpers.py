@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -225,3 +226,17 @@ def wildcard_values(jobs: Counter[Job], rule: str, key: str) -> set[str]:
         pairs = dict(pair.split("=", 1) for pair in wildcards.split(", ") if pair)
         values.add(pairs[key])
     return values
+
+
+@dataclass
+class Run:
+    """A finished tiny pipeline run: the repository copy it ran from, its workdir, its cache."""
+
+    repo: Path
+    workdir: Path
+    cache: Path
+    seconds: float
+
+    @property
+    def env(self) -> dict:
+        return {"SNAKEMAKE_OUTPUT_CACHE": str(self.cache)}
