@@ -36,6 +36,7 @@ def test_defaults_pass():
             {"ensemble": {"weights": [1, 2]}, "split": {"folds": 5, "train_folds": [3]}},
             ["ensemble.weights has 2 values", "split.train_folds gives 1 folds"],
         ),
+        ({"resources": {"train": {"gpu": 2}}}, ["resources.train.gpu = 2", "split.folds"]),
         ({"split": {"folds": 5, "train_folds": [5]}}, ["split.train_folds = [5]", "split.folds - 1 = 4"]),
         ({"split": {"folds": 5, "train_folds": [1, 1]}}, ["split.train_folds = [1, 1]", "split.folds"]),
         ({"split": {"folds": 1}}, ["split.folds = 1", "split.val_fraction"]),

@@ -26,6 +26,7 @@ def check_cross_keys(config: dict) -> None:
     _check_overlap(config["predict"], "predict.tile_size", "predict.overlap", config["predict"]["tile_size"])
     _check_val_tile_size(config["train"].get("val_tile_size"), config["predict"]["tile_size"])
     _check_train_folds(config["split"])
+    _check_one_gpu_per_fold(config["resources"]["train"])
     _check_ensemble_weights(config["ensemble"]["weights"], config["split"])
     _check_single_fold(config["split"])
     demo = config["demo"]
@@ -82,6 +83,17 @@ def _check_val_tile_size(val_tile_size: int | None, predict_tile_size: int) -> N
 def trained_folds(split: dict) -> list[int]:
     """The folds that are trained, predicted and fused: `split.train_folds`, else all of them."""
     return list(split.get("train_folds") or range(split["folds"]))
+
+
+def _check_one_gpu_per_fold(train_resources: dict) -> None:
+    # A fold trains on one GPU (folds run in parallel, one job each): more would sit idle while
+    # the learning-rate rule (train.lr_batch) counted only the one that trains.
+    gpus = train_resources.get("gpu")
+    if gpus is not None and gpus > 1:
+        raise ConfigError(
+            f"resources.train.gpu = {gpus}: each fold trains on one GPU and the folds (split.folds) train "
+            "in parallel as separate jobs; set resources.train.gpu: 1"
+        )
 
 
 def _check_train_folds(split: dict) -> None:
