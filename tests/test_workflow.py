@@ -241,6 +241,8 @@ def test_lint_reports_nothing(tmp_path):
             id="stain-method",
         ),
         pytest.param({"train": {"stain_jitter": 0.1}}, FROM_TRAIN, [], id="train-stain-jitter"),
+        # the model records its pixel size, and prediction resamples to it: no split or tiles
+        pytest.param({"data": {"mpp": 0.5}}, FROM_TRAIN, [], id="data-mpp"),
     ],
 )
 def test_config_change_reruns_its_stage_onward(

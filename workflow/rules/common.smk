@@ -82,8 +82,9 @@ def resolve_source():
     if DEMO:
         return {"format": "reference", "path": DEMO_DIR, "classes": CLASSES}
     # The region class is a param of every rule only where it means something, so that it
-    # re-runs nothing in the other layouts.
-    skip = {"source", *TEST_KEYS}
+    # re-runs nothing in the other layouts; the pixel size is a param of training and
+    # prediction only (TRAIN_MPP).
+    skip = {"source", "mpp", *TEST_KEYS}
     if data["source"] != "geojson":
         skip.add("geojson_region_class")
     source = {key: value for key, value in data.items() if key not in skip}
