@@ -458,3 +458,22 @@ def test_reference_labels_written_as_geojson_read_back_as_the_same_instances(tmp
     with pytest.raises(SystemExit, match=r"^ERROR: .*missing/train: no image folders"):
         main(["geojson", str(tmp_path / "missing"), str(tmp_path / "geo2")])
     assert _no_partial_output(tmp_path / "geo2")
+
+
+def test_an_image_without_cells_becomes_a_region_covering_it(tmp_path):
+    """A patch with no cells (CoNSeP has some) is annotated and empty, not unannotated: the
+    converter marks it with one whole-image region, which reads back as an image without cells."""
+    for name in ("cells", "empty"):
+        (tmp_path / "ref" / "train" / name).mkdir(parents=True)
+        tifffile.imwrite(tmp_path / "ref" / "train" / name / "image.tif", _rgb(30, 40))
+    cell = np.zeros((30, 40), np.uint16)
+    cell[10:16, 12:19] = 1
+    tifffile.imwrite(tmp_path / "ref" / "train" / "cells" / "class1.tif", cell)
+    main(["geojson", str(tmp_path / "ref"), str(tmp_path / "geo")])
+    (feature,) = json.loads((tmp_path / "geo" / "empty.geojson").read_text())["features"]
+    assert feature["properties"]["classification"]["name"] == "Region"
+    geojson = {"format": "geojson", "path": str(tmp_path / "geo"), "classes": ["class1"], "geojson_region_class": "Region*"}
+    check_headers(geojson, index_dataset(geojson))
+    sample = load_sample(geojson, "empty")
+    assert sample.labels.shape == (1, 30, 40) and not sample.labels.any()
+    assert sample.valid is None or sample.valid.all()

@@ -8,7 +8,9 @@ learns what training from the label images does, on a public dataset converted f
 Each instance becomes a Feature with `objectType: annotation` (editable in QuPath),
 `classification: {name: <class>}` and its outline traced by `cellseg.polygons.mask_geometry`
 (a MultiPolygon when it is in pieces), so it reads back as the same pixels. No region is
-written: every image counts as annotated in full. The test set is not converted; it stays
+written, so every image counts as annotated in full, except an image without cells: it gets
+one `Region` annotation covering it, as a person marks an area checked and found empty (a
+GeoJSON without features is refused). The test set is not converted; it stays
 readable from SRC (`data.test_path`). DEST is written all or nothing.
 """
 
@@ -24,7 +26,7 @@ from scipy import ndimage
 
 from cellseg.datasets.layout import staged
 from cellseg.errors import DataError
-from cellseg.io import read_mask
+from cellseg.io import read_mask, read_tiff_header
 from cellseg.polygons import mask_geometry
 
 
@@ -57,10 +59,25 @@ def reference_to_geojson(src: str | os.PathLike, dest: str | os.PathLike) -> Geo
                     found = _features(read_mask(folder / f"{name}.tif"), name)
                     summary.instances[name] = summary.instances.get(name, 0) + len(found)
                     features += found
+            if not features:
+                features = [_whole_image_region(folder / "image.tif")]
             collection = {"type": "FeatureCollection", "features": features}
             (stage / f"{folder.name}.geojson").write_text(json.dumps(collection, separators=(",", ":")))
             summary.images += 1
     return summary
+
+
+def _whole_image_region(image: Path) -> dict:
+    """A `Region` annotation covering the whole image (read by the default
+    `data.geojson_region_class`)."""
+    header = read_tiff_header(image)
+    width, height = header.width, header.height
+    ring = [[0, 0], [width, 0], [width, height], [0, height], [0, 0]]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Region"}},
+    }
 
 
 def _class_names(src: Path, folders: list[Path]) -> list[str]:
