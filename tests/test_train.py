@@ -324,3 +324,26 @@ def test_matching_checkpoint_that_cannot_load_is_a_clear_error(data, tmp_path, m
     torch.save(saved, tmp_path / "checkpoint.pt")
     with pytest.raises(DataError, match=r"checkpoint.pt: matches this run's config .* delete it to start over"):
         train_amp(data, tmp_path)
+
+
+def test_run_started_from_a_finished_run_resumes_to_identical_weights(data, first_run, tmp_path, monkeypatch):
+    """train.init_from: the source's sha256 is in the fingerprint and the summary, and a preempted
+    run resumes to the weights of an uninterrupted one."""
+    _, tiles, _ = data
+    source = first_run[0] / "model_best.pt"
+    cfg = resolve_train_config({**SHORT, "init_from": str(first_run[0])})
+
+    def run(out):
+        return train_fold(tiles, [], cfg, CLASSES, TrainOutputs.in_folder(out), tile_size=64, init_weights=source)
+
+    whole = run(tmp_path / "whole")
+    assert whole["init_from"]["path"] == str(source) and len(whole["init_from"]["sha256"]) == 64
+    assert whole["classes"] == CLASSES and "train.init_from" in whole["weights"]
+    with monkeypatch.context() as patch:
+        preempt_at_step(patch, 2)
+        with pytest.raises(Preempted):
+            run(tmp_path / "cut")
+    assert run(tmp_path / "cut")["resumed_from_step"] == 2
+    assert_same_weights(weights(tmp_path / "whole"), weights(tmp_path / "cut"))
+    other = train_amp(data, tmp_path / "scratch")  # the same run from random weights
+    assert other["fingerprint"] != whole["fingerprint"] and other["init_from"] is None

@@ -828,6 +828,11 @@ def _dry_run_in_existing_workdir(tmp_path: Path, config: Path):
             "ConfigError: train.weights_path: missing.pth not found",
             id="missing-weights-path",
         ),
+        pytest.param(
+            {"train": {"init_from": "missing_run"}},
+            "ConfigError: train.init_from: missing_run not found",
+            id="missing-init-from",
+        ),
         pytest.param({"trian": {"epochs": 2}}, "ConfigError: trian: unknown key (did you mean train?)", id="misspelt-section"),
         pytest.param(
             {"stain": {"method": "macenko", "reference": "nowhere.png"}},

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cellseg.errors import DataError
-from cellseg.io import atomic_path
+from cellseg.io import atomic_path, file_sha256
 
 _PLAIN = (int, float, str, bool, type(None), torch.Tensor)
 
@@ -96,14 +96,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def _file_digest(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fingerprint(config: dict, files: Iterable[str | os.PathLike] = (), arrays: Iterable[np.ndarray] = ()) -> str:
     """SHA-256 over `config` (JSON, sorted keys), the contents of `files` and the bytes of `arrays`.
 
@@ -111,7 +103,7 @@ def fingerprint(config: dict, files: Iterable[str | os.PathLike] = (), arrays: I
     """
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for path in files:
-        digest.update(f"{Path(path).name}:{_file_digest(path)}".encode())
+        digest.update(f"{Path(path).name}:{file_sha256(path)}".encode())
     for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode())

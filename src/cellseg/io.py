@@ -15,6 +15,7 @@ the same in every file: uint8 as is, uint16 x 255 / 65535 rounded, float in [0, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import struct
 import tempfile
@@ -245,6 +246,15 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if mask.size and mask.min() < 0:
         raise DataError(f"{path}: mask holds negative values (min {mask.min()}); expected ids >= 0")
     return relabel_consecutive(mask)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file's contents, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

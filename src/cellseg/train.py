@@ -40,7 +40,9 @@ from cellseg.dataset import Sample
 from cellseg.device import autocast, resolve_amp, select_device
 from cellseg.errors import DataError
 from cellseg.ema import make_ema
-from cellseg.io import atomic_path
+from cellseg.finetune import load_init_weights
+from cellseg.init_source import InitSource, architecture
+from cellseg.io import atomic_path, file_sha256
 from cellseg.metrics import coco_mask_metrics
 from cellseg.model import build_model
 from cellseg.predict import predict_image
@@ -147,12 +149,16 @@ def validate(
 
 
 def run_fingerprint(
-    tiles: pd.DataFrame, val_samples: list[Sample], cfg: dict, class_names, tile_size: int, overlap: int
+    tiles: pd.DataFrame, val_samples: list[Sample], cfg: dict, class_names, tile_size: int, overlap: int,
+    init_sha256: str | None = None,
 ) -> str:
     """Fingerprint of everything that decides the trained weights (not device, precision or
-    worker count: `EXECUTION_KEYS`)."""
+    worker count: `EXECUTION_KEYS`). The weights started from count by content (`init_sha256`),
+    not by the `init_from` path, so a moved run folder still resumes."""
+    train = {k: v for k, v in cfg.items() if k not in (*EXECUTION_KEYS, "init_from")}
     config = {
-        "train": {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}, "classes": list(class_names), "tile_size": tile_size, "overlap": overlap,
+        "train": train, "classes": list(class_names), "tile_size": tile_size, "overlap": overlap,
+        "init_from": init_sha256,
         "tiles": tiles[["image_id", "tile"]].astype(str).values.tolist(),
         "val": [s.image_id for s in val_samples],
     }
@@ -177,7 +183,8 @@ class _Training:
     """One fold's training run: setup, resume, the loop, and the outputs."""
 
     def __init__(
-        self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap, amp_on_cpu, mpp
+        self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap, amp_on_cpu, mpp,
+        init_weights,
     ):
         self.cfg, self.class_names, self.outputs, self.val_samples = cfg, list(class_names), outputs, val_samples
         self.mpp, self.num_workers = mpp, num_workers
@@ -188,9 +195,20 @@ class _Training:
         self.stop_signal = None
         _seed_everything(cfg["seed"], self.device)
         self.overlap = overlap
-        self.fingerprint = run_fingerprint(tiles, val_samples, cfg, class_names, tile_size, overlap)
+        if bool(cfg["init_from"]) != (init_weights is not None):
+            raise ValueError("train.init_from and init_weights (the file it resolves to) go together")
+        self.init = {"path": str(init_weights), "sha256": file_sha256(init_weights)} if init_weights else None
+        self.fingerprint = run_fingerprint(
+            tiles, val_samples, cfg, class_names, tile_size, overlap, self.init and self.init["sha256"]
+        )
         weights = class_weights(class_instance_counts(tiles, class_names)) if cfg["class_weighted_loss"] else None
-        self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size).to(self.device)
+        # train.init_from takes precedence over train.weights / weights_path.
+        self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size, pretrained=not init_weights)
+        if init_weights:
+            source = InitSource.read(init_weights)
+            source.check_architecture(cfg)
+            self.model.weights_description = load_init_weights(self.model, source, self.class_names)
+        self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         augment = build_augment(cfg["augment"], cfg["augment_overrides"], cfg["stain_jitter"])
@@ -423,7 +441,9 @@ class _Training:
         write_history(outputs.history, state["history"])
         plot_curve(outputs.curve, state["history"])
         summary = {
-            "weights": self.model.weights_description, "device": str(self.device), "amp": self.amp,
+            "weights": self.model.weights_description, "init_from": self.init,
+            "classes": self.class_names, "architecture": architecture(self.cfg),
+            "device": str(self.device), "amp": self.amp,
             "ema_decay": self.cfg["ema_decay"], "lr": effective_lr(self.cfg), "lr_rule": lr_rule(self.cfg),
             "mpp": self.mpp, "resize": self.model.transform.scales(), "data_loader_workers": self.num_workers,
             "steps": state["step"], "total_steps": self.total_steps, "epochs": state["epoch"],
@@ -453,6 +473,7 @@ def train_fold(
     device: str = "auto",
     amp_on_cpu: bool = False,
     mpp: float | None = None,
+    init_weights: str | os.PathLike | None = None,
 ) -> dict:
     """Train one fold's model and write `outputs`; returns the summary written to `outputs.summary`.
 
@@ -470,11 +491,15 @@ def train_fold(
         for tests, which run every precision path without a GPU.
     mpp: the µm per pixel of the training images (`data.mpp`), recorded in the summary with
         the resize factors the model applies while training and when predicting.
+    init_weights: the file `cfg["init_from"]` resolves to for this fold
+        (`init_source.init_weights_file`), loaded with classes matched by name
+        (`cellseg.finetune`); its path and sha256 are recorded in the summary.
 
     Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs
     (`DataError` when it matches but cannot be loaded). Raises `NonFiniteLossError` when the
     loss diverges, `Preempted` after a SIGTERM / SIGUSR1 (module doc).
     """
     return _Training(
-        tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap, amp_on_cpu, mpp
+        tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap, amp_on_cpu, mpp,
+        init_weights,
     ).run()

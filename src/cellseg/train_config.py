@@ -24,6 +24,7 @@ TRAIN_PRESETS = {
         "backbone": "resnet18",
         "weights": "none",
         "weights_path": None,
+        "init_from": None,
         "trainable_backbone_layers": 5,
         "fpn_channels": 128,
         "min_size": None,
@@ -75,6 +76,7 @@ TRAIN_PRESETS = {
         "backbone": "resnet50",
         "weights": "imagenet",
         "weights_path": None,
+        "init_from": None,
         "trainable_backbone_layers": 3,
         "fpn_channels": 256,
         "min_size": None,
@@ -224,6 +226,8 @@ def _validate(cfg: dict) -> None:
         _fail("fpn_channels", f"coco weights have {COCO_FPN_CHANNELS} FPN channels, got {cfg['fpn_channels']}")
     if cfg["weights_path"] is not None and cfg["weights"] == "none":
         _fail("weights_path", "is set but train.weights is none; set weights to imagenet or coco")
+    if cfg["init_from"] is not None and (not isinstance(cfg["init_from"], str) or not cfg["init_from"]):
+        _fail("init_from", f"must be a run's folder or a model_best.pt file, or null, got {cfg['init_from']!r}")
     if cfg["min_size"] is not None and (not _is_int(cfg["min_size"]) or cfg["min_size"] <= 0):
         _fail("min_size", f"must be a positive integer or null (native resolution), got {cfg['min_size']!r}")
     if cfg["min_size"] is not None and cfg["min_size"] > cfg["max_size"]:

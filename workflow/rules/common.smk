@@ -27,6 +27,7 @@ from cellseg.dataset import (
 )
 from cellseg.errors import ConfigError, DataError
 from cellseg.header_cache import HeaderCache
+from cellseg.init_source import InitSource, init_weights_file
 from cellseg.listing import write_listing
 from cellseg.pixel_size import mpp_warnings
 from cellseg.recipes import resolve_recipe
@@ -156,6 +157,7 @@ try:
     _weights = TRAIN_CFG["weights_path"]
     if (
         _weights
+        and not TRAIN_CFG["init_from"]
         and not Path(_weights).is_file()
         and Path(_weights) != Path(WEIGHTS_DOWNLOAD)
     ):
@@ -168,6 +170,14 @@ except (DataError, ConfigError) as error:
 HEADERS.save()
 
 FOLDS = trained_folds(config["split"])
+try:
+    # train.init_from: each trained fold's source exists and has this architecture.
+    for _fold in FOLDS if TRAIN_CFG["init_from"] else []:
+        InitSource.read(
+            init_weights_file(TRAIN_CFG["init_from"], _fold)
+        ).check_architecture(TRAIN_CFG)
+except ConfigError as error:
+    raise _user_error(error)
 if len(TRAIN_IDS) < 2:
     raise _user_error(
         DataError(f"{SOURCE.get('path')}: need at least 2 training images")
@@ -206,8 +216,19 @@ def job_resources(kind):
 
 def train_weights_file(wildcards=None):
     """`train.weights_path` as an input of training (other weights retrain); `download_weights`
-    writes it when it is that rule's output."""
+    writes it when it is that rule's output. Not with train.init_from, which takes precedence.
+    """
+    if TRAIN_CFG["init_from"]:
+        return []
     return [TRAIN_CFG["weights_path"]] if TRAIN_CFG["weights_path"] else []
+
+
+def init_from_file(wildcards):
+    """The weights of `train.init_from` this fold starts from, an input of its training: new
+    weights there retrain the fold and what follows."""
+    if not TRAIN_CFG["init_from"]:
+        return []
+    return [str(init_weights_file(TRAIN_CFG["init_from"], int(wildcards.fold)))]
 
 
 def shard_ids(wildcards):

@@ -7,6 +7,7 @@ rule train_fold:
         tiles=shard_tiles(),
         samples=all_sample_files,
         weights=train_weights_file,
+        init_from=init_from_file,
         stain=stain_reference,  # the held-out images are normalised as the tiles are
     output:
         best="results/train/fold{fold}/model_best.pt",
