@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import tifffile
 from shapely.geometry import shape
-from test_workflow import finished_run  # noqa: F401  (the shared tiny run, a fixture)
 from workflow_helpers import copy_workdir, snakemake, write_config
 
 from cellseg.io import file_sha256, read_image
@@ -84,7 +83,7 @@ def is_cell(labels: np.ndarray, feature: dict, class_name: str) -> bool:
 
 
 @pytest.mark.slow
-def test_corrected_cells_are_what_the_fine_tuned_run_learns_from(finished_run, tmp_path):  # noqa: F811
+def test_corrected_cells_are_what_the_fine_tuned_run_learns_from(finished_run, tmp_path):
     workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
     images = tmp_path / "images"
     names = cropped_images(images, workdir / "results" / "demo")
