@@ -21,7 +21,7 @@ from cellseg.instances import InstanceSet
 
 PLAUSIBLE_MPP = (0.01, 100.0)  # µm/px of any microscope; a 72 dpi default tag reads 353
 MISMATCH_WARNING = 1.5  # ratio of pixel sizes that changes what the network sees
-_UNIT_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "\\u00B5m": 1.0}
+_UNIT_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3}
 _TIFF_UNIT_UM = {2: 25400.0, 3: 10000.0}  # ResolutionUnit: inch, centimeter
 _OME_SIZE = re.compile(r'PhysicalSizeX="([0-9.eE+-]+)"')
 _OME_UNIT = re.compile(r'PhysicalSizeXUnit="([^"]+)"')
