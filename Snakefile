@@ -8,8 +8,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cellseg.config_file import check_yaml_syntax
-from cellseg.errors import ConfigError
+from cellseg.workflow.config_file import check_yaml_syntax
+from cellseg.common.errors import ConfigError
 
 try:
     check_yaml_syntax("config.yaml")  # Snakemake's own YAML error names no file

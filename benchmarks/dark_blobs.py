@@ -1,7 +1,7 @@
 """A stand-in for the network in benchmarks that measure everything around it.
 
 `DarkBlobDetector` costs almost nothing: nuclei as the connected components of dark pixels, in
-`CellMaskRCNN.detect`'s output format, so `cellseg.predict` and `cellseg.segment` run on it as
+`CellMaskRCNN.detect`'s output format, so `cellseg.inference.predict` and `cellseg.inference.segment` run on it as
 they run on the network. Imported by `segment_scaling.py` and `stage_memory.py` (benchmarks
 are run as scripts, so this folder is on `sys.path`).
 """
@@ -13,7 +13,7 @@ from scipy import ndimage
 
 class DarkBlobDetector(torch.nn.Module):
     """Each connected component of pixels darker than `level` (haematoxylin-stained nuclei, on
-    H&E; images (3, H, W) float in [0, 1], as `cellseg.predict` passes them) with at least `min_area` pixels is one
+    H&E; images (3, H, W) float in [0, 1], as `cellseg.inference.predict` passes them) with at least `min_area` pixels is one
     cell of class 1 and score `score`, its window the component's box and its crop the
     component."""
 

@@ -1,8 +1,8 @@
 """Timings of fold ensembling and COCO evaluation on synthetic dense images.
 
-(a) WBF + mask fusion (`cellseg.ensemble.fuse_instance_sets`) of 5 folds x 300 cells on a
+(a) WBF + mask fusion (`cellseg.inference.ensemble.fuse_instance_sets`) of 5 folds x 300 cells on a
     1000 x 1000 image; target <= 50 ms per image.
-(b) COCO mask evaluation (`cellseg.metrics.coco_precision`, predictions' RLE encoding
+(b) COCO mask evaluation (`cellseg.scoring.metrics.coco_precision`, predictions' RLE encoding
     included) with each evaluator on the same predictions (10 images x 300 cells): the
     default `streaming`, `faster` (faster-coco-eval) and `pycocotools`; target: the default
     >= 2x faster than pycocotools, equal AP.
@@ -16,9 +16,10 @@ import time
 
 import numpy as np
 
-from cellseg.ensemble import fuse_instance_sets
-from cellseg.instances import PROB_SCALE, InstanceSet
-from cellseg.metrics import DEFAULT_EVALUATOR, EVALUATORS, coco_precision, metrics_from_precision, prepare_ground_truth
+from cellseg.common.instances import PROB_SCALE, InstanceSet
+from cellseg.inference.ensemble import fuse_instance_sets
+from cellseg.scoring.metrics import DEFAULT_EVALUATOR, EVALUATORS, coco_precision, metrics_from_precision
+from cellseg.scoring.truth import prepare_ground_truth
 
 SIZE = 1000
 CELLS = 300

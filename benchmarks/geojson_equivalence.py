@@ -1,8 +1,8 @@
 """Does a dataset read back from QuPath GeoJSON give the training samples of its label images?
 
 Writes (unless `--geojson` exists) the reference-layout dataset `--data` as images + GeoJSON
-(`python -m cellseg.datasets geojson`), loads every training image through both sources
-(`cellseg.dataset.load_sample`: what the tiles and the held-out validation are made of) and
+(`python -m cellseg.data.converters geojson`), loads every training image through both sources
+(`cellseg.data.dataset.load_sample`: what the tiles and the held-out validation are made of) and
 compares them cell by cell: each reference cell is matched to the GeoJSON cell of its class
 that covers most of it. Prints the images, cells, count and class mismatches, the lowest and
 the 1st-percentile per-cell IoU, and the cells below `--min-iou`.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellseg.dataset import index_training_set, load_sample
+from cellseg.data.dataset import index_training_set, load_sample
 
 
 def cell_ious(reference: np.ndarray, other: np.ndarray) -> tuple[list[float], int]:
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--min-iou", type=float, default=0.95)
     args = parser.parse_args()
     if not args.geojson.exists():
-        command = [sys.executable, "-m", "cellseg.datasets", "geojson", str(args.data), str(args.geojson)]
+        command = [sys.executable, "-m", "cellseg.data.converters", "geojson", str(args.data), str(args.geojson)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     reference = {"format": "reference", "path": str(args.data), "classes": args.classes}
     geojson = {"format": "geojson", "path": str(args.geojson), "classes": args.classes, "geojson_region_class": "Region*"}

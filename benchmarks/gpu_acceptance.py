@@ -1,6 +1,6 @@
 """GPU acceptance check: the numbers a session with a GPU measures once, printed as one table.
 
-Every setting comes from `recipe: gpu` (`cellseg.recipes`, then its train preset), as the
+Every setting comes from `recipe: gpu` (`cellseg.workflow.recipes`, then its train preset), as the
 workflow resolves it, so that the first GPU it meets measures what users run.
 
 1. Training images/s of the recipe's model (R50-FPN), tiles, batch and multiscale sizes, in
@@ -37,15 +37,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import peak_memory_mib, synthetic_tile, timed_rate  # noqa: E402
 
-from cellseg.config_checks import check_training_scale  # noqa: E402
-from cellseg.device import autocast  # noqa: E402
-from cellseg.maps import compute_maps  # noqa: E402
-from cellseg.model import build_model  # noqa: E402
-from cellseg.recipes import resolve_recipe  # noqa: E402
-from cellseg.tiles import make_tiles, save_tiles  # noqa: E402
-from cellseg.train import Preempted, TrainOutputs, _Training, train_fold  # noqa: E402
-from cellseg.train_config import resolve_train_config  # noqa: E402
-from cellseg.train_data import training_tiles  # noqa: E402
+from cellseg.common.device import autocast  # noqa: E402
+from cellseg.data.target_maps import compute_maps  # noqa: E402
+from cellseg.data.tiles import make_tiles, save_tiles  # noqa: E402
+from cellseg.model.mask_rcnn import build_model  # noqa: E402
+from cellseg.training.config import resolve_train_config  # noqa: E402
+from cellseg.training.data import training_tiles  # noqa: E402
+from cellseg.training.train import Preempted, TrainOutputs, _Training, train_fold  # noqa: E402
+from cellseg.workflow.config_checks import check_training_scale  # noqa: E402
+from cellseg.workflow.recipes import resolve_recipe  # noqa: E402
 
 RESUME_TOLERANCE = 1e-2  # max |weight difference| after kill + resume on a GPU (cuDNN atomics)
 MONUSEG_STEPS = 600

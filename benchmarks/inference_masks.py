@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 
-from cellseg.instances import InstanceSet
-from cellseg.model import build_model, paste_windows
-from cellseg.train_config import resolve_train_config
+from cellseg.common.instances import InstanceSet
+from cellseg.model.mask_rcnn import build_model, paste_windows
+from cellseg.training.config import resolve_train_config
 
 
 def paste_windows_loop(masks, boxes, image_size):
-    """`cellseg.model.paste_windows` before issue 12: one `interpolate` per detection."""
+    """`cellseg.model.mask_rcnn.paste_windows` before issue 12: one `interpolate` per detection."""
     height, width = image_size
     masks, scale = expand_masks(masks, padding=1)
     boxes = expand_boxes(boxes, scale).to(torch.int64).tolist()

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cellseg.io import read_image, read_mask
-from cellseg.maps import compute_maps
-from cellseg.tiles import make_tiles, save_tiles
+from cellseg.common.images import read_image, read_mask
+from cellseg.data.target_maps import compute_maps
+from cellseg.data.tiles import make_tiles, save_tiles
 
 SIGMA, WIDTH = 3.0, 1
 TILE_SIZE, OVERLAP, MIN_AREA = 256, 64, 16

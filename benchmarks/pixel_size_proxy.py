@@ -8,7 +8,7 @@ copy of the run's work directory (the folds are not retrained: `--touch` marks t
 tuning up to date, and only the test set's prediction, ensemble and evaluation run):
 
 - `with mpp`: `data.mpp: 0.25`, so the test images are resampled to the training pixel size
-  before the network and their cells mapped back (`cellseg.pixel_size`);
+  before the network and their cells mapped back (`cellseg.common.pixel_size`);
 - `without mpp`: `data.mpp: null` (today's behaviour): the network sees cells at half the
   size it learnt.
 

@@ -2,7 +2,7 @@
 today's per-shard jobs and for the per-image jobs of an earlier commit, on the same images.
 
 Writes `--templates` demo images of 256 x 256 px (RGBA LZW TIFFs, float64 masks, 4 classes;
-`cellseg.demo`) and hard-links them into N training image folders (`img00000`, ...), so every
+`cellseg.data.demo`) and hard-links them into N training image folders (`img00000`, ...), so every
 image costs the same work. For each (design, N) pair it runs, in a fresh workdir,
 
     snakemake --cores C --until split_dataset make_tiles   (train.aux_heads on: maps too)
@@ -33,7 +33,7 @@ from dag import ROOT, SNAKEMAKE, snapshot
 
 sys.path.insert(0, str(ROOT / "src"))
 
-from cellseg.demo import write_demo_dataset  # noqa: E402
+from cellseg.data.demo import write_demo_dataset  # noqa: E402
 
 CLASSES = ["class1", "class2", "class3", "class4"]
 SIZE = 256

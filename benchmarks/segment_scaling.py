@@ -1,4 +1,4 @@
-"""Time and peak memory of `cellseg.segment` against image size, on synthetic slides tiled from
+"""Time and peak memory of `cellseg.inference.segment` against image size, on synthetic slides tiled from
 real tissue (MoNuSeg's 1000 px training images, mirrored alternately so that seams are smooth).
 
 Each size runs in its own process (so that its peak RSS, `ru_maxrss`, is its own): the slide is
@@ -20,7 +20,7 @@ image size. Run from the repository root:
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 4000 16000 20000 --detector dark-blobs
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 4000 16000 20000 --device cuda
 
-`--default-malloc` measures without `cellseg.memory.release_freed_memory`, the baseline.
+`--default-malloc` measures without `cellseg.workflow.allocator.release_freed_memory`, the baseline.
 """
 
 import argparse
@@ -42,7 +42,7 @@ MONUSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg" / 
 
 def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
     """A (size, size, 3) uint8 tiled TIFF made of the source images, one tile at a time."""
-    from cellseg.io import read_image
+    from cellseg.common.images import read_image
 
     pieces = np.stack([read_image(folder / "image.tif") for folder in sorted(source.iterdir())[:4]])
     side = pieces.shape[1]
@@ -67,12 +67,12 @@ def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
 
 def run_one(args) -> dict:
     """Segment one synthetic slide of `args.one` px square; its seconds and peak RSS."""
-    from cellseg.inference import FoldEnsemble
-    from cellseg.memory import release_freed_memory
-    from cellseg.model import build_model
-    from cellseg.predict import predict_settings
-    from cellseg.segment_export import segment_file
-    from cellseg.train_config import resolve_train_config
+    from cellseg.inference.fold_ensemble import FoldEnsemble
+    from cellseg.inference.predict import predict_settings
+    from cellseg.model.mask_rcnn import build_model
+    from cellseg.outputs.segment_export import segment_file
+    from cellseg.training.config import resolve_train_config
+    from cellseg.workflow.allocator import release_freed_memory
 
     if not args.default_malloc:
         release_freed_memory()  # as the segment_image job does
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                         help="autocast of the network (resolved for the device: none on the CPU)")
     parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's default allocator thresholds (the baseline of cellseg.memory)")
+                        help="keep glibc's default allocator thresholds (the baseline of cellseg.workflow.allocator)")
     parser.add_argument("--workdir", default=None, help="where the synthetic slide is written")
     args = parser.parse_args()
     if args.one:

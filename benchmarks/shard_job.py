@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from cellseg import io
-from cellseg.dataset import load_sample
-from cellseg.maps import compute_maps, open_maps_shard, save_maps_shard
-from cellseg.tiles import make_tiles, save_tiles_shard
 from preprocess_throughput import CLASSES, write_dataset
+
+from cellseg.common import files, images
+from cellseg.data.dataset import load_sample
+from cellseg.data.target_maps import compute_maps, open_maps_shard, save_maps_shard
+from cellseg.data.tiles import make_tiles, save_tiles_shard
 
 CENTER_SIGMA, BOUNDARY_WIDTH = 3.0, 1
 TILE_SIZE, OVERLAP, MIN_AREA = 256, 64, 16
@@ -39,13 +39,13 @@ def relabel_by_sort(labels: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def earlier_settings():
     """Patch in the sort-based renumbering and zlib level 6 for the block (`read_mask` and
-    `npz_writer` look both up in `cellseg.io` at call time)."""
-    relabel, level = io.relabel_consecutive, io.NPZ_LEVEL
-    io.relabel_consecutive, io.NPZ_LEVEL = relabel_by_sort, 6
+    `npz_writer` look them up in `cellseg.common.images` and `cellseg.common.files` at call time)."""
+    relabel, level = images.relabel_consecutive, files.NPZ_LEVEL
+    images.relabel_consecutive, files.NPZ_LEVEL = relabel_by_sort, 6
     try:
         yield
     finally:
-        io.relabel_consecutive, io.NPZ_LEVEL = relabel, level
+        images.relabel_consecutive, files.NPZ_LEVEL = relabel, level
 
 
 def run_shard(source: dict, image_ids: list[str], out: Path) -> tuple[float, int]:

@@ -1,7 +1,7 @@
 """Peak memory of the predict, ensemble, tune and evaluate jobs against the number of images.
 
 For each `--images` N it writes N validation images of 256 px (hard links to `--templates`
-demo images of `cellseg.demo`, `--classes` classes, every image in the validation set of
+demo images of `cellseg.data.demo`, `--classes` classes, every image in the validation set of
 `results/split/split.tsv`), then runs the workflow's own job scripts in the workflow's file
 layout, each job in its own process so that its peak RSS (`ru_maxrss`) is its own:
 
@@ -13,7 +13,7 @@ layout, each job in its own process so that its peak RSS (`ru_maxrss`) is its ow
 
 Each script runs as Snakemake would run it (`runpy`, with a `snakemake` object holding the
 rule's input, output, params, log and threads, params taken from `config.yaml` as the rules
-take them), after `cellseg.memory.release_freed_memory()`. The only stand-in is the network:
+take them), after `cellseg.workflow.allocator.release_freed_memory()`. The only stand-in is the network:
 `load_model_for_inference` returns `dark_blobs.DarkBlobDetector` (nuclei as connected
 components of dark pixels, a slightly different darkness level per fold so that the folds
 differ), whose memory is per tile, the same at any number of images. The tune stage is the
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT / "src"))
 SIZE = 256
 STAGES = ("predict", "ensemble", "tune", "evaluate")
 SMALL_SEARCH = {"score_thresholds": [0.5], "mask_thresholds": [0.5], "nms_thresholds": [1.0]}
-POINTS = ("leaderboard", "cells")  # cellseg.postprocess.POINTS; the tune jobs, then "collect"
+POINTS = ("leaderboard", "cells")  # cellseg.inference.operating_points.POINTS; the tune jobs, then "collect"
 SINGLE_POINT_KEYS = ("score_thresholds", "mask_thresholds", "nms_threshold", "metric", "score")
 
 
@@ -90,7 +90,7 @@ class Named(list):
 def write_dataset(data: Path, n_images: int, n_templates: int, n_classes: int) -> list[str]:
     """`data/train/img00000`... hard-linked from 256 px demo images; no test images. Returns
     the ids."""
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     templates_dir = data.parent / "templates"
     if not templates_dir.exists():
@@ -109,7 +109,7 @@ def write_dataset(data: Path, n_images: int, n_templates: int, n_classes: int) -
 
 
 def write_split(path: Path, ids: list[str]) -> None:
-    """Every image in the validation set, in `cellseg.split.make_split`'s columns."""
+    """Every image in the validation set, in `cellseg.data.split.make_split`'s columns."""
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"image_id": ids, "subset": "val", "fold": -1, "group": ids})
     table.to_csv(path, sep="\t", index=False)
@@ -174,16 +174,17 @@ def job(stage: str, work: Path, config: dict, classes: list[str], folds: list[in
 
 def run_stage(args) -> dict:
     """One job in this process: its seconds and peak RSS."""
-    from cellseg.memory import release_freed_memory
+    from cellseg.workflow.allocator import release_freed_memory
 
     release_freed_memory()  # as the predict_fold and segment_image jobs do
     if args.stage == "predict":  # the other jobs do not import torch
-        import cellseg.predict
         from dark_blobs import DarkBlobDetector
 
+        import cellseg.inference.predict
+
         level = 0.45 + 0.01 * args.fold  # folds that differ a little
-        cellseg.predict.load_model_for_inference = lambda *a, **k: DarkBlobDetector(level=level).eval()
-    from cellseg.recipes import resolve_recipe
+        cellseg.inference.predict.load_model_for_inference = lambda *a, **k: DarkBlobDetector(level=level).eval()
+    from cellseg.workflow.recipes import resolve_recipe
 
     config = resolve_recipe(yaml.safe_load((ROOT / "config.yaml").read_text()))
     classes = [f"class{k + 1}" for k in range(args.classes)]

@@ -24,10 +24,10 @@ import time
 import numpy as np
 import torch
 
-from cellseg.maps import compute_maps
-from cellseg.model import build_model
-from cellseg.train_config import BACKBONES, BOX_HEADS, resolve_train_config
-from cellseg.train_data import instances_from_labels
+from cellseg.data.target_maps import compute_maps
+from cellseg.model.mask_rcnn import build_model
+from cellseg.training.config import BACKBONES, BOX_HEADS, resolve_train_config
+from cellseg.training.data import instances_from_labels
 
 N_CLASSES = 4
 CELLS_PER_TILE = 30

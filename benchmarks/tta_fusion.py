@@ -33,13 +33,14 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ablation import merge  # noqa: E402
-from cellseg.dataset import index_dataset, load_ground_truth, load_sample  # noqa: E402
-from cellseg.ensemble import fuse_instance_sets  # noqa: E402
-from cellseg.io import read_image  # noqa: E402
-from cellseg.metrics import evaluate_predictions  # noqa: E402
-from cellseg.predict import load_model_for_inference, predict_views  # noqa: E402
-from cellseg.recipes import resolve_recipe  # noqa: E402
-from cellseg.train_config import resolve_train_config  # noqa: E402
+
+from cellseg.common.images import read_image  # noqa: E402
+from cellseg.data.dataset import index_dataset, load_ground_truth, load_sample  # noqa: E402
+from cellseg.inference.ensemble import fuse_instance_sets  # noqa: E402
+from cellseg.inference.predict import load_model_for_inference, predict_views  # noqa: E402
+from cellseg.scoring.metrics import evaluate_predictions  # noqa: E402
+from cellseg.training.config import resolve_train_config  # noqa: E402
+from cellseg.workflow.recipes import resolve_recipe  # noqa: E402
 
 BASE = {"iou_thr": 0.55, "skip_box_thr": 0.0}
 SETTINGS = {

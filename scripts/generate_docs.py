@@ -2,7 +2,7 @@
 
     python scripts/generate_docs.py [config] [rulegraph] [--check]
 
-`config` writes docs/config.md (cellseg.generated_docs.config_reference); `rulegraph` writes
+`config` writes docs/config.md (cellseg.workflow.generated_docs.config_reference); `rulegraph` writes
 docs/rulegraph.dot (`snakemake --rulegraph` on the default config, normalised), from which
 `make dag` renders docs/rulegraph.svg with Graphviz. No page named: both. `--check` writes
 nothing and exits 1 when a page differs from what would be written.
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cellseg.generated_docs import config_reference, run_rulegraph  # noqa: E402
+from cellseg.workflow.generated_docs import config_reference, run_rulegraph  # noqa: E402
 
 PAGES = {
     "config": (Path("docs") / "config.md", config_reference),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from workflow_helpers import Run, copy_repo, snakemake
 
-from cellseg.demo import write_demo_dataset
+from cellseg.data.demo import write_demo_dataset
 
 DEMO_CLASSES = ["class1", "class2", "class3", "class4"]
 

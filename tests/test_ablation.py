@@ -15,7 +15,7 @@ from workflow_helpers import REPO, TINY_CONFIG, write_config
 
 @pytest.mark.slow
 def test_cross_dataset_runner_reports_class_agnostic_scores_per_fold(tmp_path):
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     other = tmp_path / "other"
     write_demo_dataset(other, seed=1, n_train=2, n_test=2, min_size=40, max_size=80, n_classes=1)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cellseg.augment import SWITCHES, augment_tile, build_augment, enabled_switches
-from cellseg.dataset import load_sample
-from cellseg.train_data import instances_from_labels
+from cellseg.data.augment import SWITCHES, augment_tile, build_augment, enabled_switches
+from cellseg.data.dataset import load_sample
+from cellseg.training.data import instances_from_labels
 
 GEOMETRIC = ("hflip", "vflip", "rot90", "scale_shift", "elastic")
 EXACT = ("hflip", "vflip", "rot90")  # no resampling: pixels only move
@@ -123,7 +123,8 @@ def test_vanished_and_tiny_instances_are_dropped():
 
 def test_config_names_match_the_pipelines():
     """train_config keeps its own copy of the names (it must not import albumentations)."""
-    from cellseg import augment, train_config
+    from cellseg.data import augment
+    from cellseg.training import config as train_config
 
     assert set(train_config.AUGMENT_SWITCHES) == set(augment.SWITCHES)
     assert set(train_config.AUGMENT_PRESETS) == set(augment.PRESETS)

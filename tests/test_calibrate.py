@@ -3,9 +3,15 @@ import json
 import numpy as np
 import pytest
 
-from cellseg.calibrate import calibrate_scores, calibrate_set, fit_calibration, read_calibration, write_calibration
-from cellseg.ensemble import fuse_instance_sets
-from cellseg.instances import InstanceSet
+from cellseg.common.instances import InstanceSet
+from cellseg.inference.calibrate import (
+    calibrate_scores,
+    calibrate_set,
+    fit_calibration,
+    read_calibration,
+    write_calibration,
+)
+from cellseg.inference.ensemble import fuse_instance_sets
 
 RNG = np.random.default_rng(0)
 CONFIDENT = RNG.uniform(0.5, 1.0, 400)  # fold 0

@@ -10,10 +10,10 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-from cellseg import cascade
-from cellseg.errors import DataError
-from cellseg.model import build_model
-from cellseg.predict import load_model_for_inference
+from cellseg.common.errors import DataError
+from cellseg.inference.predict import load_model_for_inference
+from cellseg.model import cascade
+from cellseg.model.mask_rcnn import build_model
 
 STAGE_LOSSES = {"loss_classifier_stage2", "loss_box_reg_stage2", "loss_classifier_stage3", "loss_box_reg_stage3"}
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cellseg.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from cellseg.errors import DataError
+from cellseg.common.errors import DataError
+from cellseg.model.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 class Touch:

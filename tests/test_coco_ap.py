@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from cellseg import coco_ap
-from cellseg.coco_ap import CocoAccumulator
-from cellseg.metrics import run_cocoeval
+from cellseg.scoring import coco_ap
+from cellseg.scoring.coco_ap import CocoAccumulator
+from cellseg.scoring.metrics import run_cocoeval
 
 
 def random_image(rng, size, n_truth, n_found, n_classes):

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 from test_config_files import schema_defaults
 
-from cellseg.config_checks import check_cross_keys, check_training_scale, schema_error_line, trained_folds
-from cellseg.errors import ConfigError
-from cellseg.recipes import resolve_recipe
-from cellseg.train_config import resolve_train_config
+from cellseg.common.errors import ConfigError
+from cellseg.training.config import resolve_train_config
+from cellseg.workflow.config_checks import check_cross_keys, check_training_scale, schema_error_line, trained_folds
+from cellseg.workflow.recipes import resolve_recipe
 
 
 def config(**sections) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from cellseg.recipes import RECIPES, resolve_recipe
+from cellseg.workflow.recipes import RECIPES, resolve_recipe
 
 ROOT = Path(__file__).parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from cellseg.copy_paste import CopyPaste, paste_instances
+from cellseg.data.copy_paste import CopyPaste, paste_instances
 
 
 def tile(labels, value):

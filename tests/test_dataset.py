@@ -9,7 +9,8 @@ import pytest
 import tifffile
 from pycocotools import mask as mask_utils
 
-from cellseg.dataset import (
+from cellseg.common.errors import DataError
+from cellseg.data.dataset import (
     check_headers,
     check_test_headers,
     index_dataset,
@@ -18,7 +19,6 @@ from cellseg.dataset import (
     load_sample,
     load_test_image,
 )
-from cellseg.errors import DataError
 
 CLASSES = ["class1", "class2", "class3", "class4"]
 MONUSEG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "monuseg"
@@ -434,7 +434,7 @@ def test_test_set_of_another_folder_and_its_class_files(tmp_path):
     """`test_path` takes the test images of another reference-layout folder (the training
     folder's own test set is not read); a ground-truth class file beyond the test set's
     classes fails at once, naming data.test_classes."""
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     write_demo_dataset(tmp_path / "train_set", seed=0, n_train=2, n_test=1, min_size=16, max_size=32)
     write_demo_dataset(tmp_path / "other", seed=1, n_train=2, n_test=3, min_size=16, max_size=32, n_classes=2)

@@ -1,5 +1,5 @@
 """The public-dataset converters, each on small files in its native format written here, read
-back through `cellseg.dataset` as the pipeline reads them; and their messages for bad input."""
+back through `cellseg.data.dataset` as the pipeline reads them; and their messages for bad input."""
 
 import json
 import xml.etree.ElementTree as ET
@@ -10,7 +10,19 @@ import scipy.io
 import tifffile
 from PIL import Image
 
-from cellseg.dataset import (
+from cellseg.common.errors import DataError
+from cellseg.data.converters import (
+    convert_consep,
+    convert_lizard,
+    convert_monusac,
+    convert_monuseg,
+    convert_pannuke,
+    write_reference,
+)
+from cellseg.data.converters.__main__ import main
+from cellseg.data.converters.aperio import rasterise
+from cellseg.data.converters.layout import safe_name
+from cellseg.data.dataset import (
     check_headers,
     index_dataset,
     index_test_set,
@@ -19,18 +31,6 @@ from cellseg.dataset import (
     load_sample,
     load_test_image,
 )
-from cellseg.datasets import (
-    convert_consep,
-    convert_lizard,
-    convert_monusac,
-    convert_monuseg,
-    convert_pannuke,
-    write_reference,
-)
-from cellseg.datasets.__main__ import main
-from cellseg.datasets.aperio import rasterise
-from cellseg.datasets.layout import safe_name
-from cellseg.errors import DataError
 
 RNG = np.random.default_rng(0)
 

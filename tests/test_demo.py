@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellseg.dataset import index_dataset, load_ground_truth, load_sample, load_test_image
-from cellseg.demo import demo_ids, write_demo_dataset
-from cellseg.errors import ConfigError
+from cellseg.common.errors import ConfigError
+from cellseg.data.dataset import index_dataset, load_ground_truth, load_sample, load_test_image
+from cellseg.data.demo import demo_ids, write_demo_dataset
 
 
 def _files(root):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cellseg.device import pin_gpus, resolve_amp
-from cellseg.errors import ConfigError
+from cellseg.common.device import pin_gpus, resolve_amp
+from cellseg.common.errors import ConfigError
 
 SRC = str(Path(__file__).parents[1] / "src")
 
@@ -19,7 +19,7 @@ SRC = str(Path(__file__).parents[1] / "src")
 JOB = """
 import json, sys, time
 from pathlib import Path
-from cellseg.device import claim_gpus
+from cellseg.common.device import claim_gpus
 gpus = claim_gpus(1, int(sys.argv[2]), Path(sys.argv[1]))
 print(json.dumps({"gpus": gpus, "at": time.monotonic()}), flush=True)
 time.sleep(float(sys.argv[3]))
@@ -62,7 +62,7 @@ def test_concurrent_jobs_get_distinct_gpus_and_a_fifth_waits_for_one(tmp_path):
 
 
 def test_pin_sets_visible_devices_but_leaves_slurm_and_cpu_jobs_alone(tmp_path, monkeypatch):
-    monkeypatch.setattr("cellseg.device.count_gpus", lambda: 2)
+    monkeypatch.setattr("cellseg.common.device.count_gpus", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert pin_gpus(1, tmp_path) == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     assert pin_gpus(1, tmp_path) is None  # already pinned
@@ -70,5 +70,5 @@ def test_pin_sets_visible_devices_but_leaves_slurm_and_cpu_jobs_alone(tmp_path, 
     assert pin_gpus(1, tmp_path) is None
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert pin_gpus(0, tmp_path) is None and "CUDA_VISIBLE_DEVICES" not in os.environ
-    monkeypatch.setattr("cellseg.device.count_gpus", lambda: 0)
+    monkeypatch.setattr("cellseg.common.device.count_gpus", lambda: 0)
     assert pin_gpus(1, tmp_path) is None

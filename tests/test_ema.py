@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cellseg.ema import ema_decay_at, make_ema
+from cellseg.model.ema import ema_decay_at, make_ema
 
 
 def test_decay_ramps_up_to_its_value():

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from ensemble_boxes import weighted_boxes_fusion
 
-from cellseg.ensemble import fuse_instance_sets
-from cellseg.instances import InstanceSet
+from cellseg.common.instances import InstanceSet
+from cellseg.inference.ensemble import fuse_instance_sets
 
 SIZE = (40, 60)  # (H, W)
 
@@ -131,9 +131,9 @@ def test_fused_box_is_the_score_weighted_mean_of_its_members():
 
 
 def test_fold_folders_fuse_image_by_image_as_the_sets_do(tmp_path):
-    from cellseg.calibrate import calibrate_set
-    from cellseg.ensemble import fuse_fold_folders
-    from cellseg.instances import load_instance_sets, save_instance_sets
+    from cellseg.common.instances import load_instance_sets, save_instance_sets
+    from cellseg.inference.calibrate import calibrate_set
+    from cellseg.inference.ensemble import fuse_fold_folders
 
     folds = {
         0: {"a": one_set([[10, 10, 20, 20]], [0.9], [1]), "b": one_set([[1, 1, 5, 5], [30, 5, 40, 15]], [0.4, 0.8], [1, 2])},
@@ -154,8 +154,8 @@ def test_fold_folders_fuse_image_by_image_as_the_sets_do(tmp_path):
 
 
 def test_fold_folder_missing_an_image_is_named(tmp_path):
-    from cellseg.ensemble import fuse_fold_folders
-    from cellseg.instances import save_instance_sets
+    from cellseg.common.instances import save_instance_sets
+    from cellseg.inference.ensemble import fuse_fold_folders
 
     save_instance_sets(tmp_path / "fold0", {"a": InstanceSet.empty(SIZE), "b": InstanceSet.empty(SIZE)})
     save_instance_sets(tmp_path / "fold1", {"a": InstanceSet.empty(SIZE)})

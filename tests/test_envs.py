@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellseg.codehash import imported_modules
+from cellseg.workflow.codehash import imported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS_DIR = ROOT / "envs"

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.evaluation import at_point, load_predictions, read_point, read_thresholds, scoreboard
-from cellseg.instances import InstanceSet, save_instance_sets
+from cellseg.common.instances import InstanceSet, save_instance_sets
+from cellseg.inference.operating_points import at_point, read_point, read_thresholds
+from cellseg.scoring.scoreboard import load_predictions, scoreboard
 
 CLASSES = ["a", "b"]
 
@@ -85,7 +86,8 @@ def test_load_predictions_keeps_the_folds_and_the_names_order(tmp_path):
 
 
 def test_scoreboard_takes_prepared_or_streamed_ground_truth():
-    from cellseg.metrics import prepare_ground_truth, sartorius_per_image
+    from cellseg.scoring.metrics import sartorius_per_image
+    from cellseg.scoring.truth import prepare_ground_truth
 
     labels = np.zeros((2, 16, 16), np.int32)
     labels[0, 2:8, 2:8] = 1

@@ -6,11 +6,11 @@ import logging
 import pytest
 import torch
 
-from cellseg.errors import ConfigError
-from cellseg.finetune import load_init_weights
-from cellseg.init_source import InitSource, architecture
-from cellseg.model import build_model
-from cellseg.train_config import resolve_train_config
+from cellseg.common.errors import ConfigError
+from cellseg.model.finetune import load_init_weights
+from cellseg.model.init_source import InitSource, architecture
+from cellseg.model.mask_rcnn import build_model
+from cellseg.training.config import resolve_train_config
 
 CFG = resolve_train_config({"fpn_channels": 16})
 HEADS = {  # class-indexed tensor -> rows per class
@@ -43,7 +43,7 @@ def test_classes_are_matched_by_name_new_ones_fresh_dropped_ones_gone(tmp_path, 
     torch.manual_seed(2)
     model = build_model(CFG, 3, pretrained=False)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    with caplog.at_level(logging.INFO, logger="cellseg.finetune"):
+    with caplog.at_level(logging.INFO, logger="cellseg.model.finetune"):
         description = load_init_weights(model, InitSource.read(path), ["c", "new", "a"])
     assert "train.init_from" in description
     loaded = model.state_dict()

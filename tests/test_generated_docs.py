@@ -1,6 +1,6 @@
 """The generated pages of docs/ cannot go stale, and the workflow keeps Snakemake's conventions.
 
-- docs/config.md equals what `cellseg.generated_docs.config_reference` writes today (`make docs`
+- docs/config.md equals what `cellseg.workflow.generated_docs.config_reference` writes today (`make docs`
   regenerates it), and documents every key of the schema;
 - docs/rulegraph.dot equals today's `snakemake --rulegraph` (edges sorted), and
   docs/rulegraph.svg shows the same rules and edges (checked without Graphviz; rendered again
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellseg.generated_docs import (
+from cellseg.workflow.generated_docs import (
     config_comments,
     config_reference,
     describe_type,
@@ -184,27 +184,36 @@ def test_rulegraph_svg_renders_from_the_dot(tmp_path):
 # docs/design.md
 
 
-def package_modules() -> list[str]:
-    """The modules of src/cellseg as docs/design.md names them: `name.py` for a module,
-    `name/` for a subpackage."""
+def package_modules() -> set[tuple[str, str]]:
+    """The modules of src/cellseg as docs/design.md names them: (subpackage, `name.py`) for a
+    module, (subpackage, `name/`) for a package inside it."""
     package = ROOT / "src" / "cellseg"
-    modules = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
-    modules += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists()]
-    return sorted(modules)
+    modules = set()
+    for stage in (p for p in package.iterdir() if (p / "__init__.py").exists()):
+        modules |= {(stage.name, p.name) for p in stage.glob("*.py") if p.name != "__init__.py"}
+        modules |= {(stage.name, f"{p.name}/") for p in stage.iterdir() if (p / "__init__.py").exists()}
+    return modules
+
+
+def design_modules() -> set[tuple[str, str]]:
+    """(subpackage, name) for the first cell of each table row under a "### `subpackage`"
+    heading of design.md's package layout."""
+    layout = (DOCS / "design.md").read_text().split("## Package layout", 1)[1].split("\n## ", 1)[0]
+    named, stage = set(), None
+    for line in layout.splitlines():
+        if line.startswith("### "):
+            stage = re.findall(r"`([^`]+)`", line)[0]
+        elif line.startswith("| `"):
+            named |= {(stage, name) for name in re.findall(r"`([^`]+)`", line.split("|")[1])}
+    return named
 
 
 def test_design_names_every_module():
-    design = (DOCS / "design.md").read_text()
-    missing = [name for name in package_modules() if f"`{name}`" not in design]
-    assert missing == [], "modules missing from docs/design.md's package layout"
+    assert package_modules() - design_modules() == set(), "modules missing from docs/design.md's package layout"
 
 
 def test_design_names_no_module_that_does_not_exist():
-    design = (DOCS / "design.md").read_text()
-    layout = design.split("## Package layout", 1)[1].split("\n## ", 1)[0]
-    first_cells = [line.split("|")[1] for line in layout.splitlines() if line.startswith("| `")]
-    named = {name for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
-    assert named - set(package_modules()) == set()
+    assert design_modules() - package_modules() == set()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The geojson source (cellseg.geojson_source through cellseg.dataset): QuPath GeoJSON read as
+"""The geojson source (cellseg.data.geojson_source through cellseg.data.dataset): QuPath GeoJSON read as
 training labels, the GeoJSON that `segment` writes read back as the cells it came from, and one
 message per bad annotation while the DAG is built."""
 
@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from cellseg.dataset import DatasetIndex, check_headers, index_test_set, index_training_set, load_sample
-from cellseg.errors import DataError
-from cellseg.instances import InstanceSet, bounding_rect
-from cellseg.io import write_tiff
-from cellseg.segment_export import cell_table, geojson
+from cellseg.common.errors import DataError
+from cellseg.common.files import write_tiff
+from cellseg.common.instances import InstanceSet, bounding_rect
+from cellseg.data.dataset import DatasetIndex, check_headers, index_test_set, index_training_set, load_sample
+from cellseg.outputs.segment_export import cell_table, geojson
 
 CLASSES = ["tumour", "immune", "stroma"]
 
@@ -186,7 +186,7 @@ def test_a_self_intersecting_polygon_is_repaired_with_a_warning(tmp_path, caplog
     _png(tmp_path / "img.png", 20, 20)
     bow_tie = [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]
     _write(tmp_path / "img.geojson", {"type": "Feature", **_feature(bow_tie)})  # a single Feature
-    with caplog.at_level(logging.WARNING, logger="cellseg.dataset"):
+    with caplog.at_level(logging.WARNING, logger="cellseg.data.dataset"):
         dag_check(_source(tmp_path))
     assert "img.geojson: feature 0: invalid Polygon (Self-intersection" in caplog.text
     assert "repaired by shapely make_valid into 2 polygon(s)" in caplog.text

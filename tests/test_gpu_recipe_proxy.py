@@ -14,7 +14,7 @@ import torch
 import torchvision
 from workflow_helpers import snakemake, write_config
 
-from cellseg.recipes import RECIPES
+from cellseg.workflow.recipes import RECIPES
 
 TILE = 128  # the recipe's 512 px tiles and 448-576 sizes, scaled by 1/4 together
 GPU = RECIPES["gpu"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellseg.errors import DataError
-from cellseg.header_cache import HeaderCache
-from cellseg.io import read_tiff_header
+from cellseg.common.errors import DataError
+from cellseg.common.images import read_tiff_header
+from cellseg.workflow.header_cache import HeaderCache
 
 
 def test_unchanged_files_come_from_the_cache_changed_ones_are_read_again(tmp_path, monkeypatch):
@@ -17,7 +17,7 @@ def test_unchanged_files_come_from_the_cache_changed_ones_are_read_again(tmp_pat
     cache.save()
 
     reads = []
-    monkeypatch.setattr("cellseg.header_cache.read_tiff_header", lambda path: reads.append(path) or read_tiff_header(path))
+    monkeypatch.setattr("cellseg.workflow.header_cache.read_tiff_header", lambda path: reads.append(path) or read_tiff_header(path))
     again = HeaderCache(tmp_path / "cache" / "headers.json")
     assert again.read(image) == read_tiff_header(image) and reads == []
     tifffile.imwrite(image, np.zeros((5, 4), np.uint16))

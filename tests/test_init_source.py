@@ -2,8 +2,8 @@
 
 import pytest
 
-from cellseg.errors import ConfigError
-from cellseg.init_source import init_weights_file
+from cellseg.common.errors import ConfigError
+from cellseg.model.init_source import init_weights_file
 
 
 def test_a_run_folder_gives_each_fold_its_own_weights_and_a_file_every_fold(tmp_path):

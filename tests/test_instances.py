@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cellseg.instances import InstanceSet
+from cellseg.common.instances import InstanceSet
 
 
 def two_instances() -> InstanceSet:

@@ -7,17 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellseg.errors import DataError
-from cellseg.io import (
-    atomic_path,
-    read_image,
-    read_mask,
-    read_tiff_header,
-    relabel_consecutive,
-    save_npz_atomic,
-    to_rgb8,
-    write_tiff,
-)
+from cellseg.common.errors import DataError
+from cellseg.common.files import atomic_path, save_npz_atomic, write_tiff
+from cellseg.common.images import read_image, read_mask, read_tiff_header, relabel_consecutive, to_rgb8
 
 
 def _rgba(height, width, seed=0):

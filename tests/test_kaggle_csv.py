@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from cellseg.kaggle_csv import encode_runs, write_kaggle_csv
+from cellseg.outputs.kaggle_csv import encode_runs, write_kaggle_csv
 
 
 def decode_runs(text: str, shape: tuple[int, int], pixel_order: str) -> np.ndarray:

@@ -1,16 +1,16 @@
-"""The labels source (cellseg.labels_source through cellseg.dataset): the labels.tif that
+"""The labels source (cellseg.data.labels_source through cellseg.data.dataset): the labels.tif that
 `segment` writes, or one plane of ids with a class table, read as training labels."""
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-
-from cellseg.dataset import DatasetIndex, check_headers, index_training_set, load_sample, training_files
-from cellseg.errors import DataError
-from cellseg.io import write_tiff
-from cellseg.segment import write_labels
 from test_geojson_source import CLASSES, drawn_labels, instance_set
+
+from cellseg.common.errors import DataError
+from cellseg.common.files import write_tiff
+from cellseg.data.dataset import DatasetIndex, check_headers, index_training_set, load_sample, training_files
+from cellseg.inference.segment import write_labels
 
 RNG = np.random.default_rng(0)
 

@@ -1,6 +1,6 @@
 import os
 
-from cellseg.listing import write_listing
+from cellseg.workflow.listing import write_listing
 
 
 def test_listing_is_rewritten_only_when_a_file_changes(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cellseg.maps import boundary_map, center_heatmap, compute_maps, open_maps_shard, save_maps_shard
+from cellseg.data.target_maps import boundary_map, center_heatmap, compute_maps, open_maps_shard, save_maps_shard
 
 
 def ring(shape, r0, r1, c0, c1, width=1):

@@ -1,4 +1,4 @@
-"""cellseg.memory: freed blocks go back to the system instead of staying in the process's RSS."""
+"""cellseg.workflow.allocator: freed blocks go back to the system instead of staying in the process's RSS."""
 
 import platform
 import subprocess
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 FRAGMENT = """
 import sys
 import numpy as np
-from cellseg.memory import release_freed_memory
+from cellseg.workflow.allocator import release_freed_memory
 if sys.argv[1] == "release":
     assert release_freed_memory()
 def resident():

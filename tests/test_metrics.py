@@ -2,29 +2,25 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from cellseg.instances import InstanceSet
-from cellseg.metrics import (
+from cellseg.common.instances import InstanceSet
+from cellseg.common.iou import instance_pixels, iou_matrix
+from cellseg.common.spool import Spool
+from cellseg.scoring.coco_format import predictions_to_coco
+from cellseg.scoring.metrics import (
     aggregated_jaccard,
     coco_mask_metrics,
     coco_precision,
     count_errors,
-    encode_window,
     evaluate_predictions,
     f1_per_class,
-    ground_truth_to_coco,
-    iou_matrix,
-    instance_pixels,
     metric_value,
     pannuke_quality,
     panoptic_quality,
-    predictions_to_coco,
-    prepare_ground_truth,
     run_cocoeval,
     sartorius_metric,
     sartorius_per_image,
-    spool_ground_truth,
 )
-from cellseg.spool import Spool
+from cellseg.scoring.truth import encode_window, ground_truth_to_coco, prepare_ground_truth, spool_ground_truth
 
 CLASSES = ["a", "b"]
 

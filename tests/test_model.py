@@ -9,10 +9,11 @@ import torchvision
 from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.roi_heads import maskrcnn_loss, project_masks_on_boxes
 
-from cellseg.errors import ConfigError
-from cellseg.model import IMAGENET_MEAN, IMAGENET_STD, aux_map_targets, build_model, mask_losses, paste_windows
-from cellseg.train_config import resolve_train_config
-from cellseg.weights import download_weights, torchvision_weights
+from cellseg.common.errors import ConfigError
+from cellseg.model.mask_rcnn import IMAGENET_MEAN, IMAGENET_STD, aux_map_targets, build_model, paste_windows
+from cellseg.model.roi_heads import mask_losses
+from cellseg.model.weights import download_weights, torchvision_weights
+from cellseg.training.config import resolve_train_config
 
 SIZE = 96
 

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from cellseg.instances import InstanceSet
-from cellseg.overlaps import WindowIndex, exclusive_pixels, greedy_owners, merged_class_scores, window_iou
+from cellseg.common.instances import InstanceSet
+from cellseg.common.iou import window_iou
+from cellseg.inference.ownership import WindowIndex, exclusive_pixels, greedy_owners, merged_class_scores
 
 
 def squares(image_size, windows, scores, classes):

@@ -1,4 +1,4 @@
-"""cellseg.pixel_size: pixel sizes from TIFF metadata, and images at another pixel size than
+"""cellseg.common.pixel_size: pixel sizes from TIFF metadata, and images at another pixel size than
 the training one resampled for the network with their cells mapped back onto their pixels."""
 
 import json
@@ -10,13 +10,13 @@ import tifffile
 import torch
 from scipy import ndimage
 
-from cellseg.header_cache import HeaderCache
-from cellseg.inference import FoldEnsemble, infer
-from cellseg.instances import InstanceSet
-from cellseg.io import read_tiff_header
-from cellseg.pixel_size import instances_on_image, mpp_warnings, network_scale, resampled_image
-from cellseg.segment_export import segment_file
-from cellseg.segment_input import image_mpp, open_image
+from cellseg.common.images import read_tiff_header
+from cellseg.common.instances import InstanceSet
+from cellseg.common.pixel_size import instances_on_image, mpp_warnings, network_scale, resampled_image
+from cellseg.data.image_reader import image_mpp, open_image
+from cellseg.inference.fold_ensemble import FoldEnsemble, infer
+from cellseg.outputs.segment_export import segment_file
+from cellseg.workflow.header_cache import HeaderCache
 
 CPU = torch.device("cpu")
 PREDICT = {"tile_size": 0, "overlap": 0, "tta": [], "batch_size": 2}

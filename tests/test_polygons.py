@@ -1,10 +1,10 @@
-"""cellseg.polygons: QuPath's pixel convention in both directions."""
+"""cellseg.common.polygons: QuPath's pixel convention in both directions."""
 
 import numpy as np
 import pytest
 from shapely.geometry import Polygon, shape
 
-from cellseg.polygons import mask_geometry, polygon_mask
+from cellseg.common.polygons import mask_geometry, polygon_mask
 
 
 def _dense(result, size):

@@ -1,7 +1,7 @@
 import numpy as np
 
-from cellseg.instances import InstanceSet
-from cellseg.postprocess import apply_cells, apply_thresholds
+from cellseg.common.instances import InstanceSet
+from cellseg.inference.operating_points import apply_cells, apply_thresholds
 
 
 def rect(x, width=10):

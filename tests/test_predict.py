@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from cellseg.errors import ConfigError, DataError
-from cellseg.instances import InstanceSet
-from cellseg.model import build_model
-from cellseg.predict import load_model_for_inference, predict_image, tta_views
-from cellseg.train_config import resolve_train_config
+from cellseg.common.errors import ConfigError, DataError
+from cellseg.common.instances import InstanceSet
+from cellseg.inference.predict import load_model_for_inference, predict_image, tta_views
+from cellseg.model.mask_rcnn import build_model
+from cellseg.training.config import resolve_train_config
 
 CPU = torch.device("cpu")
 PROB = 204  # the oracle's mask probability 0.8, quantised

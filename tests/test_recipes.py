@@ -9,10 +9,10 @@ import pytest
 import yaml
 from test_config_files import lookup, schema_defaults
 
-from cellseg.config_checks import check_cross_keys, check_training_scale
-from cellseg.errors import ConfigError
-from cellseg.recipes import RECIPES, recipe_values, resolve_recipe
-from cellseg.train_config import resolve_train_config
+from cellseg.common.errors import ConfigError
+from cellseg.training.config import resolve_train_config
+from cellseg.workflow.config_checks import check_cross_keys, check_training_scale
+from cellseg.workflow.recipes import RECIPES, recipe_values, resolve_recipe
 
 ROOT = Path(__file__).parents[1]
 
@@ -95,5 +95,5 @@ def test_every_key_a_recipe_fills_is_null_in_config_yaml_and_may_be_null_in_the_
 
 
 def test_module_imports_no_torch():
-    code = "import sys, cellseg.recipes; sys.exit('torch' in sys.modules)"
+    code = "import sys, cellseg.workflow.recipes; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

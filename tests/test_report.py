@@ -3,22 +3,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.instances import InstanceSet
-from cellseg.metrics import evaluate_predictions
-from cellseg.report import (
+from cellseg.common.instances import InstanceSet
+from cellseg.outputs.report import (
     CLASS_COLOURS,
     HEADER_PX,
     MARGIN_PX,
     SUMMARY_METRICS,
     best_and_worst,
+    overlay_zoom,
     plot_class_ap,
     plot_overlay,
     plot_pr_curve,
     plot_scores_table,
     plot_table,
-    overlay_zoom,
     training_warnings,
 )
+from cellseg.scoring.metrics import evaluate_predictions
 
 CLASSES = ["a", "b"]
 

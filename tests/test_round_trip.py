@@ -14,8 +14,9 @@ import tifffile
 from shapely.geometry import shape
 from workflow_helpers import copy_workdir, snakemake, write_config
 
-from cellseg.io import file_sha256, read_image
-from cellseg.polygons import polygon_mask
+from cellseg.common.files import file_sha256
+from cellseg.common.images import read_image
+from cellseg.common.polygons import polygon_mask
 
 TILE = 128  # tiny.yaml's tiles.size: each image cropped to it gives one tile
 CLASSES = ["class1", "class2", "class3", "class4"]

@@ -1,4 +1,4 @@
-"""cellseg.segment, segment_input and segment_export on drawn images and oracle models.
+"""cellseg.inference.segment, segment_input and segment_export on drawn images and oracle models.
 
 The oracles segment exactly what an image holds, whatever tile or block they are shown, so
 the block-wise result must equal the whole-image ensemble's instances at the cells point.
@@ -15,13 +15,13 @@ from matplotlib.path import Path as MplPath
 from PIL import Image
 from scipy import ndimage
 
-from cellseg.errors import DataError
-from cellseg.inference import FoldEnsemble, infer
-from cellseg.io import read_image
-from cellseg.polygons import mask_polygons
-from cellseg.segment import label_tiles, segment_image
-from cellseg.segment_export import cell_table, geojson, segment_file, summary_table
-from cellseg.segment_input import check_image, list_images, open_image
+from cellseg.common.errors import DataError
+from cellseg.common.images import read_image
+from cellseg.common.polygons import mask_polygons
+from cellseg.data.image_reader import check_image, list_images, open_image
+from cellseg.inference.fold_ensemble import FoldEnsemble, infer
+from cellseg.inference.segment import label_tiles, segment_image
+from cellseg.outputs.segment_export import cell_table, geojson, segment_file, summary_table
 
 CPU = torch.device("cpu")
 CLASSES = ["tumour", "immune"]
@@ -165,7 +165,7 @@ def test_one_class_per_cell_and_one_cell_per_pixel_across_classes(block, margin)
 
 
 def open_reader(image):
-    from cellseg.segment_input import ArrayReader
+    from cellseg.data.image_reader import ArrayReader
 
     return ArrayReader(None, image)
 

@@ -13,13 +13,12 @@ import tifffile
 from PIL import Image
 from workflow_helpers import copy_workdir, rule_counts, scheduled_jobs, snakemake, wildcard_values, write_config
 
-from cellseg.evaluation import read_point
-from cellseg.instances import InstanceSet
-from cellseg.io import read_image
-from cellseg.postprocess import apply_point
-from cellseg.segment import cell_labels
-from cellseg.segment_input import open_image
-from cellseg.split import read_split, validation_ids
+from cellseg.common.images import read_image
+from cellseg.common.instances import InstanceSet
+from cellseg.data.image_reader import open_image
+from cellseg.data.split import read_split, validation_ids
+from cellseg.inference.operating_points import apply_point, read_point
+from cellseg.inference.segment import cell_labels
 
 OUTPUTS = ["labels.tif", "cells.geojson", "cells.csv", "overlay.png"]
 # The tiny run's few training steps leave low scores: a low score threshold for the cells point

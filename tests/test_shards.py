@@ -1,4 +1,4 @@
-from cellseg.shards import shard_images, shard_of
+from cellseg.data.shards import shard_images, shard_of
 
 
 def test_shard_of_is_stable_across_runs_and_in_range():

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.errors import ConfigError
-from cellseg.split import count_instances, make_split
+from cellseg.common.errors import ConfigError
+from cellseg.data.split import count_instances, make_split
 
 
 def unbalanced_table(n_images=60, seed=0):
@@ -89,8 +89,8 @@ def test_count_instances():
 
 
 def test_instance_count_table_reads_the_demo(demo_source):
-    from cellseg.dataset import index_dataset, load_sample
-    from cellseg.split import instance_count_table
+    from cellseg.data.dataset import index_dataset, load_sample
+    from cellseg.data.split import instance_count_table
 
     ids = index_dataset(demo_source).train_ids
     table = instance_count_table(demo_source, ids)

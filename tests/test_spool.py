@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from cellseg.metrics import Binarised
-from cellseg.spool import Spool
+from cellseg.common.spool import Spool
+from cellseg.scoring.coco_format import Binarised
 
 
 def test_a_spool_reads_its_records_back_in_order_on_every_pass(tmp_path):

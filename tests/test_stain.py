@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg.errors import DataError
-from cellseg.io import read_image
-from cellseg.stain import (
+from cellseg.common.errors import DataError
+from cellseg.common.images import read_image
+from cellseg.data.stain import (
     StainNormaliser,
     StainTarget,
     fit_dataset_target,
@@ -106,7 +106,7 @@ def test_a_reference_whose_stains_cannot_be_separated_fails_naming_the_file(monk
     def singular(*args, **kwargs):
         raise np.linalg.LinAlgError("Eigenvalues did not converge")
 
-    monkeypatch.setattr("cellseg.stain.NumpyMacenkoNormalizer.fit", singular)
+    monkeypatch.setattr("cellseg.data.stain.NumpyMacenkoNormalizer.fit", singular)
     with pytest.raises(DataError, match=r"^odd\.tif: cannot fit a Macenko stain reference: no two stains found$"):
         fit_target(rendered(0), "macenko", "odd.tif")
 
@@ -115,7 +115,7 @@ def test_macenko_falls_back_on_background_tiles(caplog):
     normalise = StainNormaliser(fit_target(rendered(0), "macenko", "ref"))
     pale = np.random.default_rng(0).integers(200, 256, size=(64, 64, 3)).astype(np.uint8)
     white = np.full((64, 64, 3), 255, np.uint8)
-    with caplog.at_level(logging.INFO, logger="cellseg.stain"):
+    with caplog.at_level(logging.INFO, logger="cellseg.data.stain"):
         assert not np.array_equal(normalise(pale, "pale"), pale)
         assert normalise(white, "white") is white
     assert re.search(r"pale: \d+ stained pixels, too few for Macenko; Reinhard used", caplog.text)
@@ -129,7 +129,7 @@ def test_dataset_target_is_the_most_typical_fittable_image(caplog):
     images = {f"img{k}": rendered(k, haematoxylin=0.5 + 0.3 * k) for k in range(5)}
     assert fit_dataset_target(sorted(images), images.get, "macenko").reference == "img2"
     images["img2"] = rendered(2, haematoxylin=1.1, size=24)
-    with caplog.at_level(logging.INFO, logger="cellseg.stain"):
+    with caplog.at_level(logging.INFO, logger="cellseg.data.stain"):
         assert fit_dataset_target(sorted(images), images.get, "macenko").reference in {"img1", "img3"}
     assert "skipped as stain reference: img2: cannot fit a Macenko stain reference" in caplog.text
     white = np.full((64, 64, 3), 255, np.uint8)

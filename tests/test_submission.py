@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from cellseg.errors import DataError
-from cellseg.instances import InstanceSet
-from cellseg.submission import build_submission, validate_submission, write_submission
+from cellseg.common.errors import DataError
+from cellseg.common.instances import InstanceSet
+from cellseg.outputs.submission import build_submission, validate_submission, write_submission
 
 CLASSES = ["a", "b"]
 ID_MAP = [

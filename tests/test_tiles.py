@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.errors import ConfigError
-from cellseg.maps import compute_maps
-from cellseg.tiles import load_tile, make_tiles, read_index, save_tiles, save_tiles_shard, tile_origins
+from cellseg.common.errors import ConfigError
+from cellseg.data.target_maps import compute_maps
+from cellseg.data.tiles import load_tile, make_tiles, read_index, save_tiles, save_tiles_shard, tile_origins
 
 CLASSES = ["a", "b"]
 

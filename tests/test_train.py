@@ -17,15 +17,22 @@ import torch
 from test_predict import Oracle, draw
 from test_train_data import CLASSES, synthetic_image, write_tiles
 
-from cellseg.dataset import Sample
-from cellseg.errors import DataError
-from cellseg.model import build_model
-from cellseg.train import (
-    NonFiniteLossError, Preempted, TrainOutputs, _Training, class_weights, lr_factor, make_optimizer, train_fold,
+from cellseg.common.errors import DataError
+from cellseg.data.dataset import Sample
+from cellseg.model.mask_rcnn import build_model
+from cellseg.training.config import resolve_train_config
+from cellseg.training.data import training_tiles
+from cellseg.training.train import (
+    NonFiniteLossError,
+    Preempted,
+    TrainOutputs,
+    _Training,
+    class_weights,
+    lr_factor,
+    make_optimizer,
+    train_fold,
     validate,
 )
-from cellseg.train_config import resolve_train_config
-from cellseg.train_data import training_tiles
 
 # 4 images of one 64 px tile each, 1 tile a batch, 2 batches a step: 2 steps an epoch, 6 in all;
 # a checkpoint after step 3, in the middle of the second epoch.
@@ -41,9 +48,9 @@ TINY = {
 RUN_SCRIPT = """
 import json, sys, torch
 from pathlib import Path
-from cellseg.dataset import Sample
-from cellseg.train import TrainOutputs, train_fold
-from cellseg.train_data import training_tiles
+from cellseg.data.dataset import Sample
+from cellseg.training.train import TrainOutputs, train_fold
+from cellseg.training.data import training_tiles
 import numpy as np
 torch.set_num_threads(1)
 folder, out, cfg = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cellseg.errors import ConfigError
-from cellseg.train_config import TRAIN_PRESETS, effective_lr, lr_rule, resolve_train_config
+from cellseg.common.errors import ConfigError
+from cellseg.training.config import TRAIN_PRESETS, effective_lr, lr_rule, resolve_train_config
 
 
 def test_empty_config_is_the_demo_preset():
@@ -114,5 +114,5 @@ def test_lr_is_linear_in_the_total_batch(user, lr, rule):
 
 
 def test_module_imports_no_torch():
-    code = "import sys, cellseg.train_config; sys.exit('torch' in sys.modules)"
+    code = "import sys, cellseg.training.config; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cellseg.augment import build_augment
-from cellseg.maps import compute_maps
-from cellseg.tiles import make_tiles, save_tiles
-from cellseg.train_data import (
+from cellseg.data.augment import build_augment
+from cellseg.data.target_maps import compute_maps
+from cellseg.data.tiles import make_tiles, save_tiles
+from cellseg.training.data import (
     EpochSampler,
     TileDataset,
     class_instance_counts,

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import yaml
 
-from cellseg.instances import InstanceSet, StoredSets, save_instance_sets
-from cellseg.metrics import METRICS, metric_value, prepare_ground_truth, spool_ground_truth
-from cellseg.postprocess import apply_thresholds
-from cellseg.tune import cross_check, score_with, tune_thresholds
+from cellseg.common.instances import InstanceSet, StoredSets, save_instance_sets
+from cellseg.inference.operating_points import apply_thresholds
+from cellseg.scoring.metrics import METRICS, metric_value
+from cellseg.scoring.truth import prepare_ground_truth, spool_ground_truth
+from cellseg.scoring.tune import cross_check, score_with, tune_thresholds
 
 CLASSES = ["a", "b"]
 SEARCH = {"score_thresholds": [0.2, 0.5], "mask_thresholds": [0.3, 0.7], "nms_thresholds": [0.5]}

@@ -40,9 +40,10 @@ from workflow_helpers import (
     write_config,
 )
 
-from cellseg.io import read_image, write_tiff
-from cellseg.kaggle_csv import encode_runs
-from cellseg.shards import shard_images
+from cellseg.common.files import write_tiff
+from cellseg.common.images import read_image
+from cellseg.data.shards import shard_images
+from cellseg.outputs.kaggle_csv import encode_runs
 
 FOLDS = [0, 1]
 N_IMAGES = 8  # tiny.yaml: demo.n_train
@@ -263,7 +264,7 @@ def test_test_set_of_another_dataset_reruns_only_the_test_stages(finished_run, r
     model has four), re-runs the test predictions, the test ensemble, the test scores and the
     submission: no split, tiles or training. Run, the test set is scored class-agnostically
     only, and the submission lists the new test images."""
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     other = tmp_path / "other"
     write_demo_dataset(other, seed=1, n_train=2, n_test=2, min_size=40, max_size=80, n_classes=1)
@@ -310,8 +311,8 @@ def test_cells_settings_rerun_no_training_prediction_or_submission(finished_run,
 
 @pytest.mark.slow
 def test_kaggle_csv_is_one_more_job_with_the_cells_points_masks(finished_run, run_copy, tmp_path):
-    from cellseg.evaluation import at_point, read_point
-    from cellseg.instances import load_instance_sets
+    from cellseg.common.instances import load_instance_sets
+    from cellseg.inference.operating_points import at_point, read_point
 
     extra = write_config(tmp_path / "override.yaml", {"submission": {"kaggle_csv": "row_major"}})
     jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
@@ -334,11 +335,11 @@ def test_kaggle_csv_is_one_more_job_with_the_cells_points_masks(finished_run, ru
     "changed, expected",
     [
         # A library module imported by the tune, evaluate, submission and report scripts only.
-        pytest.param("src/cellseg/postprocess.py", FROM_TUNE, id="library-postprocess"),
+        pytest.param("src/cellseg/inference/operating_points.py", FROM_TUNE, id="library-postprocess"),
         pytest.param("workflow/scripts/tune_thresholds.py", FROM_TUNE, id="script-tune"),
         # The maps module: compute_maps onward (make_tiles does not import it).
         pytest.param(
-            "src/cellseg/maps.py",
+            "src/cellseg/data/target_maps.py",
             {"compute_maps": len(SHARDS), "make_tiles": len(SHARDS), **FROM_TRAIN},
             id="library-maps",
         ),
@@ -373,9 +374,9 @@ def test_training_only_change_leaves_predicts_own_trigger_alone(finished_run, ru
 def test_stain_target_is_fitted_once_and_the_tiles_are_normalised_with_it(tmp_path):
     """stain.method macenko: one job fits the target on a training image; an image's tiles
     (in its shard's file) hold its normalised pixels."""
-    from cellseg.dataset import load_sample
-    from cellseg.stain import StainNormaliser, StainTarget
-    from cellseg.tiles import load_tile, make_tiles
+    from cellseg.data.dataset import load_sample
+    from cellseg.data.stain import StainNormaliser, StainTarget
+    from cellseg.data.tiles import load_tile, make_tiles
 
     extra = write_config(tmp_path / "stain.yaml", {"stain": {"method": "macenko"}})
     workdir = tmp_path / "work"
@@ -652,7 +653,7 @@ def test_bad_value_found_at_dag_time_names_the_key(tmp_path, override, expected)
 
 
 def test_missing_image_fails_at_dag_time(tmp_path):
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     data = tmp_path / "data"
     write_demo_dataset(data, seed=0, n_train=3, n_test=1)
@@ -671,7 +672,7 @@ def test_missing_image_fails_at_dag_time(tmp_path):
 
 
 def test_test_ground_truth_for_no_test_image_fails_at_dag_time(tmp_path):
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     data = tmp_path / "data"
     write_demo_dataset(data, seed=0, n_train=3, n_test=2)
@@ -686,7 +687,7 @@ def test_test_ground_truth_for_no_test_image_fails_at_dag_time(tmp_path):
 
 
 def test_a_test_image_without_its_ground_truth_folder_is_scored_as_empty(tmp_path):
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     data = tmp_path / "data"
     write_demo_dataset(data, seed=0, n_train=3, n_test=2)
@@ -795,7 +796,7 @@ def _upper_case_image(data: Path):
     ],
 )
 def test_bad_data_fails_at_dag_time_naming_the_file(tmp_path, make_case, kind):
-    from cellseg.demo import write_demo_dataset
+    from cellseg.data.demo import write_demo_dataset
 
     data = tmp_path / "data"
     write_demo_dataset(data, seed=0, n_train=3, n_test=2, min_size=16, max_size=32)
@@ -903,10 +904,10 @@ def test_gpu_recipe_alone_gives_gpu_jobs_fed_by_workers_at_one_magnification(tmp
     import yaml
     from snakemake.utils import validate
 
-    from cellseg.config_checks import check_training_scale
-    from cellseg.model import build_model
-    from cellseg.recipes import RECIPES, resolve_recipe
-    from cellseg.train_config import resolve_train_config
+    from cellseg.model.mask_rcnn import build_model
+    from cellseg.training.config import resolve_train_config
+    from cellseg.workflow.config_checks import check_training_scale
+    from cellseg.workflow.recipes import RECIPES, resolve_recipe
 
     extra = write_config(tmp_path / "gpu.yaml", {"recipe": "gpu"})
     workdir = tmp_path / "work"

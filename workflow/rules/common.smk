@@ -9,14 +9,14 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from cellseg.codehash import code_digest
-from cellseg.config_checks import (
+from cellseg.workflow.codehash import code_digest
+from cellseg.workflow.config_checks import (
     check_cross_keys,
     trained_folds,
     check_training_scale,
     schema_error_line,
 )
-from cellseg.dataset import (
+from cellseg.data.dataset import (
     DatasetIndex,
     check_headers,
     check_test_headers,
@@ -25,16 +25,16 @@ from cellseg.dataset import (
     training_files,
     training_image_path,
 )
-from cellseg.errors import ConfigError, DataError
-from cellseg.header_cache import HeaderCache
-from cellseg.init_source import InitSource, init_weights_file
-from cellseg.listing import write_listing
-from cellseg.pixel_size import mpp_warnings
-from cellseg.recipes import resolve_recipe
-from cellseg.segment_input import check_image, image_mpp, list_images
-from cellseg.shards import shard_images
-from cellseg.split import image_groups, split_sizes
-from cellseg.train_config import resolve_train_config
+from cellseg.common.errors import ConfigError, DataError
+from cellseg.workflow.header_cache import HeaderCache
+from cellseg.model.init_source import InitSource, init_weights_file
+from cellseg.workflow.listing import write_listing
+from cellseg.common.pixel_size import mpp_warnings
+from cellseg.workflow.recipes import resolve_recipe
+from cellseg.data.image_reader import check_image, image_mpp, list_images
+from cellseg.data.shards import shard_images
+from cellseg.data.split import image_groups, split_sizes
+from cellseg.training.config import resolve_train_config
 
 PACKAGE_DIR = Path(workflow.basedir) / "src" / "cellseg"
 SCRIPTS_DIR = Path(workflow.basedir) / "workflow" / "scripts"
@@ -77,7 +77,7 @@ DEMO_TEST = DEMO and not config["data"]["test_path"]
 
 
 def resolve_source():
-    """The training data's `source` dict (see cellseg.dataset), without the test keys, so that
+    """The training data's `source` dict (see cellseg.data.dataset), without the test keys, so that
     choosing another test set re-runs no training stage."""
     data = config["data"]
     if DEMO:
@@ -120,7 +120,7 @@ try:
     )
     check_training_scale(TRAIN_CFG, config["tiles"]["size"])
     if DEMO:
-        from cellseg.demo import demo_ids
+        from cellseg.data.demo import demo_ids
 
         TRAIN_IDS, TEST_NAMES = demo_ids(
             config["demo"]["n_train"], config["demo"]["n_test"]
@@ -259,7 +259,7 @@ def _image_files(image):
 
 
 # What the rules that see the whole training set take instead of its files, in the layouts of
-# files per image (cellseg.listing): one input rather than two or more per image for each job.
+# files per image (cellseg.workflow.listing): one input rather than two or more per image for each job.
 TRAIN_LISTING = "results/dataset/training_files.tsv"
 
 
@@ -374,7 +374,7 @@ def subset_source(wildcards):
     return TEST_SOURCE if wildcards.subset == "test" else SOURCE
 
 
-# What the one inference path (cellseg.inference) runs with: the predict_fold rule's keyword
+# What the one inference path (cellseg.inference.fold_ensemble) runs with: the predict_fold rule's keyword
 # arguments of predict_image and the ensemble_folds rule's of fuse_instance_sets, given to
 # segment_image as well, so that segment and the workflow cannot drift apart.
 PREDICT_SETTINGS = {

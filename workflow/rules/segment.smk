@@ -1,7 +1,7 @@
 # New images segmented by the trained fold ensemble at the `cells` operating point (one class
 # per cell, one cell per pixel): per image a label image, QuPath GeoJSON, a cell table and an
 # overlay; a summary over the images. Every fold, the calibration, fusion and predict settings
-# are the workflow's own, through the one inference path (cellseg.inference).
+# are the workflow's own, through the one inference path (cellseg.inference.fold_ensemble).
 # `snakemake segment --config segment_images=DIR` (or `segment.images` in config.yaml).
 
 

@@ -7,10 +7,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 import numpy as np
 
-from cellseg.calibrate import fit_calibration, write_calibration
-from cellseg.instances import iter_instance_sets
-from cellseg.io import atomic_path
-from cellseg.joblog import job_logging
+from cellseg.common.files import atomic_path
+from cellseg.common.instances import iter_instance_sets
+from cellseg.inference.calibrate import fit_calibration, write_calibration
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params

@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.io import atomic_path
-from cellseg.joblog import job_logging
+from cellseg.common.files import atomic_path
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     points = {name: json.loads(Path(path).read_text()) for name, path in snakemake.input.items()}

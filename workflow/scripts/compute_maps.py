@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.dataset import load_sample
-from cellseg.joblog import job_logging
-from cellseg.maps import compute_maps, save_maps_shard
+from cellseg.data.dataset import load_sample
+from cellseg.data.target_maps import compute_maps, save_maps_shard
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params

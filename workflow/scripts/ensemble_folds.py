@@ -6,10 +6,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.calibrate import read_calibration
-from cellseg.ensemble import fuse_fold_folders
-from cellseg.joblog import job_logging
-from cellseg.memory import release_freed_memory
+from cellseg.inference.calibrate import read_calibration
+from cellseg.inference.ensemble import fuse_fold_folders
+from cellseg.workflow.allocator import release_freed_memory
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     release_freed_memory()

@@ -6,12 +6,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.dataset import load_sample
-from cellseg.evaluation import KINDS, load_predictions, read_thresholds, scoreboard
-from cellseg.io import atomic_path
-from cellseg.joblog import job_logging
-from cellseg.memory import release_freed_memory
-from cellseg.split import read_split, validation_ids
+from cellseg.common.files import atomic_path
+from cellseg.data.dataset import load_sample
+from cellseg.data.split import read_split, validation_ids
+from cellseg.inference.operating_points import read_thresholds
+from cellseg.scoring.scoreboard import KINDS, load_predictions, scoreboard
+from cellseg.workflow.allocator import release_freed_memory
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     release_freed_memory()

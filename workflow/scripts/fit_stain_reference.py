@@ -5,10 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.dataset import load_sample
-from cellseg.joblog import job_logging
-from cellseg.segment_input import open_image
-from cellseg.stain import fit_dataset_target, fit_target
+from cellseg.data.dataset import load_sample
+from cellseg.data.image_reader import open_image
+from cellseg.data.stain import fit_dataset_target, fit_target
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params

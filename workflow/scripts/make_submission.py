@@ -6,11 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.dataset import index_test_set
-from cellseg.evaluation import at_point, read_point
-from cellseg.instances import load_instance_sets
-from cellseg.joblog import job_logging
-from cellseg.submission import build_submission, id_map_entries, write_submission
+from cellseg.common.instances import load_instance_sets
+from cellseg.data.dataset import index_test_set
+from cellseg.inference.operating_points import at_point, read_point
+from cellseg.outputs.submission import build_submission, id_map_entries, write_submission
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params

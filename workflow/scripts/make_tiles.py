@@ -8,11 +8,11 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 import numpy as np
 
-from cellseg.dataset import load_sample
-from cellseg.joblog import job_logging
-from cellseg.maps import open_maps_shard
-from cellseg.stain import load_normaliser
-from cellseg.tiles import make_tiles, save_tiles_shard
+from cellseg.data.dataset import load_sample
+from cellseg.data.stain import load_normaliser
+from cellseg.data.target_maps import open_maps_shard
+from cellseg.data.tiles import make_tiles, save_tiles_shard
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log, contextlib.ExitStack() as stack:
     p = snakemake.params

@@ -10,14 +10,18 @@ import json
 
 import pandas as pd
 
-from cellseg.dataset import load_sample
-from cellseg.evaluation import read_thresholds
-from cellseg.postprocess import apply_point
-from cellseg.instances import load_instance_sets
-from cellseg.joblog import job_logging
-from cellseg.report import (
-    best_and_worst, plot_class_ap, plot_overlay, plot_pr_curve, plot_scores_table, training_warnings,
+from cellseg.common.instances import load_instance_sets
+from cellseg.data.dataset import load_sample
+from cellseg.inference.operating_points import apply_point, read_thresholds
+from cellseg.outputs.report import (
+    best_and_worst,
+    plot_class_ap,
+    plot_overlay,
+    plot_pr_curve,
+    plot_scores_table,
+    training_warnings,
 )
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params

@@ -1,5 +1,5 @@
 """Predict one fold's model on the validation or test images (tiled, with TTA): the first step
-of the one inference path (cellseg.inference), with the settings segment runs it with."""
+of the one inference path (cellseg.inference.fold_ensemble), with the settings segment runs it with."""
 
 import sys
 from pathlib import Path
@@ -8,16 +8,16 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 import torch
 
-from cellseg.dataset import index_test_set, load_sample, load_test_image
-from cellseg.device import pin_gpus, select_device
-from cellseg.predict import load_model_for_inference, predict_image, predict_settings
-from cellseg.joblog import job_logging
-from cellseg.memory import release_freed_memory
-from cellseg.pixel_size import network_scale
-from cellseg.progress import Progress
-from cellseg.segment_input import image_mpp
-from cellseg.split import read_split, validation_ids
-from cellseg.stain import load_normaliser
+from cellseg.common.device import pin_gpus, select_device
+from cellseg.common.pixel_size import network_scale
+from cellseg.common.progress import Progress
+from cellseg.data.dataset import index_test_set, load_sample, load_test_image
+from cellseg.data.image_reader import image_mpp
+from cellseg.data.split import read_split, validation_ids
+from cellseg.data.stain import load_normaliser
+from cellseg.inference.predict import load_model_for_inference, predict_image, predict_settings
+from cellseg.workflow.allocator import release_freed_memory
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA

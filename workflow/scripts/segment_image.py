@@ -7,13 +7,13 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
 import torch
 
-from cellseg.device import pin_gpus, select_device
-from cellseg.evaluation import read_point
-from cellseg.inference import load_fold_ensemble
-from cellseg.joblog import job_logging
-from cellseg.memory import release_freed_memory
-from cellseg.segment_export import segment_file
-from cellseg.stain import load_normaliser
+from cellseg.common.device import pin_gpus, select_device
+from cellseg.data.stain import load_normaliser
+from cellseg.inference.fold_ensemble import load_fold_ensemble
+from cellseg.inference.operating_points import read_point
+from cellseg.outputs.segment_export import segment_file
+from cellseg.workflow.allocator import release_freed_memory
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.io import atomic_path
-from cellseg.joblog import job_logging
-from cellseg.split import instance_count_table, make_split
+from cellseg.common.files import atomic_path
+from cellseg.data.split import instance_count_table, make_split
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     p = snakemake.params

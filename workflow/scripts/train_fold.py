@@ -9,13 +9,13 @@ import dataclasses
 
 import torch
 
-from cellseg.dataset import load_sample
-from cellseg.device import amp_forced_on_cpu, pin_gpus
-from cellseg.joblog import job_logging
-from cellseg.split import read_split
-from cellseg.stain import load_normaliser
-from cellseg.train import TrainOutputs, train_fold
-from cellseg.train_data import fold_image_ids, training_tiles
+from cellseg.common.device import amp_forced_on_cpu, pin_gpus
+from cellseg.data.dataset import load_sample
+from cellseg.data.split import read_split
+from cellseg.data.stain import load_normaliser
+from cellseg.training.data import fold_image_ids, training_tiles
+from cellseg.training.train import TrainOutputs, train_fold
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     pin_gpus(snakemake.resources.get("gpu", 0))  # before torch initialises CUDA

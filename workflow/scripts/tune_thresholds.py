@@ -8,14 +8,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))
 
-from cellseg.dataset import load_sample
-from cellseg.instances import StoredSets
-from cellseg.io import atomic_path
-from cellseg.joblog import job_logging
-from cellseg.memory import release_freed_memory
-from cellseg.metrics import spool_ground_truth
-from cellseg.split import read_split, validation_ids
-from cellseg.tune import cross_check, tune_thresholds
+from cellseg.common.files import atomic_path
+from cellseg.common.instances import StoredSets
+from cellseg.data.dataset import load_sample
+from cellseg.data.split import read_split, validation_ids
+from cellseg.scoring.truth import spool_ground_truth
+from cellseg.scoring.tune import cross_check, tune_thresholds
+from cellseg.workflow.allocator import release_freed_memory
+from cellseg.workflow.joblog import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     release_freed_memory()

@@ -1,0 +1,1 @@
+"""Shared foundations of every stage: errors, image and file I/O, predicted instances, IoU, pixel size, devices."""

@@ -1,0 +1,1 @@
+"""Training data in: dataset layouts and converters, the split, tiles, target maps, stain, augmentation, the demo dataset."""

@@ -1,0 +1,1 @@
+"""The Mask R-CNN: architecture, cascade heads, pretrained weights, checkpoints, EMA, initialisation."""

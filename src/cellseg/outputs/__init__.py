@@ -1,0 +1,1 @@
+"""What users take away: the submission, the Kaggle CSV, report figures, segment's label images, GeoJSON and tables."""
