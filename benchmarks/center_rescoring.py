@@ -31,8 +31,8 @@ from cellseg.common.instances import InstanceSet  # noqa: E402
 from cellseg.data.dataset import index_dataset, load_ground_truth  # noqa: E402
 from cellseg.inference.predict import load_model_for_inference  # noqa: E402
 from cellseg.scoring.metrics import evaluate_predictions  # noqa: E402
-from cellseg.training.config import resolve_train_config  # noqa: E402
 from cellseg.training.data import image_to_tensor  # noqa: E402
+from cellseg.workflow.configuration import resolve_train_config  # noqa: E402
 
 
 def centre_support(masks: np.ndarray, center: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """GPU acceptance check: the numbers a session with a GPU measures once, printed as one table.
 
-Every setting comes from `recipe: gpu` (`cellseg.workflow.recipes`, then its train preset), as the
+Every setting comes from `recipe: gpu` (`cellseg.workflow.configuration`, then its train preset), as the
 workflow resolves it, so that the first GPU it meets measures what users run.
 
 1. Training images/s of the recipe's model (R50-FPN), tiles, batch and multiscale sizes, in
@@ -41,11 +41,13 @@ from cellseg.common.device import autocast  # noqa: E402
 from cellseg.data.target_maps import compute_maps  # noqa: E402
 from cellseg.data.tiles import make_tiles, save_tiles  # noqa: E402
 from cellseg.model.mask_rcnn import build_model  # noqa: E402
-from cellseg.training.config import resolve_train_config  # noqa: E402
 from cellseg.training.data import training_tiles  # noqa: E402
 from cellseg.training.train import Preempted, TrainOutputs, _Training, train_fold  # noqa: E402
-from cellseg.workflow.config_checks import check_training_scale  # noqa: E402
-from cellseg.workflow.recipes import resolve_recipe  # noqa: E402
+from cellseg.workflow.configuration import (
+    check_training_scale,  # noqa: E402
+    resolve_recipe,  # noqa: E402
+    resolve_train_config,  # noqa: E402
+)
 
 RESUME_TOLERANCE = 1e-2  # max |weight difference| after kill + resume on a GPU (cuDNN atomics)
 MONUSEG_STEPS = 600

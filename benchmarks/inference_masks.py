@@ -25,7 +25,7 @@ from torchvision.models.detection.transform import resize_boxes
 
 from cellseg.common.instances import InstanceSet
 from cellseg.model.mask_rcnn import build_model, paste_windows
-from cellseg.training.config import resolve_train_config
+from cellseg.workflow.configuration import resolve_train_config
 
 
 def paste_windows_loop(masks, boxes, image_size):

@@ -71,8 +71,8 @@ def run_one(args) -> dict:
     from cellseg.inference.predict import predict_settings
     from cellseg.model.mask_rcnn import build_model
     from cellseg.outputs.segment_export import segment_file
-    from cellseg.training.config import resolve_train_config
     from cellseg.workflow.allocator import release_freed_memory
+    from cellseg.workflow.configuration import resolve_train_config
 
     if not args.default_malloc:
         release_freed_memory()  # as the segment_image job does

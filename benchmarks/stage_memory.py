@@ -184,7 +184,7 @@ def run_stage(args) -> dict:
 
         level = 0.45 + 0.01 * args.fold  # folds that differ a little
         cellseg.inference.predict.load_model_for_inference = lambda *a, **k: DarkBlobDetector(level=level).eval()
-    from cellseg.workflow.recipes import resolve_recipe
+    from cellseg.workflow.configuration import resolve_recipe
 
     config = resolve_recipe(yaml.safe_load((ROOT / "config.yaml").read_text()))
     classes = [f"class{k + 1}" for k in range(args.classes)]

@@ -26,13 +26,18 @@ import torch
 
 from cellseg.data.target_maps import compute_maps
 from cellseg.model.mask_rcnn import build_model
-from cellseg.training.config import BACKBONES, BOX_HEADS, resolve_train_config
 from cellseg.training.data import instances_from_labels
+from cellseg.workflow.configuration import load_schema, resolve_train_config
 
 N_CLASSES = 4
 CELLS_PER_TILE = 30
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+
+
+def choices(key: str) -> list[str]:
+    """The values the schema allows for a train key."""
+    return [v for v in load_schema()["properties"]["train"]["properties"][key]["enum"] if v is not None]
 
 def synthetic_tile(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, dict]:
     """`(3, S, S)` float32 image in [0, 1] and its target (with centre / boundary maps)."""
@@ -143,7 +148,7 @@ def prepare(cfg: dict, args, images, targets, device: torch.device, dtype) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18")
+    parser.add_argument("--backbone", choices=choices("backbone"), default="resnet18")
     parser.add_argument("--preset", choices=["demo", "gpu"], default="demo", help="sampling and size settings")
     parser.add_argument("--tile-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
@@ -153,7 +158,7 @@ def main() -> None:
     parser.add_argument("--fpn-channels", type=int, default=None, help="default: the preset's (demo 128, gpu 256)")
     parser.add_argument("--aux-heads", action="store_true", help="add the centre / boundary heads")
     parser.add_argument(
-        "--box-head", nargs="+", choices=BOX_HEADS, default=["standard"],
+        "--box-head", nargs="+", choices=choices("box_head"), default=["standard"],
         help="one row per box head, timed in turns on the same batch, with their step-time ratio",
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="print the top ops of 2 training steps (last box head)")

@@ -39,8 +39,10 @@ from cellseg.data.dataset import index_dataset, load_ground_truth, load_sample  
 from cellseg.inference.ensemble import fuse_instance_sets  # noqa: E402
 from cellseg.inference.predict import load_model_for_inference, predict_views  # noqa: E402
 from cellseg.scoring.metrics import evaluate_predictions  # noqa: E402
-from cellseg.training.config import resolve_train_config  # noqa: E402
-from cellseg.workflow.recipes import resolve_recipe  # noqa: E402
+from cellseg.workflow.configuration import (
+    resolve_recipe,  # noqa: E402
+    resolve_train_config,  # noqa: E402
+)
 
 BASE = {"iou_thr": 0.55, "skip_box_thr": 0.0}
 SETTINGS = {

@@ -2,7 +2,8 @@
 
     python scripts/generate_docs.py [config] [rulegraph] [--check]
 
-`config` writes docs/config.md (cellseg.workflow.generated_docs.config_reference); `rulegraph` writes
+`config` writes config.yaml and docs/config.md from the schema (cellseg.workflow.generated_docs
+`config_yaml`, `config_reference`); `rulegraph` writes
 docs/rulegraph.dot (`snakemake --rulegraph` on the default config, normalised), from which
 `make dag` renders docs/rulegraph.svg with Graphviz. No page named: both. `--check` writes
 nothing and exits 1 when a page differs from what would be written.
@@ -17,11 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cellseg.workflow.generated_docs import config_reference, run_rulegraph  # noqa: E402
+from cellseg.workflow.generated_docs import config_reference, config_yaml, run_rulegraph  # noqa: E402
 
 PAGES = {
-    "config": (Path("docs") / "config.md", config_reference),
-    "rulegraph": (Path("docs") / "rulegraph.dot", run_rulegraph),
+    "config": [(Path("config.yaml"), config_yaml), (Path("docs") / "config.md", config_reference)],
+    "rulegraph": [(Path("docs") / "rulegraph.dot", run_rulegraph)],
 }
 
 
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown page(s) {', '.join(unknown)}; choose from {', '.join(PAGES)}")
     stale = []
-    for name in args.pages or list(PAGES):
-        path, generate = PAGES[name]
+    for path, generate in (page for name in args.pages or list(PAGES) for page in PAGES[name]):
         text = generate(ROOT)
         target = ROOT / path
         current = target.read_text() if target.exists() else None

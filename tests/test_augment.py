@@ -121,13 +121,13 @@ def test_vanished_and_tiny_instances_are_dropped():
     assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 16, 16)
 
 
-def test_config_names_match_the_pipelines():
-    """train_config keeps its own copy of the names (it must not import albumentations)."""
+def test_the_schema_offers_exactly_the_pipelines_presets_and_switches():
     from cellseg.data import augment
-    from cellseg.training import config as train_config
+    from cellseg.workflow.configuration import load_schema
 
-    assert set(train_config.AUGMENT_SWITCHES) == set(augment.SWITCHES)
-    assert set(train_config.AUGMENT_PRESETS) == set(augment.PRESETS)
+    train = load_schema()["properties"]["train"]["properties"]
+    assert set(train["augment_overrides"]["properties"]) == set(augment.SWITCHES)
+    assert set(train["augment"]["enum"]) - {None} == set(augment.PRESETS)
 
 
 CONSEP = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "consep"

@@ -1,5 +1,5 @@
-"""config.yaml against the schema: the schema holds every default, config.yaml shows what a
-user edits and no value that disagrees with the schema."""
+"""config.yaml against the schema: the schema holds every default and description, and
+config.yaml is written from it (`make docs`), every key at its default."""
 
 from pathlib import Path
 
@@ -7,7 +7,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from cellseg.workflow.recipes import RECIPES, resolve_recipe
+from cellseg.workflow.configuration import recipe_values, resolve_recipe
+from cellseg.workflow.generated_docs import config_yaml
 
 ROOT = Path(__file__).parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -43,11 +44,20 @@ def test_config_yaml_shows_no_value_that_disagrees_with_the_schema():
     assert disagree == {}, "config.yaml value, schema default"
 
 
+def test_config_yaml_is_written_from_the_schema():
+    assert (ROOT / "config.yaml").read_text() == config_yaml(ROOT), (
+        "config.yaml differs from the schema: a key's description, default or order lives in "
+        "workflow/schemas/config.schema.yaml; edit it there and run `make docs`. Your own values "
+        "belong in a second file: snakemake --configfile config.yaml my.yaml"
+    )
+
+
 def test_a_partial_resources_section_takes_the_rest_from_the_recipe():
     config = {"resources": {"train": {"mem_mb": 8000}}}
     validate(config, str(SCHEMA))
     train = resolve_recipe(config)["resources"]["train"]
-    assert train == {**RECIPES["demo"]["resources"]["train"], "mem_mb": 8000}
+    demo = {key.rsplit(".", 1)[1]: values["demo"] for key, values in recipe_values().items() if key.startswith("resources.train.")}
+    assert train == {**demo, "mem_mb": 8000}
     assert train["gpu"] == 1
 
 

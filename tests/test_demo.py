@@ -9,6 +9,7 @@ import tifffile
 from cellseg.common.errors import ConfigError
 from cellseg.data.dataset import index_dataset, load_ground_truth, load_sample, load_test_image
 from cellseg.data.demo import demo_ids, write_demo_dataset
+from cellseg.workflow.configuration import resolve_config
 
 
 def _files(root):
@@ -86,6 +87,6 @@ def test_test_images_and_ground_truth(demo_dir, demo_source):
         assert truth.shape == (4, *image.shape[:2]) and truth.any()
 
 
-def test_bad_demo_config(tmp_path):
-    with pytest.raises(ConfigError, match="demo.n_classes"):
-        write_demo_dataset(tmp_path, n_classes=5)
+def test_more_classes_than_the_demo_draws_fail_before_the_dag():
+    with pytest.raises(ConfigError, match="classes: the demo dataset draws up to 4 classes"):
+        resolve_config({"classes": ["class1", "class2", "class3", "class4", "class5"]})

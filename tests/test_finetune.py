@@ -8,9 +8,9 @@ import torch
 
 from cellseg.common.errors import ConfigError
 from cellseg.model.finetune import load_init_weights
-from cellseg.model.init_source import InitSource, architecture
+from cellseg.model.init_source import InitSource
 from cellseg.model.mask_rcnn import build_model
-from cellseg.training.config import resolve_train_config
+from cellseg.workflow.configuration import architecture_keys, resolve_train_config
 
 CFG = resolve_train_config({"fpn_channels": 16})
 HEADS = {  # class-indexed tensor -> rows per class
@@ -29,7 +29,7 @@ def finished_run(folder, classes, cfg=CFG, seed=1):
     folder.mkdir(parents=True, exist_ok=True)
     state = build_model(cfg, len(classes), pretrained=False).state_dict()
     torch.save(state, folder / "model_best.pt")
-    summary = {"classes": classes, "architecture": architecture(cfg)}
+    summary = {"classes": classes, "architecture": {key: cfg[key] for key in architecture_keys()}}
     (folder / "train_summary.json").write_text(json.dumps(summary))
     return folder / "model_best.pt", state
 

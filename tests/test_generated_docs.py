@@ -1,7 +1,7 @@
 """The generated pages of docs/ cannot go stale, and the workflow keeps Snakemake's conventions.
 
 - docs/config.md equals what `cellseg.workflow.generated_docs.config_reference` writes today (`make docs`
-  regenerates it), and documents every key of the schema;
+  regenerates it), and documents every key of the schema (config.yaml: tests/test_config_files.py);
 - docs/rulegraph.dot equals today's `snakemake --rulegraph` (edges sorted), and
   docs/rulegraph.svg shows the same rules and edges (checked without Graphviz; rendered again
   where `dot` is installed);
@@ -22,16 +22,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cellseg.workflow.configuration import schema_keys
 from cellseg.workflow.generated_docs import (
-    config_comments,
     config_reference,
     describe_type,
     normalise_rulegraph,
     rulegraph_structure,
     run_rulegraph,
-    schema_keys,
     svg_structure,
-    train_key_meanings,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,51 +60,6 @@ def test_config_reference_shows_both_presets_side_by_side():
     assert "| key | type | default | `demo` preset | `gpu` preset | description |" in page
     row = next(line for line in page.splitlines() if line.startswith("| `train.backbone` |"))
     assert "| `resnet18` | `resnet50` |" in row
-
-
-def test_every_commented_key_of_config_yaml_is_a_schema_key():
-    """A comment attached to a key the schema does not know would be a stale comment."""
-    known = set()
-    for key, _ in schema_keys(SCHEMA):
-        parts = key.split(".")
-        known |= {".".join(parts[: i + 1]) for i in range(len(parts))}
-    assert set(config_comments((ROOT / "config.yaml").read_text())) <= known
-
-
-def test_config_comments_own_shared_and_nested():
-    text = """# header, then a blank line
-
-# -----------
-# Section comment
-section:
-  # Own comment of a,
-  # over two lines.
-  a: 1
-  b: 2
-
-  c: 3
-  nested:
-    # Of x.
-    x: [1, 2]
-    y: null
-  # Of z.
-  z: ""
-top: 1
-"""
-    assert config_comments(text) == {
-        "section": ("own", "Section comment"),
-        "section.a": ("own", "Own comment of a, over two lines."),
-        "section.b": ("shared", "Own comment of a, over two lines."),
-        "section.nested.x": ("own", "Of x."),
-        "section.nested.y": ("shared", "Of x."),
-        "section.z": ("own", "Of z."),
-    }
-
-
-def test_train_key_meanings_are_read_from_the_table():
-    meanings = train_key_meanings((DOCS / "train_keys.md").read_text())
-    assert meanings["lr"] == "peak learning rate"
-    assert "preset" in meanings and "key" not in meanings
 
 
 @pytest.mark.parametrize(

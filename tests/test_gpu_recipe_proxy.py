@@ -14,17 +14,16 @@ import torch
 import torchvision
 from workflow_helpers import snakemake, write_config
 
-from cellseg.workflow.recipes import RECIPES
+from cellseg.workflow.configuration import recipe_values
 
 TILE = 128  # the recipe's 512 px tiles and 448-576 sizes, scaled by 1/4 together
-GPU = RECIPES["gpu"]
 
 
 @pytest.mark.slow
 def test_gpu_recipe_trains_and_predicts_at_one_magnification_on_the_cpu(tmp_path):
     weights = tmp_path / "resnet50_imagenet.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
-    scale = TILE / GPU["tiles"]["size"]
+    scale = TILE / recipe_values()["tiles.size"]["gpu"]
     toy = {
         "recipe": "gpu",
         "split": {"train_folds": [0]},

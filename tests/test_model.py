@@ -13,7 +13,7 @@ from cellseg.common.errors import ConfigError
 from cellseg.model.mask_rcnn import IMAGENET_MEAN, IMAGENET_STD, aux_map_targets, build_model, paste_windows
 from cellseg.model.roi_heads import mask_losses
 from cellseg.model.weights import download_weights, torchvision_weights
-from cellseg.training.config import resolve_train_config
+from cellseg.workflow.configuration import resolve_config, resolve_train_config
 
 SIZE = 96
 
@@ -277,8 +277,8 @@ def test_native_resolution_when_min_size_is_null():
     model = build_model(config(min_size=None), 2).eval()
     batch, _ = model.transform([torch.rand(3, 200, 300), torch.rand(3, 40, 90)])
     assert batch.image_sizes == [(200, 300), (40, 90)]
-    with pytest.raises(ConfigError, match="train.multiscale_sizes"):
-        build_model(config(min_size=None, multiscale_sizes=[64, 96]), 2)
+    with pytest.raises(ConfigError, match="train.multiscale_sizes"):  # before any job runs
+        resolve_config({"tiles": {"size": 0}, "train": {"multiscale_sizes": [64, 96]}})
 
 
 def test_pretrained_false_skips_the_weights(tmp_path):

@@ -6,7 +6,7 @@ from cellseg.common.errors import ConfigError, DataError
 from cellseg.common.instances import InstanceSet
 from cellseg.inference.predict import load_model_for_inference, predict_image, tta_views
 from cellseg.model.mask_rcnn import build_model
-from cellseg.training.config import resolve_train_config
+from cellseg.workflow.configuration import resolve_config, resolve_train_config
 
 CPU = torch.device("cpu")
 PROB = 204  # the oracle's mask probability 0.8, quantised
@@ -141,8 +141,8 @@ def test_tta_maps_asymmetric_shapes_back():
 def test_tta_views_and_bad_ops():
     assert tta_views([]) == [()]
     assert tta_views(["rot90", "hflip"]) == [(), ("rot90",), ("hflip",), ("hflip", "rot90")]
-    with pytest.raises(ConfigError, match="predict.tta"):
-        tta_views(["rot180"])
+    with pytest.raises(ConfigError, match="predict.tta"):  # the schema's, before any job runs
+        resolve_config({"predict": {"tta": ["rot180"]}})
 
 
 def test_empty_image():

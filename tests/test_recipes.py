@@ -10,9 +10,15 @@ import yaml
 from test_config_files import lookup, schema_defaults
 
 from cellseg.common.errors import ConfigError
-from cellseg.training.config import resolve_train_config
-from cellseg.workflow.config_checks import check_cross_keys, check_training_scale
-from cellseg.workflow.recipes import RECIPES, recipe_values, resolve_recipe
+from cellseg.workflow.configuration import (
+    check_cross_keys,
+    check_training_scale,
+    load_schema,
+    recipe_values,
+    resolve_config,
+    resolve_recipe,
+    resolve_train_config,
+)
 
 ROOT = Path(__file__).parents[1]
 
@@ -66,7 +72,7 @@ def test_a_value_the_user_sets_wins_and_the_input_is_left_alone():
     assert out["resources"]["train"] == {"gpu": 1, "mem_mb": 32000, "runtime": 720, "cpus_per_task": 4}
     assert config["tiles"]["overlap"] is None and config["resources"]["train"]["gpu"] is None
     out["predict"]["tile_size"] = 1
-    assert RECIPES["gpu"]["predict"]["tile_size"] == 512
+    assert recipe_values()["predict.tile_size"]["gpu"] == 512
 
 
 def test_a_config_without_the_sections_gets_the_demo_recipes_values():
@@ -78,22 +84,20 @@ def test_a_config_without_the_sections_gets_the_demo_recipes_values():
 
 def test_unknown_recipe_is_one_line_naming_the_key_and_the_choices():
     with pytest.raises(ConfigError) as error:
-        resolve_recipe({"recipe": "tpu"})
-    message = str(error.value)
-    assert message == "recipe: unknown recipe 'tpu', expected one of demo, gpu"
+        resolve_config({"recipe": "tpu"})
+    assert str(error.value) == "recipe = 'tpu' is not one of: demo, gpu"
 
 
 def test_every_key_a_recipe_fills_is_null_in_config_yaml_and_may_be_null_in_the_schema():
     shown = yaml.safe_load((ROOT / "config.yaml").read_text())
     defaults = schema_defaults()
     values = recipe_values()
-    assert all(set(by_recipe) == set(RECIPES) for by_recipe in values.values())  # each recipe sets each key
+    recipes = load_schema()["properties"]["recipe"]["enum"]
+    assert all(list(by_recipe) == recipes for by_recipe in values.values())  # each recipe sets each key
     for key in values:
         assert lookup(shown, key) is None and lookup(defaults, key) is None, key
-    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert schema["properties"]["recipe"]["enum"] == list(RECIPES)
 
 
 def test_module_imports_no_torch():
-    code = "import sys, cellseg.workflow.recipes; sys.exit('torch' in sys.modules)"
+    code = "import sys, cellseg.workflow.configuration; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -76,11 +76,6 @@ def test_too_few_images_for_folds():
         make_split(unbalanced_table(n_images=4), val_fraction=0.25, n_folds=4, seed=0)
 
 
-def test_bad_val_fraction():
-    with pytest.raises(ConfigError, match="split.val_fraction"):
-        make_split(unbalanced_table(), val_fraction=0.0, n_folds=2, seed=0)
-
-
 def test_count_instances():
     labels = np.zeros((2, 5, 5), np.int32)
     labels[0, :2, :2] = 1

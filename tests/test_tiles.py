@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.common.errors import ConfigError
 from cellseg.data.target_maps import compute_maps
 from cellseg.data.tiles import load_tile, make_tiles, read_index, save_tiles, save_tiles_shard, tile_origins
 
@@ -50,7 +49,9 @@ def test_tile_origins_cover_with_overlap():
 
 
 def test_tile_origins_bad_overlap():
-    with pytest.raises(ConfigError, match="tiles.overlap"):
+    """A programming error here: the configuration checks tiles.overlap before any job runs
+    (tests/test_configuration.py::test_values_that_no_job_checks_again_fail_before_the_dag)."""
+    with pytest.raises(ValueError, match="overlap 16"):
         tile_origins(100, 16, 16)
 
 

@@ -20,7 +20,6 @@ from test_train_data import CLASSES, synthetic_image, write_tiles
 from cellseg.common.errors import DataError
 from cellseg.data.dataset import Sample
 from cellseg.model.mask_rcnn import build_model
-from cellseg.training.config import resolve_train_config
 from cellseg.training.data import training_tiles
 from cellseg.training.train import (
     NonFiniteLossError,
@@ -33,6 +32,7 @@ from cellseg.training.train import (
     train_fold,
     validate,
 )
+from cellseg.workflow.configuration import resolve_train_config
 
 # 4 images of one 64 px tile each, 1 tile a batch, 2 batches a step: 2 steps an epoch, 6 in all;
 # a checkpoint after step 3, in the middle of the second epoch.

@@ -902,12 +902,9 @@ def test_gpu_recipe_alone_gives_gpu_jobs_fed_by_workers_at_one_magnification(tmp
     the job fetches the ImageNet backbone itself)."""
     import torch
     import yaml
-    from snakemake.utils import validate
 
     from cellseg.model.mask_rcnn import build_model
-    from cellseg.training.config import resolve_train_config
-    from cellseg.workflow.config_checks import check_training_scale
-    from cellseg.workflow.recipes import RECIPES, resolve_recipe
+    from cellseg.workflow.configuration import recipe_values, resolve_config
 
     extra = write_config(tmp_path / "gpu.yaml", {"recipe": "gpu"})
     workdir = tmp_path / "work"
@@ -920,19 +917,15 @@ def test_gpu_recipe_alone_gives_gpu_jobs_fed_by_workers_at_one_magnification(tmp
         assert resources["gpu"] == "1" and int(resources["cpus_per_task"]) >= 5, fields  # >= 4 workers
         assert int(fields["threads"]) == int(resources["cpus_per_task"]), fields
 
-    size = RECIPES["gpu"]["tiles"]["size"]
+    size = recipe_values()["tiles.size"]["gpu"]
     shard = min(wildcard_values(parse_dry_run(proc.stdout), "make_tiles", "shard"))
     snakemake(workdir, f"results/tiles/shard_{shard}.npz", configs=[extra], tiny=False)
     with np.load(workdir / f"results/tiles/shard_{shard}.npz") as tiles:
         assert {tiles[key].shape for key in tiles.files if key.startswith("image_")} == {(size, size, 3)}
 
     # The train config the workflow resolves from the same files (common.smk).
-    config = yaml.safe_load((REPO / "config.yaml").read_text()) | {"recipe": "gpu"}
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
-    config = resolve_recipe(config)
-    cfg = resolve_train_config(config["train"], predict_tile_size=config["predict"]["tile_size"])
+    config, cfg = resolve_config(yaml.safe_load((REPO / "config.yaml").read_text()) | {"recipe": "gpu"})
     assert cfg["preset"] == "gpu" and config["tiles"]["size"] == size
-    check_training_scale(cfg, size)
     transform = build_model(cfg, 4, tile_size=size, pretrained=False).transform
     tile = torch.rand(3, size, size)
 

@@ -5,16 +5,16 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cellseg.workflow.codehash import code_digest
-from cellseg.workflow.config_checks import (
-    check_cross_keys,
+from cellseg.workflow.configuration import (
+    architecture_keys,
+    keys_of_the_test_set,
+    weights_download_path,
+    resolve_config,
     trained_folds,
-    check_training_scale,
-    schema_error_line,
 )
 from cellseg.data.dataset import (
     DatasetIndex,
@@ -30,11 +30,9 @@ from cellseg.workflow.header_cache import HeaderCache
 from cellseg.model.init_source import InitSource, init_weights_file
 from cellseg.workflow.listing import write_listing
 from cellseg.common.pixel_size import mpp_warnings
-from cellseg.workflow.recipes import resolve_recipe
 from cellseg.data.image_reader import check_image, image_mpp, list_images
 from cellseg.data.shards import shard_images
 from cellseg.data.split import image_groups, split_sizes
-from cellseg.training.config import resolve_train_config
 
 PACKAGE_DIR = Path(workflow.basedir) / "src" / "cellseg"
 SCRIPTS_DIR = Path(workflow.basedir) / "workflow" / "scripts"
@@ -50,28 +48,19 @@ def _user_error(error):
     return SystemExit(1)
 
 
+# The configuration, checked and resolved once, here: every key the recipe controls and the
+# user left null gets the recipe's value, and the train section its preset's; the params and
+# resources below all see the resolved values, and no job checks them again.
 try:
-    validate(config, "../schemas/config.schema.yaml")
-except WorkflowError as error:
-    if error.__context__ is None:
-        raise
-    raise _user_error(ConfigError(schema_error_line(error.__context__)))
-# Every key the recipe controls and the user left null gets the recipe's value, once, here: the
-# checks, params and resources below all see the resolved config (the schema checked its name).
-config.update(resolve_recipe(config))
+    _resolved, TRAIN_CFG = resolve_config(config)
+except ConfigError as error:
+    raise _user_error(error)
+config.update(_resolved)
 
 CLASSES = list(config["classes"])
 DEMO = config["data"]["source"] == "demo"
-if DEMO and CLASSES != [f"class{k}" for k in range(1, len(CLASSES) + 1)][:4]:
-    raise _user_error(
-        ConfigError(
-            f"classes: the demo dataset draws up to 4 classes named class1..class4; got {CLASSES}"
-        )
-    )
-
-
 # The data keys that choose the test set: the training stages never see them.
-TEST_KEYS = ("test_path", "test_json", "test_image_dir", "test_gt", "test_classes")
+TEST_KEYS = keys_of_the_test_set()
 # The demo's own test set, which a job writes (no data.test_path).
 DEMO_TEST = DEMO and not config["data"]["test_path"]
 
@@ -97,10 +86,7 @@ def resolve_test_source():
     reference-layout folder `data.test_path` (another dataset); `classes` are the class files
     of its ground truth (`data.test_classes`, by default the model's)."""
     data = config["data"]
-    test = {
-        key: data[key]
-        for key in ("test_path", "test_json", "test_image_dir", "test_gt")
-    }
+    test = {key: data[key] for key in TEST_KEYS if key != "test_classes"}
     if DEMO_TEST:
         test.update(test_path=DEMO_DIR, test_gt=f"{DEMO_DIR}/test_gt")
     return {**SOURCE, **test, "classes": data["test_classes"] or CLASSES}
@@ -114,11 +100,6 @@ FOREIGN_TEST_CLASSES = TEST_SOURCE["classes"] != CLASSES
 # The DAG-time header checks skip files unchanged since the last build (20,000 at 10,000 images).
 HEADERS = HeaderCache(".snakemake/cellseg/tiff_headers.json")
 try:
-    check_cross_keys(config)
-    TRAIN_CFG = resolve_train_config(
-        config["train"], predict_tile_size=config["predict"]["tile_size"]
-    )
-    check_training_scale(TRAIN_CFG, config["tiles"]["size"])
     if DEMO:
         from cellseg.data.demo import demo_ids
 
@@ -150,25 +131,12 @@ try:
             "data.mpp",
         ):
             logger.warning(f"Warning: {line}")
-    # The file `snakemake download_weights` writes, for hosts without internet.
-    WEIGHTS_DOWNLOAD = (
-        f"resources/weights/{TRAIN_CFG['backbone']}_{TRAIN_CFG['weights']}.pth"
-    )
-    _weights = TRAIN_CFG["weights_path"]
-    if (
-        _weights
-        and not TRAIN_CFG["init_from"]
-        and not Path(_weights).is_file()
-        and Path(_weights) != Path(WEIGHTS_DOWNLOAD)
-    ):
-        raise ConfigError(
-            f"train.weights_path: {_weights} not found; run `snakemake download_weights` where there is "
-            f"internet and set the key to the file it writes ({WEIGHTS_DOWNLOAD}), or set it to null"
-        )
 except (DataError, ConfigError) as error:
     raise _user_error(error)
 HEADERS.save()
 
+# The file `snakemake download_weights` writes, for hosts without internet.
+WEIGHTS_DOWNLOAD = weights_download_path(TRAIN_CFG)
 FOLDS = trained_folds(config["split"])
 try:
     # train.init_from: each trained fold's source exists and has this architecture.
@@ -378,15 +346,12 @@ def subset_source(wildcards):
 # arguments of predict_image and the ensemble_folds rule's of fuse_instance_sets, given to
 # segment_image as well, so that segment and the workflow cannot drift apart.
 PREDICT_SETTINGS = {
-    **{
-        key: config["predict"][key]
-        for key in ("tile_size", "overlap", "tta", "tta_fusion", "batch_size")
-    },
+    **config["predict"],
     "amp": config["predict"]["amp"] or TRAIN_CFG["amp"],
 }
+# Calibration is a stage of its own (calibrate_folds), before the fusion.
 FUSION_SETTINGS = {
-    key: config["ensemble"][key]
-    for key in ("weights", "iou_thr", "skip_box_thr", "conf_type", "absent_as_zero")
+    key: value for key, value in config["ensemble"].items() if key != "calibrate"
 }
 
 
@@ -402,8 +367,10 @@ def calibration_file(wildcards=None):
 def tune_settings(point):
     """The search and metric of an operating point (tune.smk), from config."""
     section = config["tune"]["cells"] if point == "cells" else config["tune"]
-    keys = ("score_thresholds", "mask_thresholds", "nms_thresholds")
-    return {"metric": section["metric"], "search": {key: section[key] for key in keys}}
+    search = {
+        key: value for key, value in section.items() if key.endswith("_thresholds")
+    }
+    return {"metric": section["metric"], "search": search}
 
 
 def shard_tiles():

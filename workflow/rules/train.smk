@@ -33,6 +33,7 @@ rule train_fold:
         # ignores wildcards) keeps one entry per fold instead of one for all folds.
         fold=lambda wildcards: int(wildcards.fold),
         train=TRAIN_CFG,
+        architecture=architecture_keys(),
         source=SOURCE,
         classes=CLASSES,
         tile_size=config["tiles"]["size"],

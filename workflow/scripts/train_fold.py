@@ -43,6 +43,7 @@ with job_logging(snakemake.log[0]) as log:
         amp_on_cpu=amp_forced_on_cpu(),
         mpp=p.mpp,
         init_weights=snakemake.input.init_from[0] if snakemake.input.init_from else None,
+        architecture_keys=p.architecture,
     )
     # A finished run leaves no resume state: a later re-run (e.g. after a code change) starts over.
     outputs.checkpoint.unlink(missing_ok=True)

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cellseg.common.errors import ConfigError
 from cellseg.common.files import atomic_path, write_tiff
 from cellseg.common.images import relabel_consecutive
 
@@ -80,14 +79,6 @@ def write_demo_dataset(
     image is `min_size x ~2.25*min_size`, the second `max_size x max_size`, the third lacks the
     last class; the rest have random sizes in `[min_size, max_size]`.
     """
-    if not 1 <= n_classes <= len(_STYLES):
-        raise ConfigError(
-            f"demo.n_classes is {n_classes}; the demo draws 1 to {len(_STYLES)} classes"
-        )
-    if not 16 <= min_size <= max_size:
-        raise ConfigError(
-            f"demo.min_size ({min_size}) must be >= 16 and <= demo.max_size ({max_size})"
-        )
     out = Path(out_dir)
     train_ids, test_names = demo_ids(n_train, n_test)
     for i, image_id in enumerate(train_ids):

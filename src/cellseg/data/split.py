@@ -102,10 +102,6 @@ def make_split(
     the G groups, at least 1, and the folds differ by at most one group. The result depends
     only on the table's content, `group_by` and `seed`.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"split.val_fraction must be in (0, 1), got {val_fraction}")
-    if n_folds < 1:
-        raise ConfigError(f"split.folds must be at least 1, got {n_folds}")
     table = counts.sort_values("image_id", kind="stable").reset_index(drop=True)
     if table["image_id"].duplicated().any():
         raise ValueError("make_split: duplicated image_id in the counts table")

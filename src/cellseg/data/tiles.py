@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from cellseg.common.errors import ConfigError
 from cellseg.common.files import atomic_path, npz_writer
 
 _KEYS = ("image", "labels", "center", "boundary")
@@ -38,10 +37,8 @@ def tile_origins(length: int, size: int, overlap: int) -> list[int]:
 
     One origin 0 when `length <= size` (the tile is then padded).
     """
-    if size <= 0:
-        raise ConfigError(f"tiles.size must be 0 (no tiling) or positive, got {size}")
     if not 0 <= overlap < size:
-        raise ConfigError(f"tiles.overlap must be in [0, tiles.size = {size}), got {overlap}")
+        raise ValueError(f"tile size {size} and overlap {overlap}: need 0 <= overlap < size")
     if length <= size:
         return [0]
     return [*range(0, length - size, size - overlap), length - size]

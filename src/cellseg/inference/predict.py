@@ -34,7 +34,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from cellseg.common.device import amp_forced_on_cpu, autocast, resolve_amp
-from cellseg.common.errors import ConfigError, DataError
+from cellseg.common.errors import DataError
 from cellseg.common.instances import InstanceSet, bounding_rect, quantised_threshold
 from cellseg.common.iou import rect_intersection, rects_meet, rects_meeting
 from cellseg.common.pixel_size import instances_on_image, resampled_image
@@ -75,10 +75,6 @@ def tta_views(tta: Iterable[str]) -> list[tuple[str, ...]]:
 
     `[hflip, rot90]` gives `()`, `("rot90",)`, `("hflip",)`, `("hflip", "rot90")`.
     """
-    tta = list(tta)
-    unknown = sorted(set(tta) - set(TTA_OPS))
-    if unknown:
-        raise ConfigError(f"predict.tta: unknown {unknown}, expected some of {list(TTA_OPS)}")
     ops = [op for op in TTA_OPS if op in tta]
     return [tuple(op for op, on in zip(ops, bits) if on) for bits in itertools.product((False, True), repeat=len(ops))]
 

@@ -18,10 +18,6 @@ from pathlib import Path
 from cellseg.common.errors import ConfigError
 
 RUN_WEIGHTS = "results/train/fold{fold}/model_best.pt"
-# The train keys that shape the weights or what they mean: they must match the source's.
-ARCHITECTURE_KEYS = (
-    "backbone", "fpn_channels", "anchor_sizes", "aspect_ratios", "box_head", "mask_roi_size", "aux_heads",
-)
 
 
 def init_weights_file(init_from: str | os.PathLike, fold: int) -> Path:
@@ -41,11 +37,6 @@ def init_weights_file(init_from: str | os.PathLike, fold: int) -> Path:
     return weights
 
 
-def architecture(cfg: dict) -> dict:
-    """The `ARCHITECTURE_KEYS` of a resolved train config, as train_summary.json records them."""
-    return {key: cfg[key] for key in ARCHITECTURE_KEYS}
-
-
 @dataclass(frozen=True)
 class InitSource:
     """A weights file to start from, with what its run's train_summary.json recorded (None
@@ -63,7 +54,8 @@ class InitSource:
         return cls(path, summary.get("classes"), summary.get("architecture"))
 
     def check_architecture(self, cfg: dict) -> None:
-        """`ConfigError` naming `train.init_from` and the first architecture key that differs."""
+        """`ConfigError` naming `train.init_from` and the first architecture key (those its run
+        recorded) that differs."""
         for key, value in (self.architecture or {}).items():
             if key in cfg and cfg[key] != value:
                 raise ConfigError(

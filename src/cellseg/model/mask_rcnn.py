@@ -35,7 +35,6 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import initLevelMapper
 
-from cellseg.common.errors import ConfigError
 from cellseg.model.cascade import STAGE_IOUS, CascadePredictor, CascadeRoIHeads
 from cellseg.model.roi_heads import CellRoIHeads
 from cellseg.model.weights import load_pretrained
@@ -67,8 +66,6 @@ def build_model(
     cells at one magnification. 0: torchvision's behaviour (short side resized to `min_size`).
     `min_size` None: native resolution, no resizing at all (multiscale sizes relative to S).
     """
-    if cfg["multiscale_sizes"] and cfg["min_size"] is None and not tile_size:
-        raise ConfigError("train.multiscale_sizes: needs tiling (tiles.size > 0) or a train.min_size")
     if class_weights is not None and tuple(class_weights.shape) != (num_classes + 1,):
         raise ValueError(f"class_weights must have shape ({num_classes + 1},), got {tuple(class_weights.shape)}")
     v2 = cfg["backbone"] == "resnet50_v2"

@@ -46,10 +46,7 @@ def torchvision_weights(cfg: dict) -> WeightsEnum | None:
     """torchvision's weights enum for `cfg["weights"]` and `cfg["backbone"]`; None for `none`."""
     if cfg["weights"] == "none":
         return None
-    table = _COCO if cfg["weights"] == "coco" else _IMAGENET
-    if cfg["backbone"] not in table:
-        raise ConfigError(f"train.weights: no {cfg['weights']} weights for backbone {cfg['backbone']}")
-    return table[cfg["backbone"]]
+    return (_COCO if cfg["weights"] == "coco" else _IMAGENET)[cfg["backbone"]]
 
 
 def download_weights(cfg: dict, dest_path: str | os.PathLike) -> str:
@@ -71,7 +68,8 @@ def load_pretrained(model: nn.Module, cfg: dict) -> str:
     """Load the weights `cfg` names into `model` (a `cellseg.model.mask_rcnn.CellMaskRCNN`); say which.
 
     Returns a one-line description for logs and summaries. Raises `ConfigError` naming the
-    file when `weights_path` is missing, unreadable or does not fit the model.
+    file when `weights_path` is unreadable or does not fit the model (the workflow checked that it
+    exists while building the DAG).
     """
     weights = torchvision_weights(cfg)
     if weights is None:
@@ -110,8 +108,6 @@ def _fetch(weights: WeightsEnum) -> dict[str, torch.Tensor]:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict (name → tensor) read with `weights_only=True`; `ConfigError` naming the file otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"train.weights_path: {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

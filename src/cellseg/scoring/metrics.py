@@ -175,11 +175,7 @@ def sartorius_metric(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], 
 def f1_per_class(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
     """F1 at IoU >= 0.5 per class (`F1_<name>`, TP/FP/FN summed over images) and their mean
     over the classes present in ground truth or predictions (`F1`); NaN where neither is."""
-    n_classes = len(gt.class_names)
-    counts = np.zeros((3, n_classes))
-    for truth, found, overlaps in _image_pairs(gt, preds, mask_threshold):
-        counts += _f1_counts(truth.classes, found.classes, iou_from_counts(*overlaps), n_classes)
-    return _f1_metrics(counts, gt.class_names)
+    return _f1_metrics(_summed(gt, preds, mask_threshold, 3, _f1_counts), gt.class_names)
 
 
 def panoptic_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
@@ -193,11 +189,7 @@ def panoptic_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], 
     ground truth nor predictions in the whole set is NaN and left out of the means; a class
     with predictions only scores 0.
     """
-    n_classes = len(gt.class_names)
-    sums = np.zeros((4, n_classes))
-    for truth, found, overlaps in _image_pairs(gt, preds, mask_threshold):
-        sums += _pq_sums(truth.classes, found.classes, iou_from_counts(*overlaps), n_classes)
-    return _pq_metrics(sums, gt.class_names)
+    return _pq_metrics(_summed(gt, preds, mask_threshold, 4, _pq_sums), gt.class_names)
 
 
 def pannuke_quality(gt: GroundTruth, preds: Sequence[InstanceSet | Binarised], mask_threshold: float = 0.5) -> dict:
@@ -376,6 +368,16 @@ def evaluate_predictions(
     for truth, found in zip(iter_truth(labels_list), binarised_all(preds, mask_threshold), strict=True):
         scorer.add_image(truth, found)
     return scorer.result()
+
+
+def _summed(gt: GroundTruth, preds, mask_threshold: float, rows: int, per_image) -> np.ndarray:
+    """`per_image(truth classes, classes, IoU matrix, n_classes)`, (rows, C) per image, summed
+    over the images."""
+    n_classes = len(gt.class_names)
+    sums = np.zeros((rows, n_classes))
+    for truth, found, overlaps in _image_pairs(gt, preds, mask_threshold):
+        sums += per_image(truth.classes, found.classes, iou_from_counts(*overlaps), n_classes)
+    return sums
 
 
 def _image_pairs(

@@ -39,6 +39,8 @@ from cellseg.scoring.coco_format import Binarised, binarise
 from cellseg.scoring.metrics import DEFAULT_EVALUATOR, metric_value
 from cellseg.scoring.truth import GroundTruth, as_ground_truth
 
+# What a trial is scored with, unless the caller says otherwise.
+SCORING = {"metric": "AP", "max_dets": 1000, "evaluator": DEFAULT_EVALUATOR}
 DEFAULTS = {"score_threshold": 0.0, "mask_threshold": 0.5, "nms_threshold": 1.0}
 TRIAL_COLUMNS = ["stage", "class", "score_threshold", "mask_threshold", "nms_threshold", "score"]
 
@@ -48,13 +50,12 @@ def tune_thresholds(
     preds: Sequence[InstanceSet],
     class_names: list[str],
     search: dict,
-    metric: str = "AP",
-    max_dets: int = 1000,
-    evaluator: str = DEFAULT_EVALUATOR,
     point: str = "leaderboard",
+    **scoring,
 ) -> tuple[dict, pd.DataFrame]:
     """Best thresholds of an operating point (`POINTS`) for `metric` (one of
-    `cellseg.scoring.metrics.METRICS`) and every trial.
+    `cellseg.scoring.metrics.METRICS`) and every trial. `scoring`: `metric`, `max_dets` and
+    `evaluator`, by default `SCORING`.
 
     search: {score_thresholds: [...], mask_thresholds: [...], nms_thresholds: [...]} (for
     `cells`, NMS across classes). Returns best = {point, score_thresholds: {class id (1-based):
@@ -68,9 +69,10 @@ def tune_thresholds(
     if point not in POINTS:
         raise ValueError(f"unknown operating point {point!r}; choose one of {POINTS}")
     gt = as_ground_truth(labels_list, class_names)
+    scoring = {**SCORING, **scoring}
     if point == "cells":
-        return _tune_cells(gt, preds, class_names, search, metric, max_dets, evaluator)
-    score = _scorer(gt, metric, max_dets, evaluator)
+        return _tune_cells(gt, preds, class_names, search, scoring)
+    score = _scorer(gt, **scoring)
     trials = []
     with tempfile.TemporaryDirectory(prefix="cellseg_tune_") as spool_dir:
 
@@ -81,26 +83,26 @@ def tune_thresholds(
         mask_threshold, nms_threshold, value, processed = _grid_stage(spool, search, score, trials)
         grid_best = _Best({k + 1: mask_threshold for k in range(len(class_names))}, value, processed)
         candidates = _with_default(search["mask_thresholds"], DEFAULTS["mask_threshold"])
-        masks_best = _mask_stage(spool, class_names, candidates, nms_threshold, score, grid_best, trials)
+        run = _Pass(class_names, nms_threshold, score, trials)
+        masks_best = _mask_stage(spool, candidates, grid_best, run)
         candidates = _with_default(search["score_thresholds"], DEFAULTS["score_threshold"])[1:]
-        thresholds, value = _score_stage(class_names, candidates, nms_threshold, score, masks_best, trials)
+        thresholds, value = _score_stage(candidates, masks_best, run)
     best = {
         "point": "leaderboard",
         "score_thresholds": thresholds,
         "mask_thresholds": masks_best.masks,
         "nms_threshold": nms_threshold,
-        "metric": metric,
+        "metric": scoring["metric"],
         "score": value,
     }
     return best, pd.DataFrame(trials, columns=TRIAL_COLUMNS)
 
 
 def _tune_cells(
-    gt: GroundTruth, preds: Sequence[InstanceSet], class_names: list[str], search: dict, metric: str,
-    max_dets: int, evaluator: str,
+    gt: GroundTruth, preds: Sequence[InstanceSet], class_names: list[str], search: dict, scoring: dict,
 ) -> tuple[dict, pd.DataFrame]:  # fmt: skip
     """The `cells` point's search (module doc); arguments and result as `tune_thresholds`."""
-    score = _scorer(gt, metric, max_dets, evaluator)
+    score = _scorer(gt, **scoring)
     n_classes, ids = len(class_names), list(range(1, len(class_names) + 1))
     trials, best = [], None
 
@@ -126,7 +128,7 @@ def _tune_cells(
             trial("score", name, {**scores, class_id: candidate}, masks, nms, (candidate, masks[class_id]))
     scores, masks, nms, value = best
     best = {"point": "cells", "score_thresholds": scores, "mask_thresholds": masks, "nms_threshold": nms,
-            "metric": metric, "score": value}  # fmt: skip
+            "metric": scoring["metric"], "score": value}  # fmt: skip
     return best, pd.DataFrame(trials, columns=TRIAL_COLUMNS)
 
 
@@ -160,23 +162,26 @@ def _grid_stage(spool: Callable[..., Spool], search: dict, score: Callable, tria
     return best
 
 
-def _mask_stage(
-    spool: Callable[..., Spool],
-    class_names: list[str],
-    candidates: list[float],
-    nms_threshold: float,
-    score: Callable,
-    best: _Best,
-    trials: list,
-) -> _Best:
+@dataclass
+class _Pass:
+    """What the coordinate passes after the grid share: the classes, the grid's NMS threshold,
+    the scorer and the trials table they append to."""
+
+    class_names: list[str]
+    nms_threshold: float
+    score: Callable
+    trials: list
+
+
+def _mask_stage(spool: Callable[..., Spool], candidates: list[float], best: _Best, run: _Pass) -> _Best:
     """One coordinate pass over each class's mask threshold from `best`; appends its trials;
     deletes the spools of the trials it does not keep."""
-    for class_id, name in zip(list(best.masks), class_names):
+    for class_id, name in zip(list(best.masks), run.class_names):
         for candidate in [c for c in candidates if c != best.masks[class_id]]:
             masks = {**best.masks, class_id: candidate}
-            processed = spool(masks, nms_threshold)
-            value = score(processed)
-            trials.append(("mask", name, 0.0, candidate, nms_threshold, value))
+            processed = spool(masks, run.nms_threshold)
+            value = run.score(processed)
+            run.trials.append(("mask", name, 0.0, candidate, run.nms_threshold, value))
             if _better(value, best.value):
                 best.processed.delete()
                 best = _Best(masks, value, processed)
@@ -185,52 +190,33 @@ def _mask_stage(
     return best
 
 
-def _score_stage(
-    class_names: list[str],
-    candidates: list[float],
-    nms_threshold: float,
-    score: Callable,
-    best: _Best,
-    trials: list,
-) -> tuple[dict[int, float], float]:
+def _score_stage(candidates: list[float], best: _Best, run: _Pass) -> tuple[dict[int, float], float]:
     """One coordinate pass over each class's score threshold, filtering `best.processed`.
     Returns {class id: score threshold} and its score; appends its trials."""
     thresholds, value = dict.fromkeys(best.masks, DEFAULTS["score_threshold"]), best.value
-    for class_id, name in zip(list(thresholds), class_names):
+    for class_id, name in zip(list(thresholds), run.class_names):
         for candidate in candidates:
             trial = {**thresholds, class_id: candidate}
-            trial_value = score(p.select(p.scores >= per_instance(p.classes, trial, 0.0)) for p in best.processed)
-            trials.append(("score", name, candidate, best.masks[class_id], nms_threshold, trial_value))
+            trial_value = run.score(p.select(p.scores >= per_instance(p.classes, trial, 0.0)) for p in best.processed)
+            run.trials.append(("score", name, candidate, best.masks[class_id], run.nms_threshold, trial_value))
             if _better(trial_value, value):
                 thresholds, value = trial, trial_value
     return thresholds, value
 
 
 def score_with(
-    labels_list: list[np.ndarray] | GroundTruth,
-    preds: Iterable[InstanceSet],
-    class_names: list[str],
-    best: dict,
-    metric: str = "AP",
-    max_dets: int = 1000,
-    evaluator: str = DEFAULT_EVALUATOR,
+    labels_list: list[np.ndarray] | GroundTruth, preds: Iterable[InstanceSet], class_names: list[str], best: dict, **scoring
 ) -> float:
-    """`metric` of `preds` at the operating point `best` (as `tune_thresholds` returns)."""
+    """The metric (`scoring`, as `tune_thresholds`) of `preds` at the operating point `best`."""
     processed = (binarise(apply_point(p, best), 0.5) for p in preds)
-    return _scorer(as_ground_truth(labels_list, class_names), metric, max_dets, evaluator)(processed)
+    return _scorer(as_ground_truth(labels_list, class_names), **{**SCORING, **scoring})(processed)
 
 
 def cross_check(
-    labels_list: list[np.ndarray] | GroundTruth,
-    preds: Sequence[InstanceSet],
-    class_names: list[str],
-    search: dict,
-    metric: str = "AP",
-    max_dets: int = 1000,
-    evaluator: str = DEFAULT_EVALUATOR,
-    point: str = "leaderboard",
+    labels_list: list[np.ndarray] | GroundTruth, preds: Sequence[InstanceSet], class_names: list[str], search: dict, **options
 ) -> dict:
-    """How much of the tuned score of the operating point `point` is overfitting: tune on half A
+    """How much of the tuned score of an operating point is overfitting (`options`: the keywords
+    of `tune_thresholds`, the point among them): tune on half A
     (even positions), score half B (odd positions) and swap. Returns `held_out` (mean of the two held-out scores, to set next
     to the in-sample `best["score"]`), `held_out_a`/`held_out_b` (score of a half with the
     thresholds tuned on the other), `tuned_a`/`tuned_b` (in-sample score of each half). A half
@@ -240,14 +226,14 @@ def cross_check(
     report = dict.fromkeys(["held_out", "held_out_a", "held_out_b", "tuned_a", "tuned_b"], float("nan"))
     if len(preds) < 2:
         return report
-    options = {"metric": metric, "max_dets": max_dets, "evaluator": evaluator}
+    scoring = {key: value for key, value in options.items() if key != "point"}
     gt = as_ground_truth(labels_list, class_names)  # converted once, then split
     for tuned, held_out in [("a", "b"), ("b", "a")]:
         labels_t, preds_t = gt.subset(halves[tuned]), _subset(preds, halves[tuned])
         labels_h, preds_h = gt.subset(halves[held_out]), _subset(preds, halves[held_out])
-        best, _ = tune_thresholds(labels_t, preds_t, class_names, search, **options, point=point)
+        best, _ = tune_thresholds(labels_t, preds_t, class_names, search, **options)
         report[f"tuned_{tuned}"] = best["score"]
-        report[f"held_out_{held_out}"] = score_with(labels_h, preds_h, class_names, best, **options)
+        report[f"held_out_{held_out}"] = score_with(labels_h, preds_h, class_names, best, **scoring)
     report["held_out"] = (report["held_out_a"] + report["held_out_b"]) / 2
     return report
 
@@ -265,7 +251,7 @@ def _subset(preds: Sequence[InstanceSet], index: np.ndarray) -> Sequence[Instanc
     return preds.subset(index) if isinstance(preds, StoredSets) else [preds[i] for i in index]
 
 
-def _scorer(gt: GroundTruth, metric: str, max_dets: int, evaluator: str):
+def _scorer(gt: GroundTruth, *, metric: str, max_dets: int, evaluator: str):
     """Metric of post-processed (already binarised) instance sets."""
     return lambda processed: metric_value(gt, processed, metric, 0.5, max_dets, evaluator)
 

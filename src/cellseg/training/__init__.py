@@ -1,1 +1,1 @@
-"""Training one fold: the resolved train config, the tile loader, the loop, its history."""
+"""Training one fold: the lr rule, the tile loader, the loop, its history."""

@@ -25,6 +25,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -44,10 +45,10 @@ from cellseg.inference.predict import predict_image
 from cellseg.model.checkpoint import fingerprint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cellseg.model.ema import make_ema
 from cellseg.model.finetune import load_init_weights
-from cellseg.model.init_source import InitSource, architecture
+from cellseg.model.init_source import InitSource
 from cellseg.model.mask_rcnn import build_model
 from cellseg.scoring.metrics import coco_mask_metrics
-from cellseg.training.config import effective_lr, lr_rule
+from cellseg.training.lr_rule import effective_lr, lr_rule
 from cellseg.training.data import TileDataset, class_instance_counts, make_loader, repeat_factors, start_epoch
 from cellseg.training.history import VAL_KEYS, plot_curve, write_history, write_summary
 
@@ -134,7 +135,7 @@ def validate(
 
     Images larger than `val_tile_size` are predicted in overlapping tiles, as the predict stage
     does (`cellseg.inference.predict.predict_image`, no TTA, in precision `amp`): whole, a large image meets proposal and
-    detection caps sized for a tile (docs/train_keys.md, `val_tile_size`, has the measurement).
+    detection caps sized for a tile (the schema's description of `train.val_tile_size` has the measurement).
     """
     model.eval()
     preds = [
@@ -184,9 +185,10 @@ class _Training:
 
     def __init__(
         self, tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, overlap, amp_on_cpu, mpp,
-        init_weights,
+        init_weights, architecture_keys,
     ):
         self.cfg, self.class_names, self.outputs, self.val_samples = cfg, list(class_names), outputs, val_samples
+        self.architecture_keys = list(architecture_keys)
         self.mpp, self.num_workers = mpp, num_workers
         self.device = select_device(device)
         self.cuda = self.device.type == "cuda"
@@ -205,9 +207,7 @@ class _Training:
         # train.init_from takes precedence over train.weights / weights_path.
         self.model = build_model(cfg, len(class_names), weights, tile_size=tile_size, pretrained=not init_weights)
         if init_weights:
-            source = InitSource.read(init_weights)
-            source.check_architecture(cfg)
-            self.model.weights_description = load_init_weights(self.model, source, self.class_names)
+            self.model.weights_description = load_init_weights(self.model, InitSource.read(init_weights), self.class_names)
         self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -442,7 +442,7 @@ class _Training:
         plot_curve(outputs.curve, state["history"])
         summary = {
             "weights": self.model.weights_description, "init_from": self.init,
-            "classes": self.class_names, "architecture": architecture(self.cfg),
+            "classes": self.class_names, "architecture": {key: self.cfg[key] for key in self.architecture_keys},
             "device": str(self.device), "amp": self.amp,
             "ema_decay": self.cfg["ema_decay"], "lr": effective_lr(self.cfg), "lr_rule": lr_rule(self.cfg),
             "mpp": self.mpp, "resize": self.model.transform.scales(), "data_loader_workers": self.num_workers,
@@ -474,6 +474,7 @@ def train_fold(
     amp_on_cpu: bool = False,
     mpp: float | None = None,
     init_weights: str | os.PathLike | None = None,
+    architecture_keys: Sequence[str] = (),
 ) -> dict:
     """Train one fold's model and write `outputs`; returns the summary written to `outputs.summary`.
 
@@ -481,7 +482,7 @@ def train_fold(
         training images outside this fold.
     val_samples: the fold's held-out whole images, validated every `val_every_epochs` epochs
         and after the last.
-    cfg: the resolved `train:` section (`train_config.resolve_train_config`).
+    cfg: the resolved `train:` section (`cellseg.workflow.configuration.resolve_train_config`).
     tile_size: the tiles' side S (`tiles.size`), so that validation sees cells at the training
         magnification; 0 for whole-image tiles.
     val_overlap: the overlap of validation tiles (`predict.overlap`, as the predict stage).
@@ -493,7 +494,10 @@ def train_fold(
         the resize factors the model applies while training and when predicting.
     init_weights: the file `cfg["init_from"]` resolves to for this fold
         (`init_source.init_weights_file`), loaded with classes matched by name
-        (`cellseg.model.finetune`); its path and sha256 are recorded in the summary.
+        (`cellseg.model.finetune`); its path and sha256 are recorded in the summary. The
+        workflow checked its architecture while building the DAG.
+    architecture_keys: the train keys recorded as the model's architecture, which a later run
+        that fine-tunes these weights must match (`configuration.architecture_keys`).
 
     Resumes from `outputs.checkpoint` when it exists and matches this config and these inputs
     (`DataError` when it matches but cannot be loaded). Raises `NonFiniteLossError` when the
@@ -501,5 +505,5 @@ def train_fold(
     """
     return _Training(
         tiles, val_samples, cfg, class_names, outputs, num_workers, device, tile_size, val_overlap, amp_on_cpu, mpp,
-        init_weights,
+        init_weights, architecture_keys,
     ).run()

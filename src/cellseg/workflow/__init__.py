@@ -1,1 +1,1 @@
-"""What only the Snakemake glue needs: config checks and recipes, code hashes, job logs, listings, header cache, docs."""
+"""What only the Snakemake glue needs: the configuration, code hashes, job logs, listings, header cache, docs."""

@@ -1,12 +1,14 @@
-"""The generated reference pages in docs/: the configuration reference and the rule graph.
+"""The generated files: config.yaml and docs/config.md from the schema, and the rule graph.
 
-`config_reference` writes docs/config.md from the schema (every key, its type and default),
-config.yaml's comments (the descriptions), `cellseg.training.config.TRAIN_PRESETS` (the presets'
-values) and docs/train_keys.md (per-key meanings of the `train:` section). `run_rulegraph` runs
-`snakemake --rulegraph` on the default config in an empty directory and returns it in a fixed
-order, as docs/rulegraph.dot holds it; docs/rulegraph.svg is rendered from that file by Graphviz
-(`make dag`). `scripts/generate_docs.py` writes both; tests/test_generated_docs.py fails when
-either file differs from what these functions give today. Imports no torch.
+The schema (workflow/schemas/config.schema.yaml) is the one home of every key's type, default
+and description, and of the presets' and recipes' values (`cellseg.workflow.configuration`).
+`config_yaml` writes config.yaml from it: every key at its default, its description as the
+comment above it. `config_reference` writes docs/config.md: every key with its type, default,
+preset and recipe values and description. `run_rulegraph` runs `snakemake --rulegraph` on the
+default config in an empty directory and returns it in a fixed order, as docs/rulegraph.dot
+holds it; docs/rulegraph.svg is rendered from that file by Graphviz (`make dag`).
+`scripts/generate_docs.py` writes them; tests/test_generated_docs.py fails when a file differs
+from what these functions give today. Imports no torch.
 """
 
 from __future__ import annotations
@@ -16,122 +18,23 @@ import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml
 
-from cellseg.training.config import TRAIN_PRESETS
-from cellseg.workflow.recipes import recipe_values
+from cellseg.workflow.configuration import _resolve, _types, is_section, recipe_values, schema_keys, train_presets
 
 SCHEMA = Path("workflow") / "schemas" / "config.schema.yaml"
-CONFIG = Path("config.yaml")
-TRAIN_KEYS = Path("docs") / "train_keys.md"
 
-_KEY_LINE = re.compile(r"^( *)([A-Za-z_][A-Za-z0-9_]*):(?:\s|$)")
-_RULER = re.compile(r"^-{5,}$")
 _PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./@+-]*$")
-
-
-# --------------------------------------------------------------------------------------------
-# config.yaml's comments
-
-
-def config_comments(text: str) -> dict[str, tuple[str, str]]:
-    """The comment that documents each key of a YAML config file, by dotted key.
-
-    A block of `#` lines directly above a key (no blank line between) is that key's own
-    comment. A key without one, written on the line right after a sibling (same indentation,
-    no blank or comment line between), shares that sibling's comment: config.yaml documents
-    groups such as `min_size` / `max_size` with one comment. Lines of dashes (section rulers)
-    are skipped. Returns {dotted key: (kind, text)}, kind `own` or `shared`; keys without
-    either are left out. Block keys only (`key: value` / `key:`), as config.yaml writes them.
-    """
-    comments: dict[str, tuple[str, str]] = {}
-    pending: list[str] = []
-    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing mappings
-    previous: tuple[int, str | None] | None = None  # (indent, comment) of the line above, a key
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped:
-            pending, previous = [], None
-            continue
-        if stripped.startswith("#"):
-            body = stripped.lstrip("#").strip()
-            if body and not _RULER.match(body):
-                pending.append(body)
-            previous = None
-            continue
-        match = _KEY_LINE.match(line)
-        if not match:
-            pending, previous = [], None
-            continue
-        indent, key = len(match.group(1)), match.group(2)
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        dotted = ".".join([k for _, k in stack] + [key])
-        if pending:
-            comment = " ".join(pending)
-            comments[dotted] = ("own", comment)
-        elif previous is not None and previous[0] == indent and previous[1] is not None:
-            comment = previous[1]
-            comments[dotted] = ("shared", comment)
-        else:
-            comment = None
-        stack.append((indent, key))
-        pending, previous = [], (indent, comment)
-    return comments
-
-
-def train_key_meanings(markdown: str) -> dict[str, str]:
-    """The `meaning` column of docs/train_keys.md's table, by key."""
-    meanings = {}
-    for line in markdown.splitlines():
-        if not line.startswith("| ") or line.startswith(("| key ", "| ---")):
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        meanings[cells[0]] = cells[1]
-    return meanings
+COMMENT_WIDTH = 95
+RULER = "# " + "-" * (COMMENT_WIDTH - 2)
 
 
 # --------------------------------------------------------------------------------------------
 # The schema's keys
-
-
-def _resolve(prop: dict, definitions: dict) -> dict:
-    """`prop` with a `$ref` into `definitions` merged in (its own keys win)."""
-    if "$ref" not in prop:
-        return prop
-    name = prop["$ref"].rsplit("/", 1)[-1]
-    return {**definitions[name], **{k: v for k, v in prop.items() if k != "$ref"}}
-
-
-def _types(prop: dict) -> list[str]:
-    kind = prop.get("type", [])
-    return [kind] if isinstance(kind, str) else list(kind)
-
-
-def is_section(prop: dict) -> bool:
-    """A mapping whose keys are config keys of their own (not a nullable mapping value)."""
-    return _types(prop) == ["object"] and "properties" in prop
-
-
-def schema_keys(schema: dict) -> list[tuple[str, dict]]:
-    """(dotted key, property) of every key a user sets, in the schema's order: the leaves, with
-    sections (`tune.cells`) walked into and `$ref`s resolved."""
-    definitions = schema.get("definitions", {})
-    keys = []
-
-    def walk(properties: dict, prefix: str) -> None:
-        for name, prop in properties.items():
-            prop = _resolve(prop, definitions)
-            if is_section(prop):
-                walk(prop["properties"], f"{prefix}{name}.")
-            else:
-                keys.append((f"{prefix}{name}", prop))
-
-    walk(schema["properties"], "")
-    return keys
 
 
 def yaml_inline(value) -> str:
@@ -215,77 +118,31 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def key_descriptions(
-    keys: list[str], comments: dict[str, tuple[str, str]], train_meanings: dict[str, str], schema_texts: dict[str, str]
-) -> dict[str, str]:
-    """One description per key: config.yaml's own comment; else, for `train.*`, its meaning in
-    docs/train_keys.md; else the schema's `description`; else the comment it shares with the
-    sibling above it in config.yaml; else that of the nearest enclosing section."""
-    out = {}
-    for key in keys:
-        kind, comment = comments.get(key, (None, ""))
-        section, _, name = key.rpartition(".")
-        candidates = [
-            comment if kind == "own" else "",
-            train_meanings.get(name, "") if section == "train" else "",
-            schema_texts.get(key, ""),
-            comment if kind == "shared" else "",
-        ]
-        parent = section
-        while parent:
-            candidates.append(comments.get(parent, (None, ""))[1] or schema_texts.get(parent, ""))
-            parent = parent.rpartition(".")[0]
-        out[key] = next((text for text in candidates if text), "")
-    return out
+def _flat(text: str) -> str:
+    return " ".join(text.split())
 
 
 def config_reference(root: str | Path = ".") -> str:
-    """docs/config.md as the generator writes it today, from the files under `root`."""
-    root = Path(root)
-    schema = yaml.safe_load((root / SCHEMA).read_text())
-    comments = config_comments((root / CONFIG).read_text())
-    meanings = train_key_meanings((root / TRAIN_KEYS).read_text())
-    return render_config_reference(schema, comments, meanings, TRAIN_PRESETS, recipe_values())
+    """docs/config.md as the generator writes it today, from the schema under `root`."""
+    return render_config_reference(yaml.safe_load((Path(root) / SCHEMA).read_text()))
 
 
-def _schema_descriptions(schema: dict) -> dict[str, str]:
-    texts = {}
-
-    def walk(properties: dict, prefix: str) -> None:
-        for name, prop in properties.items():
-            if "description" in prop:
-                texts[f"{prefix}{name}"] = " ".join(str(prop["description"]).split())
-            if "properties" in prop and "object" in _types(prop):
-                walk(prop["properties"], f"{prefix}{name}.")
-
-    walk(schema["properties"], "")
-    return texts
-
-
-def render_config_reference(
-    schema: dict,
-    comments: dict[str, tuple[str, str]],
-    train_meanings: dict[str, str],
-    presets: dict[str, dict],
-    recipes: dict[str, dict],
-) -> str:
-    """The configuration reference in Markdown: one table per top-level key of the schema.
-    `recipes`: {dotted key: {recipe: value}} (`cellseg.workflow.recipes.recipe_values`), shown after
-    the description of each key a recipe fills."""
+def render_config_reference(schema: dict) -> str:
+    """The configuration reference in Markdown: one table per top-level key of the schema, the
+    train section with a column per preset; each key a recipe fills says the recipes' values
+    after its description."""
     definitions = schema.get("definitions", {})
-    keys = schema_keys(schema)
-    schema_texts = _schema_descriptions(schema)
-    descriptions = key_descriptions([k for k, _ in keys], comments, train_meanings, schema_texts)
-    preset_names = list(presets)
+    presets = train_presets(schema)
+    recipes = recipe_values(schema)
     sections: dict[str, list[tuple[str, dict]]] = {}
-    for key, prop in keys:
+    for key, prop in schema_keys(schema):
         sections.setdefault(key.split(".")[0], []).append((key, prop))
 
     lines = [
         "# Configuration reference",
         "",
         "<!-- Generated by `make docs` (scripts/generate_docs.py) from workflow/schemas/config.schema.yaml,",
-        "     config.yaml's comments, the presets of src/cellseg/training/config.py and docs/train_keys.md.",
+        "     the one home of every key's type, default, description, preset and recipe values.",
         "     Do not edit: tests/test_generated_docs.py fails when this page differs from what the",
         "     generator writes. -->",
         "",
@@ -303,31 +160,67 @@ def render_config_reference(
     for name, members in sections.items():
         lines += [f"## {name}", ""]
         section_prop = schema["properties"][name]
-        intro = comments.get(name, (None, ""))[1] if is_section(section_prop) else ""
-        if intro:
-            lines += [intro, ""]
+        if is_section(section_prop) and section_prop.get("description"):
+            lines += [_flat(section_prop["description"]), ""]
         if name == "train":
             lines += [
                 "The preset columns show the value each preset gives a key left at `null`.",
                 "",
-                "| key | type | default | " + " | ".join(f"`{p}` preset" for p in preset_names) + " | description |",
-                "| --- | --- | --- | " + " | ".join("---" for _ in preset_names) + " | --- |",
+                "| key | type | default | " + " | ".join(f"`{p}` preset" for p in presets) + " | description |",
+                "| --- | --- | --- | " + " | ".join("---" for _ in presets) + " | --- |",
             ]
         else:
             lines += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
         for key, prop in members:
             row = [f"`{key}`", describe_type(prop, definitions), f"`{yaml_inline(prop.get('default'))}`"]
             if name == "train":
-                leaf = key.split(".", 1)[1]
-                row += [
-                    f"`{yaml_inline(presets[p][leaf])}`" if leaf in presets[p] else "" for p in preset_names
-                ]
+                row += [f"`{yaml_inline(values[key[6:]])}`" if key[6:] in values else "" for values in presets.values()]
             given = recipes.get(key, {})
-            recipe_text = ", ".join(f"{name} `{yaml_inline(value)}`" for name, value in given.items())
-            row.append(descriptions[key] + (f" Recipes: {recipe_text}." if given else ""))
+            recipe_text = ", ".join(f"{recipe} `{yaml_inline(value)}`" for recipe, value in given.items())
+            row.append(_flat(prop.get("description", "")) + (f" Recipes: {recipe_text}." if given else ""))
             lines.append("| " + " | ".join(_cell(cell) for cell in row) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# config.yaml
+
+
+def config_yaml(root: str | Path = ".") -> str:
+    """config.yaml as the generator writes it today, from the schema under `root`."""
+    return render_config_yaml(yaml.safe_load((Path(root) / SCHEMA).read_text()))
+
+
+def render_config_yaml(schema: dict) -> str:
+    """Every key at its default, its description as the comment above it; keys in a row with the
+    same description share one comment; a ruler before each section."""
+    lines = _comment(schema["description"], 0) + [""]
+    for name, prop in schema["properties"].items():
+        lines += [RULER] + _yaml_entry(name, prop, 0, previous=None) + [""]
+    return "\n".join(lines[:-1]) + "\n"
+
+
+def _yaml_entry(name: str, prop: dict, indent: int, previous: str | None) -> list[str]:
+    text = prop.get("description")
+    lines = _comment(text, indent) if text and text != previous else []
+    pad = " " * indent
+    if not is_section(prop):
+        return lines + [f"{pad}{name}: {yaml_inline(prop.get('default'))}"]
+    lines.append(f"{pad}{name}:")
+    last = None
+    for child, child_prop in prop["properties"].items():
+        lines += _yaml_entry(child, child_prop, indent + 2, previous=last)
+        last = child_prop.get("description")
+    return lines
+
+
+def _comment(text: str, indent: int) -> list[str]:
+    """`text` as `#` lines at `indent`: its own line breaks kept, a single line wrapped."""
+    pad = " " * indent
+    if "\n" in text:
+        return [f"{pad}# {line}".rstrip() for line in text.splitlines()]
+    return [f"{pad}# {line}" for line in textwrap.wrap(text, COMMENT_WIDTH - indent - 2)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,7 +238,7 @@ def run_rulegraph(root: str | Path = ".", python: str = sys.executable) -> str:
         proc = subprocess.run(
             [
                 python, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", workdir,
-                "--configfile", str(root / CONFIG), "--cores", "1", "--rulegraph",
+                "--configfile", str(root / "config.yaml"), "--cores", "1", "--rulegraph",
             ],
             capture_output=True,
             text=True,
