@@ -67,11 +67,13 @@ def onnx_bytes(model: torch.nn.Module, example_size: int = 256) -> bytes:
 
 
 def model_card(
-    classes: list[str], tile_size: int, overlap: int, mpp: float | None, points: dict[str, dict], train_cfg: dict
-) -> dict:
+    classes: list[str], tile_size: int, overlap: int, mpp: float | None, points: dict[str, dict], train_cfg: dict,
+    stain: str = "none",
+) -> dict:  # fmt: skip
     """What the JSON beside the ONNX file holds: the classes, the input the graph expects and
     the normalisation it applies inside, the prediction tile size and overlap, the training µm
-    per pixel (None when unknown) and both tuned operating points (`cellseg.evaluation.read_point`)."""
+    per pixel (None when unknown), both tuned operating points (`cellseg.evaluation.read_point`)
+    and the stain normalisation the images need first (`stain.method`)."""
     return {
         "format_version": FORMAT_VERSION,
         "classes": list(classes),
@@ -82,6 +84,7 @@ def model_card(
         "tile_size": tile_size,
         "overlap": overlap,
         "mpp": mpp,
+        "stain": stain,
         "box_score_thresh": train_cfg["box_score_thresh"],
         "points": points,
         "opset": OPSET,
