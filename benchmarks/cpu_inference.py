@@ -160,19 +160,111 @@ def measure(run: str, run_dir: Path, name: str, workdir: Path) -> dict:
     return {"seconds": seconds, "mpx_s_core": processes * 1.0 / seconds / cores}
 
 
+STAGES = {
+    # stage: the functions whose cumulative time it is (cProfile), as they nest in the path
+    "tile reads (TIFF decode)": ["segment_input.py:read"],
+    "network (ONNX Runtime / torch forward)": ["run", "model.py:detect"],
+    "mask paste into windows": ["onnx_backend.py:paste_windows"],
+    "tile instances and seam merge": ["predict.py:_tile_instances", "predict.py:_merge_duplicates"],
+    "TTA fusion (WBF)": ["ensemble.py:fuse_instance_sets"],
+    "cells point (thresholds, NMS, one cell per pixel)": ["postprocess.py:apply_point"],
+    "block merge and exclusive pixels": ["segment.py:_duplicate", "overlaps.py:exclusive_pixels"],
+    "writers (labels.tif, GeoJSON, CSV, overlay)": ["segment_export.py:export_cells"],
+}
+
+
+def write_slide(path: Path, image: np.ndarray, size: int) -> None:
+    """A (size, size, 3) tiled TIFF of `image` repeated, every other copy mirrored (no seams)."""
+    import tifffile
+
+    side = image.shape[0]
+    index = np.arange(size)
+    piece, inside = np.divmod(index, side)
+    coords = np.where(piece % 2 == 0, inside, side - 1 - inside)
+    tifffile.imwrite(path, image[coords[:, None], coords[None]], tile=(512, 512), photometric="rgb", compression="zlib")
+
+
+def run_slide(args) -> None:
+    """Segment the slide with CoNSeP fold 0 (`segment_file`, cells point of its run); seconds,
+    peak RSS and, with `--profile`, the seconds of each of `STAGES`."""
+    import cProfile
+    import pstats
+    import resource
+
+    import torch
+
+    from cellseg.evaluation import read_point
+    from cellseg.inference import FoldEnsemble
+    from cellseg.segment_export import segment_file
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(args.workdir)
+    model = load_model("consep", Path(args.run_dir), args.backend, "", workdir)
+    fusion = {"weights": None, "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg", "absent_as_zero": False}
+    ensemble = FoldEnsemble([model], [None], torch.device("cpu"), {**predict_settings("consep"), "amp": "none"}, fusion)
+    point = read_point(Path(args.run_dir) / "results/tune/cells.json")
+    out = workdir / f"out_{args.backend}"
+    out.mkdir()
+    outputs = {key: out / name for key, name in (("labels", "labels.tif"), ("geojson", "cells.geojson"), ("csv", "cells.csv"), ("overlay", "overlay.png"))}
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    table = segment_file(workdir / "slide.tif", outputs, ensemble, point, [f"class{k}" for k in range(1, 5)])
+    profile.disable()
+    seconds = time.perf_counter() - start
+    stats = pstats.Stats(profile).stats
+    stages = {
+        stage: sum(v[3] for (file, _, func), v in stats.items() for name in names if f"{Path(file).name}:{func}" == name or func == name and "onnxruntime" in file)
+        for stage, names in STAGES.items()
+    }
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "cells": len(table), "stages": stages}))
+
+
+def slide(args) -> None:
+    """`--slide N`: the end-to-end segment of an N px slide at the baseline and with onnxruntime."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        write_slide(workdir / "slide.tif", consep_image(args.consep_data), args.slide)
+        print(f"| {args.slide} px slide, CoNSeP fold 0, 1 thread | seconds | Mpx/s | peak RSS MB | cells |")
+        print("| --- | --- | --- | --- | --- |")
+        results = {}
+        for backend in ("torch", "onnxruntime"):
+            command = [sys.executable, __file__, "--one-slide", "--run-dir", str(args.consep_run), "--backend", backend,
+                       "--threads", "1", "--workdir", str(workdir)]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if done.returncode:
+                print(f"| {backend} | fails: {done.stderr.strip().splitlines()[-1][:160]} | | | |")
+                continue
+            result = results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {backend} | {result['seconds']:.0f} | {args.slide**2 / 1e6 / result['seconds']:.3f} | {result['peak_rss_mb']:.0f} | {result['cells']} |", flush=True)
+        for backend, result in results.items():
+            print(f"\n| stage ({backend}) | seconds | share |\n| --- | --- | --- |")
+            for stage, seconds in result["stages"].items():
+                print(f"| {stage} | {seconds:.1f} | {seconds / result['seconds']:.0%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-run", type=Path, default=Path("/work/runs/demo"))
     parser.add_argument("--consep-run", type=Path, default=Path("/work/runs/consep"))
     parser.add_argument("--consep-data", type=Path, default=Path("../shared/data/consep"))
     parser.add_argument("--settings", nargs="*", help="names of SETTINGS to run (default: all)")
+    parser.add_argument("--slide", type=int, help="also segment a slide of this side end to end (e.g. 4000)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--one-slide", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--run", "--run-dir", "--backend", "--variant", "--workdir", "--save"):
         parser.add_argument(hidden, default="", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         run_one(args)
+        return
+    if args.one_slide:
+        run_slide(args)
+        return
+    if args.slide:
+        slide(args)
         return
     from cellseg.agreement import agreement
     from cellseg.instances import InstanceSet
