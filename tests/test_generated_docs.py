@@ -141,7 +141,7 @@ def package_modules() -> set[tuple[str, str]]:
     """The modules of src/cellseg as docs/design.md names them: (subpackage, `name.py`) for a
     module, (subpackage, `name/`) for a package inside it."""
     package = ROOT / "src" / "cellseg"
-    modules = set()
+    modules = {("cellseg", p.name) for p in package.glob("*.py") if p.name != "__init__.py"}
     for stage in (p for p in package.iterdir() if (p / "__init__.py").exists()):
         modules |= {(stage.name, p.name) for p in stage.glob("*.py") if p.name != "__init__.py"}
         modules |= {(stage.name, f"{p.name}/") for p in stage.iterdir() if (p / "__init__.py").exists()}

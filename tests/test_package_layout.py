@@ -10,6 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cellseg"
 
 # Lowest first: a module may import its own subpackage and the subpackages listed before it.
 STAGES = ["common", "data", "model", "inference", "scoring", "training", "outputs", "workflow"]
+# Command-line entry points outside the stages, above all of them.
+ENTRY_POINTS = {"cellseg.segment_exported"}
 
 
 def module_name(path: Path) -> str:
@@ -45,7 +47,7 @@ def stage(module: str) -> str:
 
 
 def test_every_module_belongs_to_a_stage():
-    loose = [m for m in import_graph() if m != "cellseg" and stage(m) not in STAGES]
+    loose = [m for m in import_graph() if m != "cellseg" and m not in ENTRY_POINTS and stage(m) not in STAGES]
     assert loose == [], "modules outside the stage subpackages (add them to one, or to STAGES)"
 
 
@@ -54,7 +56,7 @@ def test_no_module_imports_a_later_stage():
         f"{module} -> {target}"
         for module, targets in import_graph().items()
         for target in targets
-        if module != "cellseg" and STAGES.index(stage(target)) > STAGES.index(stage(module))
+        if module != "cellseg" and module not in ENTRY_POINTS and STAGES.index(stage(target)) > STAGES.index(stage(module))
     ]
     assert backward == []
 

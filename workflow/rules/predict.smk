@@ -24,6 +24,7 @@ rule predict_fold:
         classes=CLASSES,
         train_tile_size=config["tiles"]["size"],
         predict=PREDICT_SETTINGS,
+        backend=config["predict"]["backend"],
         mpp=TRAIN_MPP,
         code=script_digest("predict_fold.py"),
     script:

@@ -34,6 +34,7 @@ rule segment_image:
         folds=FOLDS,
         train_tile_size=config["tiles"]["size"],
         predict=PREDICT_SETTINGS,
+        backend=config["predict"]["backend"],
         ensemble=FUSION_SETTINGS,
         block_size=config["segment"]["block_size"],
         margin=config["segment"]["margin"],

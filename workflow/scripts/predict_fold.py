@@ -38,7 +38,8 @@ with job_logging(snakemake.log[0]) as log:
         images = ((t.name, normalise(load_test_image(t), t.name), scales[t.name]) for t in tests)
     device = select_device()
     model = load_model_for_inference(
-        snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size
+        snakemake.input.weights, p.train, len(p.classes), device, tile_size=p.train_tile_size,
+        backend=p.backend,
     )
     settings = predict_settings(p.predict, device)
     out = Path(snakemake.output[0])

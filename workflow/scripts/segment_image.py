@@ -24,6 +24,7 @@ with job_logging(snakemake.log[0]) as log:
         dict(zip(p.folds, snakemake.input.weights)), p.train, len(p.classes), p.train_tile_size, p.predict,
         p.ensemble, snakemake.input.calibration[0] if snakemake.input.calibration else None, select_device(),
         mpp=p.mpp,
+        backend=p.backend,
     )
     table = segment_file(
         snakemake.input.image,

@@ -56,14 +56,15 @@ def load_fold_ensemble(
     calibration: str | os.PathLike | None,
     device: torch.device,
     mpp: float | None = None,
+    backend: str = "torch",
 ) -> FoldEnsemble:
     """The folds' models (`{fold: model_best.pt}`) with the workflow's settings: `predict`
     as the predict_fold rule's (amp as in config, resolved here for the device), `fusion`
     as the ensemble_folds rule's, `calibration` its calibration.json (None: none), `mpp` the
-    training pixel size."""
+    training pixel size, `backend` the one that runs the network (`predict.backend`)."""
     maps = read_calibration(calibration)
     models = [
-        load_model_for_inference(path, train_cfg, n_classes, device, tile_size=train_tile_size)
+        load_model_for_inference(path, train_cfg, n_classes, device, tile_size=train_tile_size, backend=backend)
         for path in weights.values()
     ]
     maps_in_order = [maps.get(fold) for fold in weights]

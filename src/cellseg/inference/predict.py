@@ -48,18 +48,26 @@ SEAM_IOU = 0.5
 
 
 def load_model_for_inference(
-    weights_path: str | os.PathLike, cfg: dict, num_classes: int, device: torch.device, tile_size: int = 0
-) -> torch.nn.Module:
+    weights_path: str | os.PathLike, cfg: dict, num_classes: int, device: torch.device, tile_size: int = 0,
+    backend: str = "torch",
+) -> torch.nn.Module:  # fmt: skip
     """The model `build_model(cfg, num_classes)` with the state dict at `weights_path`, on
     `device`, in eval mode. `tile_size`: the training tiles' side, so that images are seen at
     the training magnification (see `build_model`); no pretrained weights are fetched.
-    Raises `DataError` naming the file when the weights do not fit."""
+    `backend` (`predict.backend`): `torch`, or `onnxruntime`: the model exported
+    (`cellseg.model.onnx_export`) and run by ONNX Runtime on the CPU with torch's thread count, with the
+    same `detect`. Raises `DataError` naming the file when the weights do not fit."""
     model = build_model(cfg, num_classes, tile_size=tile_size, pretrained=False)
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise DataError(f"{weights_path}: weights do not fit the model built from the train config: {error}") from None
+    if backend == "onnxruntime":
+        from cellseg.inference.onnx_backend import OnnxModel
+        from cellseg.model.onnx_export import onnx_bytes
+
+        return OnnxModel(onnx_bytes(model.eval()), threads=torch.get_num_threads())
     return model.to(device).eval()
 
 

@@ -48,9 +48,9 @@ from cellseg.model.finetune import load_init_weights
 from cellseg.model.init_source import InitSource
 from cellseg.model.mask_rcnn import build_model
 from cellseg.scoring.metrics import coco_mask_metrics
-from cellseg.training.lr_rule import effective_lr, lr_rule
 from cellseg.training.data import TileDataset, class_instance_counts, make_loader, repeat_factors, start_epoch
 from cellseg.training.history import VAL_KEYS, plot_curve, write_history, write_summary
+from cellseg.training.lr_rule import effective_lr, lr_rule
 
 log = logging.getLogger(__name__)
 
