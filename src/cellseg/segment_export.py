@@ -29,6 +29,7 @@ from cellseg.pixel_size import network_scale
 from cellseg.polygons import mask_geometry
 from cellseg.segment import cell_labels, segment_image, write_labels
 from cellseg.segment_input import BAND_ROWS, ImageReader, open_image
+from cellseg.slide import cells_at_level0, is_slide, open_slide
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -230,14 +231,21 @@ def segment_file(
 ) -> pd.DataFrame:
     """Segment one image file (`segment_image(reader, ensemble, point, **segment)`) and write
     its `outputs` (`export_cells`); returns the cell table. The image's pixel size is its
-    metadata's, else `default_mpp` (`segment.mpp`), else taken to be the training one."""
-    reader = open_image(image_path)
+    metadata's, else `default_mpp` (`segment.mpp`), else taken to be the training one. A slide
+    (`cellseg.slide`) is segmented at its working level, its outputs in level-0 pixels."""
+    slide = is_slide(image_path)
+    reader = open_slide(image_path, ensemble.mpp, default_mpp) if slide else open_image(image_path)
     try:
         mpp = reader.mpp or default_mpp
         scale = network_scale(mpp, ensemble.mpp)
+        if slide:
+            log.info("%s: level %d of %d, %d x %d px", image_path, reader.level, len(reader.level_mpps), *reader.size[::-1])
         if scale != 1.0:
             log.info("%s: %g µm/px, resampled by %.3g to the training %g µm/px", image_path, mpp, scale, ensemble.mpp)
         cells = segment_image(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, **segment)
+        if slide:
+            cells = cells_at_level0(cells, reader.downsample, reader.level0_size)
+            reader.use_level(0)
         return export_cells(outputs, reader, cells, class_names, overlay_size)
     finally:
         reader.close()
