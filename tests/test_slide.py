@@ -22,15 +22,16 @@ POINT = {"point": "cells", "score_thresholds": {1: 0.5}, "mask_thresholds": {1: 
 
 
 class BrightBlobs:
-    """Each connected bright (> 0.5) blob of at least `min_area` px is one cell of class 1."""
+    """Each connected bright (> 0.5) blob of at least `min_area` px is one cell of class 1;
+    `dark`: each dark one (mean of the channels < 0.45), as nuclei on H&E."""
 
-    def __init__(self, min_area=20):
-        self.min_area = min_area
+    def __init__(self, min_area=20, dark=False):
+        self.min_area, self.dark = min_area, dark
 
     def detect(self, images):
         out = []
         for image in images:
-            ids, _ = ndimage.label(image[0].numpy() > 0.5)
+            ids, _ = ndimage.label(image.mean(0).numpy() < 0.45 if self.dark else image[0].numpy() > 0.5)
             windows, crops = [], []
             for k, box in enumerate(ndimage.find_objects(ids), 1):
                 if (ids[box] == k).sum() >= self.min_area:
@@ -71,12 +72,12 @@ def write_ome(path, image, mpp):
             tif.write(image[::step, ::step].copy(), tile=(64, 64), photometric="rgb", compression="zlib", subfiletype=1)
 
 
-def segment(path, tmp_path, model_mpp, default_mpp=None):
-    ensemble = FoldEnsemble([BrightBlobs()], [None], CPU, PREDICT, FUSION, mpp=model_mpp)
-    out = tmp_path / path.stem
+def segment(path, tmp_path, model_mpp, default_mpp=None, detector=None, out="", **kwargs):
+    ensemble = FoldEnsemble([detector or BrightBlobs()], [None], CPU, PREDICT, FUSION, mpp=model_mpp)
+    out = tmp_path / (out or path.stem)
     outputs = {"labels": out / "labels.tif", "geojson": out / "cells.geojson", "csv": out / "cells.csv",
-               "overlay": out / "overlay.png"}
-    segment_file(path, outputs, ensemble, POINT, ["nucleus"], default_mpp=default_mpp, block=64, margin=24)
+               "overlay": out / "overlay.png", "tissue": out / "tissue.png"}
+    segment_file(path, outputs, ensemble, POINT, ["nucleus"], default_mpp=default_mpp, block=64, margin=24, **kwargs)
     return tifffile.imread(outputs["labels"]), pd.read_csv(outputs["csv"])
 
 

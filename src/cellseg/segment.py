@@ -60,6 +60,7 @@ def segment_image(
     name: str = "",
     normalise=None,
     mpp: float | None = None,
+    blocks: list[tuple[int, int, int, int]] | None = None,
 ) -> InstanceSet:
     """The cells of the image `reader` reads, block by block (module doc), at the operating
     point `point` (the `cells` one of thresholds.json): binary, disjoint instances of size
@@ -67,9 +68,10 @@ def segment_image(
     (with its margin) onto the stain target (`cellseg.stain`) before the models see it; the
     exported colours stay the file's. `mpp`: the image's µm per pixel (None = the training
     pixel size); each block is resampled to the training pixel size for the network and its
-    cells mapped back (`cellseg.pixel_size`). Logs one progress line per block with an ETA."""
+    cells mapped back (`cellseg.pixel_size`). `blocks`: the blocks of `block_grid` to predict
+    (None = all; `cellseg.tissue.tissue_blocks`). Logs one progress line per block with an ETA."""
     height, width = reader.size
-    blocks = block_grid(height, width, block)
+    blocks = block_grid(height, width, block) if blocks is None else blocks
     index = WindowIndex()
     kept: list[InstanceSet] = []
     accepted = InstanceSet.empty((height, width))

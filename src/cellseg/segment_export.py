@@ -27,9 +27,10 @@ from cellseg.instances import InstanceSet
 from cellseg.io import atomic_path
 from cellseg.pixel_size import network_scale
 from cellseg.polygons import mask_geometry
-from cellseg.segment import cell_labels, segment_image, write_labels
+from cellseg.segment import block_grid, cell_labels, segment_image, write_labels
 from cellseg.segment_input import BAND_ROWS, ImageReader, open_image
 from cellseg.slide import cells_at_level0, is_slide, open_slide
+from cellseg.tissue import low_resolution, tissue_blocks, tissue_mask, write_tissue_picture
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -219,6 +220,25 @@ def export_cells(outputs: dict, reader: ImageReader, cells: InstanceSet, class_n
     return table
 
 
+def tissue_blocks_of(reader: ImageReader, block: int, tissue: bool, picture, image_path) -> list[tuple[int, int, int, int]] | None:
+    """With `tissue`, the blocks of `block` px that touch the image's tissue (`cellseg.tissue`);
+    else None (every block). The mask (all tissue without `tissue`) drawn into `picture` when
+    given."""
+    if not (tissue or picture):
+        return None
+    image, step = low_resolution(reader)
+    mask = tissue_mask(image, reader.mpp * step if reader.mpp else None) if tissue else np.ones(image.shape[:2], bool)
+    if picture:
+        write_tissue_picture(picture, image, mask)
+    if not tissue:
+        return None
+    blocks = block_grid(*reader.size, block)
+    kept = tissue_blocks(mask, step, blocks)
+    log.info("%s: tissue on %.1f%% of the image; %d of %d blocks predicted",
+             image_path, 100 * mask.mean(), len(kept), len(blocks))
+    return kept
+
+
 def segment_file(
     image_path,
     outputs: dict,
@@ -227,12 +247,15 @@ def segment_file(
     class_names: list[str],
     overlay_size: int = 2000,
     default_mpp: float | None = None,
+    tissue: bool = False,
     **segment,
 ) -> pd.DataFrame:
     """Segment one image file (`segment_image(reader, ensemble, point, **segment)`) and write
     its `outputs` (`export_cells`); returns the cell table. The image's pixel size is its
     metadata's, else `default_mpp` (`segment.mpp`), else taken to be the training one. A slide
-    (`cellseg.slide`) is segmented at its working level, its outputs in level-0 pixels."""
+    (`cellseg.slide`) is segmented at its working level, its outputs in level-0 pixels. With
+`tissue`, only the blocks that touch tissue are predicted (`cellseg.tissue`), and the mask is
+drawn into `outputs["tissue"]` when given."""
     slide = is_slide(image_path)
     reader = open_slide(image_path, ensemble.mpp, default_mpp) if slide else open_image(image_path)
     try:
@@ -242,7 +265,8 @@ def segment_file(
             log.info("%s: level %d of %d, %d x %d px", image_path, reader.level, len(reader.level_mpps), *reader.size[::-1])
         if scale != 1.0:
             log.info("%s: %g µm/px, resampled by %.3g to the training %g µm/px", image_path, mpp, scale, ensemble.mpp)
-        cells = segment_image(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, **segment)
+        blocks = tissue_blocks_of(reader, segment.get("block", 2048), tissue, outputs.get("tissue"), image_path)
+        cells = segment_image(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, blocks=blocks, **segment)
         if slide:
             cells = cells_at_level0(cells, reader.downsample, reader.level0_size)
             reader.use_level(0)

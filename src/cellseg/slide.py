@@ -81,6 +81,11 @@ class SlideReader(ImageReader):
         self.use_level(0)
 
     @property
+    def level_dims(self) -> list[tuple[int, int]]:
+        """(H, W) of each level, finest first."""
+        return [(h, w) for w, h in self._slide.level_dimensions]
+
+    @property
     def level_mpps(self) -> list[float | None]:
         """µm per px of each level (None when the slide does not state it)."""
         width0 = self._slide.level_dimensions[0][0]

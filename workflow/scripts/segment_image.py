@@ -35,6 +35,7 @@ with job_logging(snakemake.log[0]) as log:
         block=p.block_size,
         margin=p.margin,
         default_mpp=p.image_mpp,
+        tissue=p.tissue,
         normalise=load_normaliser(snakemake.input.stain),
     )
     log.info("%s: %d cells", snakemake.input.image, len(table))
