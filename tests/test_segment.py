@@ -5,6 +5,8 @@ the block-wise result must equal the whole-image ensemble's instances at the cel
 """
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ from cellseg.errors import DataError
 from cellseg.inference import FoldEnsemble, infer
 from cellseg.io import read_image
 from cellseg.polygons import mask_polygons
-from cellseg.segment import label_tiles, segment_image
+from cellseg.segment import segment_image, write_labels
 from cellseg.segment_export import cell_table, geojson, segment_file, summary_table
 from cellseg.segment_input import check_image, list_images, open_image
 
@@ -107,17 +109,10 @@ def paint(found, n_classes):
 
 
 def assemble(cells, n_classes):
-    """The (C, H, W) label image `label_tiles` yields, put together."""
-    tile = 32
-    height, width = cells.image_size
-    rows, cols = -(-height // tile), -(-width // tile)
-    tiles = iter(label_tiles(cells, n_classes, tile))
-    out = np.zeros((n_classes, rows * tile, cols * tile), np.uint32)
-    for c in range(n_classes):
-        for ty in range(rows):
-            for tx in range(cols):
-                out[c, ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile] = next(tiles)
-    return out[:, :height, :width]
+    """The (C, H, W) label image `write_labels` writes, read back (32 px tiles: several levels)."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_labels(Path(folder) / "labels.tif", cells, n_classes, tile=32)
+        return tifffile.imread(Path(folder) / "labels.tif").reshape(n_classes, *cells.image_size)
 
 
 def assert_same_cells(a, b):
@@ -222,7 +217,7 @@ def test_every_format_gives_labels_polygons_and_table_of_the_ensemble(tmp_path, 
     # labels.tif: (C, H, W) uint32, tiled, equal to the whole image's tuned ensemble
     with tifffile.TiffFile(outputs["labels"]) as tif:
         assert tif.pages.first.is_tiled
-        labels = tif.asarray()
+        labels = tif.asarray().reshape(-1, 150, 190)  # OME-TIFF reads one class as (H, W)
     assert labels.dtype == np.uint32 and labels.shape == (1, 150, 190)
     image = open_image(path).read(0, 150, 190 * 0, 190)
     assert_same_cells(labels, ensemble_labels(image, models, 1, point))

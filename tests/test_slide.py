@@ -78,7 +78,8 @@ def segment(path, tmp_path, model_mpp, default_mpp=None, detector=None, out="", 
     outputs = {"labels": out / "labels.tif", "geojson": out / "cells.geojson", "csv": out / "cells.csv",
                "overlay": out / "overlay.png", "tissue": out / "tissue.png"}
     segment_file(path, outputs, ensemble, POINT, ["nucleus"], default_mpp=default_mpp, block=64, margin=24, **kwargs)
-    return tifffile.imread(outputs["labels"]), pd.read_csv(outputs["csv"])
+    labels = tifffile.imread(outputs["labels"])  # OME-TIFF reads one class as (H, W)
+    return labels[None] if labels.ndim == 2 else labels, pd.read_csv(outputs["csv"])
 
 
 @pytest.mark.parametrize("writer, name", [(write_svs, "slide.svs"), (write_ome, "slide.ome.tif")])

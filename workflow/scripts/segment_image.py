@@ -25,7 +25,7 @@ with job_logging(snakemake.log[0]) as log:
         p.ensemble, snakemake.input.calibration[0] if snakemake.input.calibration else None, select_device(),
         mpp=p.mpp,
     )
-    table = segment_file(
+    counts = segment_file(
         snakemake.input.image,
         dict(snakemake.output.items()),
         ensemble,
@@ -38,4 +38,4 @@ with job_logging(snakemake.log[0]) as log:
         tissue=p.tissue,
         normalise=load_normaliser(snakemake.input.stain),
     )
-    log.info("%s: %d cells", snakemake.input.image, len(table))
+    log.info("%s: %d cells", snakemake.input.image, sum(counts.values()))
