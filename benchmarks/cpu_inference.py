@@ -195,7 +195,7 @@ def run_slide(args) -> None:
 
     from cellseg.inference.fold_ensemble import FoldEnsemble
     from cellseg.inference.operating_points import read_point
-    from cellseg.outputs.segment_export import segment_file
+    from cellseg.outputs.segment_file import segment_file
 
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)

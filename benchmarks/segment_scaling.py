@@ -2,7 +2,8 @@
 real tissue (MoNuSeg's 1000 px training images, mirrored alternately so that seams are smooth).
 
 Each size runs in its own process (so that its peak RSS, `ru_maxrss`, is its own): the slide is
-written as a tiled, zlib-compressed TIFF tile by tile, then segmented block by block from the
+written tile by tile as a pyramidal OME-TIFF (levels 1/4, 1/16, ..., 0.25 µm/px), its right 40 %
+(`--glass`) bare glass, then segmented block by block from the
 file at a `cells` operating point (`--score`, mask threshold 0.5, NMS across classes at IoU
 0.5) and its outputs written (labels.tif, GeoJSON, CSV, overlay). The model is resnet18-FPN
 with random weights unless `--weights` names trained ones: time and memory depend on the
@@ -20,6 +21,7 @@ image size. Run from the repository root:
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 1000 4000 16000 20000 --detector dark-blobs
     PYTHONPATH=src python benchmarks/segment_scaling.py --sizes 4000 16000 20000 --device cuda
 
+`--tissue on off` segments each size both ways (`segment.tissue`), each in its own process.
 `--default-malloc` measures without `cellseg.workflow.allocator.release_freed_memory`, the baseline.
 """
 
@@ -40,29 +42,41 @@ from dark_blobs import DarkBlobDetector
 MONUSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg" / "train"
 
 
-def write_slide(path: Path, size: int, source: Path, tile: int = 512) -> None:
-    """A (size, size, 3) uint8 tiled TIFF made of the source images, one tile at a time."""
+def write_slide(path: Path, size: int, source: Path, tile: int = 512, glass: float = 0.4, mpp: float = 0.25) -> None:
+    """A (size, size, 3) uint8 pyramidal OME-TIFF (levels 1/4, 1/16, ... in SubIFDs, `mpp`
+    µm/px at level 0) made of the source images, one tile at a time; its right `glass` part is
+    bare glass."""
     from cellseg.common.images import read_image
 
     pieces = np.stack([read_image(folder / "image.tif") for folder in sorted(source.iterdir())[:4]])
     side = pieces.shape[1]
+    tissue_end = int(size * (1 - glass))
 
     def mirrored(coords):
         """Piece index along one axis and the coordinate inside it, every other piece mirrored."""
         piece, inside = np.divmod(coords, side)
         return piece, np.where(piece % 2 == 0, inside, side - 1 - inside)
 
-    def pixel_block(y0, x0):
+    def pixel_block(y0, x0, step, height):
         out = np.zeros((tile, tile, 3), np.uint8)
-        row_piece, ry = mirrored(np.arange(y0, min(y0 + tile, size)))
-        col_piece, cx = mirrored(np.arange(x0, min(x0 + tile, size)))
+        rows = np.arange(y0, min(y0 + tile, height)) * step
+        cols = np.arange(x0, min(x0 + tile, height)) * step
+        row_piece, ry = mirrored(rows)
+        col_piece, cx = mirrored(cols)
         piece = (row_piece[:, None] + col_piece[None]) % len(pieces)
         out[: len(ry), : len(cx)] = pieces[piece, ry[:, None], cx[None]]
+        out[: len(ry), : len(cx)][:, cols >= tissue_end] = (236, 234, 238)
         return out
 
-    tiles = (pixel_block(y, x) for y in range(0, size, tile) for x in range(0, size, tile))
-    tifffile.imwrite(path, tiles, shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
-                     photometric="rgb", compression="zlib", bigtiff=size * size * 3 > 2**31)
+    steps = [4**k for k in range(8) if size // 4**k >= tile][:4]
+    options = {"tile": (tile, tile), "dtype": np.uint8, "photometric": "rgb", "compression": "zlib"}
+    with tifffile.TiffWriter(path, bigtiff=size * size * 3 > 2**31, ome=True) as tif:
+        for k, step in enumerate(steps):
+            height = -(-size // step)
+            tiles = (pixel_block(y, x, step, height) for y in range(0, height, tile) for x in range(0, height, tile))
+            extra = {"subifds": len(steps) - 1, "metadata": {"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp,
+                                                             "PhysicalSizeXUnit": "µm"}} if k == 0 else {"subfiletype": 1}
+            tif.write(tiles, shape=(height, height, 3), **options, **extra)
 
 
 def run_one(args) -> dict:
@@ -70,7 +84,7 @@ def run_one(args) -> dict:
     from cellseg.inference.fold_ensemble import FoldEnsemble
     from cellseg.inference.predict import predict_settings
     from cellseg.model.mask_rcnn import build_model
-    from cellseg.outputs.segment_export import segment_file
+    from cellseg.outputs.segment_file import segment_file
     from cellseg.workflow.allocator import release_freed_memory
     from cellseg.workflow.configuration import resolve_train_config
 
@@ -94,22 +108,23 @@ def run_one(args) -> dict:
     predict = {"tile_size": args.tile_size, "overlap": 64, "tta": [], "batch_size": 4, "amp": args.amp,
                "tta_fusion": {"iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}}  # fmt: skip
     fusion = {"weights": None, "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg", "absent_as_zero": False}
-    ensemble = FoldEnsemble(models, [None] * len(models), device, predict_settings(predict, device), fusion)
+    ensemble = FoldEnsemble(models, [None] * len(models), device, predict_settings(predict, device), fusion, mpp=0.25)
     point = {"point": "cells", "score_thresholds": {1: args.score}, "mask_thresholds": {1: 0.5}, "nms_threshold": 0.5}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         start = time.monotonic()
-        write_slide(tmp / "slide.tif", args.one, MONUSEG)
+        write_slide(tmp / "slide.ome.tif", args.one, MONUSEG, glass=args.glass)
         written = time.monotonic() - start
         outputs = {k: tmp / f for k, f in [("labels", "labels.tif"), ("geojson", "cells.geojson"),
-                                            ("csv", "cells.csv"), ("overlay", "overlay.png")]}
+                                            ("csv", "cells.csv"), ("overlay", "overlay.png"), ("tissue", "tissue.png")]}
         start = time.monotonic()
-        table = segment_file(tmp / "slide.tif", outputs, ensemble, point, ["nucleus"], block=args.block, margin=128)
+        counts = segment_file(tmp / "slide.ome.tif", outputs, ensemble, point, ["nucleus"], block=args.block, margin=128,
+                              tissue=args.tissue[0] == "on")
         seconds = time.monotonic() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"px": args.one, "megapixels": args.one**2 / 1e6, "seconds": round(seconds, 1),
             "s_per_mpx": round(seconds / (args.one**2 / 1e6), 2), "peak_rss_mb": round(peak_mb),
-            "cells": len(table), "slide_written_s": round(written, 1), "device": args.device,
+            "cells": sum(counts.values()), "tissue": args.tissue[0], "glass": args.glass, "slide_written_s": round(written, 1), "device": args.device,
             "threads": args.threads, "folds": args.folds, "detector": args.detector,
             "malloc": "default" if args.default_malloc else "release"}
 
@@ -132,20 +147,24 @@ def main() -> None:
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default allocator thresholds (the baseline of cellseg.workflow.allocator)")
     parser.add_argument("--workdir", default=None, help="where the synthetic slide is written")
+    parser.add_argument("--tissue", nargs="+", choices=["on", "off"], default=["on"],
+                        help="segment.tissue; both: each size segmented both ways, one process each")
+    parser.add_argument("--glass", type=float, default=0.4, help="part of the slide that is bare glass")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args)))
         return
     rows = []
     for size in args.sizes:
-        command = [sys.executable, __file__, *sys.argv[1:], "--one", str(size)]
-        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
-    print("| px | detector | malloc | megapixels | seconds | s / Mpx | peak RSS (MiB) | cells |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for tissue in args.tissue:
+            command = [sys.executable, __file__, *sys.argv[1:], "--one", str(size), "--tissue", tissue]
+            out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    print("| px | detector | tissue | malloc | megapixels | seconds | s / Mpx | peak RSS (MiB) | cells |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['px']}² | {r['detector']} | {r['malloc']} | {r['megapixels']:.0f} | {r['seconds']} "
+        print(f"| {r['px']}² | {r['detector']} | {r['tissue']} | {r['malloc']} | {r['megapixels']:.0f} | {r['seconds']} "
               f"| {r['s_per_mpx']} | {r['peak_rss_mb']} | {r['cells']} |")
 
 

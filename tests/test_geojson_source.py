@@ -229,7 +229,7 @@ def _annotate(features):
     (lambda folder: (folder / "b.geojson").unlink(),
      r"b\.png: image without its GeoJSON \(b\.geojson or b\.json\) in .+"),
     (lambda folder: (folder / "b.png").unlink(),
-     r"b\.geojson: GeoJSON without its image \(b with one of \.tif, \.tiff, \.png, \.jpg, \.jpeg\) in .+"),
+     r"b\.geojson: GeoJSON without its image \(b with one of \.tif, \.tiff, \.svs, \.ndpi, \.png, \.jpg, \.jpeg\) in .+"),
     (lambda folder: _write(folder / "b.json", [GOOD]),
      r"b\.json: second GeoJSON of image b beside b\.geojson; keep one"),
 ])

@@ -78,7 +78,7 @@ def test_one_plane_of_ids_with_a_class_table(tmp_path):
     (lambda d: (d / "b.labels.tif").unlink(),
      r"b\.tif: image without its label image \(b\.labels\.tif\) in .+"),
     (lambda d: (d / "b.tif").unlink(),
-     r"b\.labels\.tif: label image without its image \(b with one of \.tif, \.tiff, \.png, \.jpg, \.jpeg\) in .+"),
+     r"b\.labels\.tif: label image without its image \(b with one of \.tif, \.tiff, \.svs, \.ndpi, \.png, \.jpg, \.jpeg\) in .+"),
     (lambda d: (d / "c.labels.csv").write_text("label,class\n"),
      r"c\.labels\.csv: class table without its image and label image in .+"),
 ])

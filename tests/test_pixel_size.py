@@ -15,7 +15,7 @@ from cellseg.common.instances import InstanceSet
 from cellseg.common.pixel_size import instances_on_image, mpp_warnings, network_scale, resampled_image
 from cellseg.data.image_reader import image_mpp, open_image
 from cellseg.inference.fold_ensemble import FoldEnsemble, infer
-from cellseg.outputs.segment_export import segment_file
+from cellseg.outputs.segment_file import segment_file
 from cellseg.workflow.header_cache import HeaderCache
 
 CPU = torch.device("cpu")

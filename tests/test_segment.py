@@ -5,6 +5,8 @@ the block-wise result must equal the whole-image ensemble's instances at the cel
 """
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,8 +22,9 @@ from cellseg.common.images import read_image
 from cellseg.common.polygons import mask_polygons
 from cellseg.data.image_reader import check_image, list_images, open_image
 from cellseg.inference.fold_ensemble import FoldEnsemble, infer
-from cellseg.inference.segment import label_tiles, segment_image
-from cellseg.outputs.segment_export import cell_table, geojson, segment_file, summary_table
+from cellseg.inference.segment import segment_image, write_labels
+from cellseg.outputs.segment_export import cell_table, geojson, summary_table
+from cellseg.outputs.segment_file import segment_file
 
 CPU = torch.device("cpu")
 CLASSES = ["tumour", "immune"]
@@ -107,17 +110,10 @@ def paint(found, n_classes):
 
 
 def assemble(cells, n_classes):
-    """The (C, H, W) label image `label_tiles` yields, put together."""
-    tile = 32
-    height, width = cells.image_size
-    rows, cols = -(-height // tile), -(-width // tile)
-    tiles = iter(label_tiles(cells, n_classes, tile))
-    out = np.zeros((n_classes, rows * tile, cols * tile), np.uint32)
-    for c in range(n_classes):
-        for ty in range(rows):
-            for tx in range(cols):
-                out[c, ty * tile : (ty + 1) * tile, tx * tile : (tx + 1) * tile] = next(tiles)
-    return out[:, :height, :width]
+    """The (C, H, W) label image `write_labels` writes, read back (32 px tiles: several levels)."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_labels(Path(folder) / "labels.tif", cells, n_classes, tile=32)
+        return tifffile.imread(Path(folder) / "labels.tif").reshape(n_classes, *cells.image_size)
 
 
 def assert_same_cells(a, b):
@@ -222,7 +218,7 @@ def test_every_format_gives_labels_polygons_and_table_of_the_ensemble(tmp_path, 
     # labels.tif: (C, H, W) uint32, tiled, equal to the whole image's tuned ensemble
     with tifffile.TiffFile(outputs["labels"]) as tif:
         assert tif.pages.first.is_tiled
-        labels = tif.asarray()
+        labels = tif.asarray().reshape(-1, 150, 190)  # OME-TIFF reads one class as (H, W)
     assert labels.dtype == np.uint32 and labels.shape == (1, 150, 190)
     image = open_image(path).read(0, 150, 190 * 0, 190)
     assert_same_cells(labels, ensemble_labels(image, models, 1, point))

@@ -17,6 +17,7 @@ rule segment_image:
         geojson="results/segment/{name}/cells.geojson",
         csv="results/segment/{name}/cells.csv",
         overlay="results/segment/{name}/overlay.png",
+        tissue="results/segment/{name}/tissue.png",
     log:
         "logs/segment/{name}.log",
     benchmark:
@@ -41,6 +42,7 @@ rule segment_image:
         overlay_size=config["segment"]["overlay_size"],
         mpp=TRAIN_MPP,
         image_mpp=config["segment"]["mpp"],
+        tissue=config["segment"]["tissue"],
         code=script_digest("segment_image.py"),
     script:
         "../scripts/segment_image.py"

@@ -11,7 +11,7 @@ from cellseg.common.device import pin_gpus, select_device
 from cellseg.data.stain import load_normaliser
 from cellseg.inference.fold_ensemble import load_fold_ensemble
 from cellseg.inference.operating_points import read_point
-from cellseg.outputs.segment_export import segment_file
+from cellseg.outputs.segment_file import segment_file
 from cellseg.workflow.allocator import release_freed_memory
 from cellseg.workflow.joblog import job_logging
 
@@ -26,7 +26,7 @@ with job_logging(snakemake.log[0]) as log:
         mpp=p.mpp,
         backend=p.backend,
     )
-    table = segment_file(
+    counts = segment_file(
         snakemake.input.image,
         dict(snakemake.output.items()),
         ensemble,
@@ -36,6 +36,7 @@ with job_logging(snakemake.log[0]) as log:
         block=p.block_size,
         margin=p.margin,
         default_mpp=p.image_mpp,
+        tissue=p.tissue,
         normalise=load_normaliser(snakemake.input.stain),
     )
-    log.info("%s: %d cells", snakemake.input.image, len(table))
+    log.info("%s: %d cells", snakemake.input.image, sum(counts.values()))

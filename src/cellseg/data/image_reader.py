@@ -24,7 +24,8 @@ from cellseg.common.images import _READ_ERRORS, check_pixel_dtype, read_tiff_hea
 from cellseg.common.pixel_size import page_mpp
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
+SLIDE_SUFFIXES = (".svs", ".ndpi")  # scanners' TIFF variants; read as slides (`cellseg.slide`)
+SUFFIXES = (*TIFF_SUFFIXES, *SLIDE_SUFFIXES, ".png", ".jpg", ".jpeg")
 _PIL_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1, "I;16B": 1, "I;16L": 1, "I": 1}
 BAND_ROWS = 1024  # rows per band when a whole image is scanned (thumbnails, cell intensities)
 
@@ -54,7 +55,7 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
     naming the file when it is not readable, holds a dtype `to_rgb8` rejects, or not 1-4
     channels. Float values outside [0, 1] are only found when the pixels are read."""
     path = Path(path)
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if path.suffix.lower() in (*TIFF_SUFFIXES, *SLIDE_SUFFIXES):
         reader = open_image(path)
         reader.close()
         return reader.size
@@ -73,17 +74,18 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
 def image_mpp(path: str | os.PathLike) -> float | None:
     """The µm per pixel a TIFF's metadata states (`cellseg.common.pixel_size.page_mpp`); None for
     other formats or without the metadata."""
-    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+    if Path(path).suffix.lower() not in (*TIFF_SUFFIXES, *SLIDE_SUFFIXES):
         return None
     return read_tiff_header(path).mpp
 
 
 def open_image(path: str | os.PathLike) -> ImageReader:
-    """A lazy region reader of a TIFF, or a reader over a decoded PNG / JPEG."""
+    """A lazy region reader of a TIFF's first image (a slide's level 0), or a reader over a
+    decoded PNG / JPEG."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if path.suffix.lower() in (*TIFF_SUFFIXES, *SLIDE_SUFFIXES):
         return TiffReader(path)
     return ArrayReader(path, _read_pil(path))
 
@@ -204,3 +206,15 @@ class TiffReader(ImageReader):
 
     def close(self) -> None:
         self._tif.close()
+
+
+def thumbnail(reader: ImageReader, max_side: int) -> tuple[np.ndarray, int]:
+    """The image subsampled by an integer step so that its longer side is at most `max_side`,
+    read in row bands; returns (h, w, 3) uint8 and the step."""
+    height, width = reader.size
+    step = max(1, -(-max(height, width) // max_side))
+    rows = []
+    band = BAND_ROWS - BAND_ROWS % step or step
+    for b0 in range(0, height, band):
+        rows.append(reader.read(b0, min(b0 + band, height), 0, width)[::step, ::step])
+    return np.concatenate(rows), step

@@ -11,10 +11,8 @@ lies inside its cell's polygon exactly when the pixel belongs to the cell; the `
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -25,15 +23,12 @@ from scipy import ndimage
 
 from cellseg.common.files import atomic_path
 from cellseg.common.instances import InstanceSet
-from cellseg.common.pixel_size import network_scale
 from cellseg.common.polygons import mask_geometry
-from cellseg.data.image_reader import BAND_ROWS, ImageReader, open_image
-from cellseg.inference.segment import cell_labels, segment_image, write_labels
+from cellseg.inference.segment import cell_labels
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-log = logging.getLogger("cellseg.inference.segment")
 
 
 def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
@@ -41,15 +36,14 @@ def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
     return [tuple(int(round(255 * v)) for v in plt.get_cmap("tab10")(k % 10)[:3]) for k in range(n_classes)]
 
 
-def cell_table(cells: InstanceSet, class_names: list[str], reader: ImageReader | None = None) -> pd.DataFrame:
+def cell_table(cells: InstanceSet, class_names: list[str]) -> pd.DataFrame:
     """One row per cell of `segment_image`'s binary, disjoint `cells`: `id` (1..N, as the
     GeoJSON's), `class_id`, `class`, `label` (its value in the class's plane of labels.tif),
     `score`, per class `score_<class>` (the best score of that class among the candidates
     merged into the cell: how sure the ensemble is of the class it chose), `area_px`,
     `centroid_x`, `centroid_y` (array indices), `bbox_x0`, `bbox_y0`, `bbox_x1`, `bbox_y1`
-    (exclusive ends), and with a `reader` the mean `mean_r`, `mean_g`, `mean_b` (0-255) and
-    `mean_od` (optical density -log10((I + 1) / 256), averaged over the three channels) over
-    the cell's pixels."""
+    (exclusive ends). The segment job adds each cell's mean colours
+    (`cellseg.outputs.cell_writers.MEAN_COLUMNS`)."""
     masks = [cells.window_mask(i) for i in range(len(cells))]
     area = np.array([m.sum() for m in masks], np.int64)
     cx, cy = np.zeros(len(cells)), np.zeros(len(cells))
@@ -69,32 +63,7 @@ def cell_table(cells: InstanceSet, class_names: list[str], reader: ImageReader |
         "centroid_y": cy.round(2),
         **{f"bbox_{k}": cells.windows[:, i] for i, k in enumerate(("x0", "y0", "x1", "y1"))},
     })
-    if reader is not None:
-        sums = _intensity_sums(cells, reader)
-        for k, column in enumerate(("mean_r", "mean_g", "mean_b", "mean_od")):
-            table[column] = (sums[:, k] / np.maximum(area, 1)).round(3)
     return table
-
-
-def _intensity_sums(cells: InstanceSet, reader: ImageReader) -> np.ndarray:
-    """(N, 4) sums of R, G, B and optical density over each cell's pixels, reading the image
-    in row bands so that it is never whole in memory."""
-    sums = np.zeros((len(cells), 4))
-    height, width = reader.size
-    top, bottom = cells.windows[:, 1], cells.windows[:, 3]
-    for b0 in range(0, height, BAND_ROWS):
-        b1 = min(b0 + BAND_ROWS, height)
-        members = np.flatnonzero((top < b1) & (bottom > b0))
-        if not len(members):
-            continue
-        band = reader.read(b0, b1, 0, width)
-        for i in members.tolist():
-            x0, y0, x1, y1 = cells.windows[i].tolist()
-            r0, r1 = max(y0, b0), min(y1, b1)
-            pixels = band[r0 - b0 : r1 - b0, x0:x1][cells.window_mask(i)[r0 - y0 : r1 - y0]].astype(np.float64)
-            sums[i, :3] += pixels.sum(0)
-            sums[i, 3] += (-np.log10((pixels + 1) / 256)).mean(1).sum()
-    return sums
 
 
 def geojson(cells: InstanceSet, table: pd.DataFrame, class_names: list[str]) -> dict:
@@ -130,45 +99,22 @@ def geojson_features(cells: InstanceSet, table: pd.DataFrame, class_names: list[
         }
 
 
-def write_geojson(path: str | os.PathLike, features: Iterable[dict]) -> None:
-    """A FeatureCollection of `features`, written one feature at a time."""
-    with atomic_path(path) as tmp, open(tmp, "w") as out:
-        out.write('{"type":"FeatureCollection","features":[')
-        for k, feature in enumerate(features):
-            out.write(("," if k else "") + json.dumps(feature, separators=(",", ":")))
-        out.write("]}")
-
-
 def write_table(path: str | os.PathLike, table: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
 
-def thumbnail(reader: ImageReader, max_side: int) -> tuple[np.ndarray, int]:
-    """The image subsampled by an integer step so that its longer side is at most `max_side`,
-    read in row bands; returns (h, w, 3) uint8 and the step."""
-    height, width = reader.size
-    step = max(1, -(-max(height, width) // max_side))
-    rows = []
-    band = BAND_ROWS - BAND_ROWS % step or step
-    for b0 in range(0, height, band):
-        rows.append(reader.read(b0, min(b0 + band, height), 0, width)[::step, ::step])
-    return np.concatenate(rows), step
-
-
-def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: InstanceSet, class_names: list[str], max_side: int = 2000) -> None:
-    """overlay.png: the image (subsampled to at most `max_side` px) with each cell's outline in
-    its class's colour, and a legend with the counts per class beside the image."""
-    image, step = thumbnail(reader, max_side)
+def write_overlay(path: str | os.PathLike, image: np.ndarray, counts, class_names: list[str]) -> None:
+    """overlay.png: the thumbnail `image` (h, w, 3) uint8 with the cells' outlines drawn in
+    (`draw_outlines`), and a legend with the `counts` per class beside it."""
     colours = class_colours(len(class_names))
-    draw_outlines(image, cells, colours, step)
     height, width = image.shape[:2]
     fig_w = width / 100 + 2.2
     fig, ax = plt.subplots(figsize=(fig_w, height / 100 + 0.4), dpi=100)
     ax.imshow(image, interpolation="nearest")
     for k, name in enumerate(class_names):
         colour = np.array(colours[k]) / 255
-        ax.plot([], [], color=colour, lw=3, label=f"{name} ({np.count_nonzero(cells.classes == k + 1)})")
+        ax.plot([], [], color=colour, lw=3, label=f"{name} ({counts[k]})")
     ax.set_axis_off()
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     fig.subplots_adjust(left=0.01, right=(width / 100 + 0.1) / fig_w, top=0.99, bottom=0.01)
@@ -178,14 +124,17 @@ def write_overlay(path: str | os.PathLike, reader: ImageReader, cells: InstanceS
     plt.close(fig)
 
 
-def draw_outlines(image: np.ndarray, cells: InstanceSet, colours: list[tuple[int, int, int]], step: int) -> None:
+def draw_outlines(image: np.ndarray, cells: InstanceSet, colours: list[tuple[int, int, int]], step: float) -> None:
     """Paint each cell's edge pixels (mask minus its erosion) in its class's colour into
-    `image`, the picture subsampled by `step`. Pixels rather than vector outlines, so that
-    memory stays flat for a slide's hundreds of thousands of cells."""
+    `image`, the picture subsampled by `step` (image px per picture px). Pixels rather than
+    vector outlines, so that memory stays flat for a slide's hundreds of thousands of cells."""
+    height, width = image.shape[:2]
     for i, ((x0, y0), class_id) in enumerate(zip(cells.windows[:, :2].tolist(), cells.classes.tolist())):
         mask = cells.window_mask(i)
         ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))
-        image[(ys + y0) // step, (xs + x0) // step] = colours[class_id - 1]
+        rows = np.minimum(((ys + y0) / step).astype(np.int64), height - 1)
+        cols = np.minimum(((xs + x0) / step).astype(np.int64), width - 1)
+        image[rows, cols] = colours[class_id - 1]
 
 
 def summary_table(folders: dict[str, str | os.PathLike], class_names: list[str]) -> pd.DataFrame:
@@ -195,7 +144,7 @@ def summary_table(folders: dict[str, str | os.PathLike], class_names: list[str])
     rows = []
     for name, folder in folders.items():
         with tifffile.TiffFile(Path(folder) / "labels.tif") as tif:
-            _, height, width = tif.series[0].shape
+            height, width = tif.series[0].shape[-2:]  # OME drops the class axis of one class
         table = pd.read_csv(Path(folder) / "cells.csv")
         mpx = height * width / 1e6
         row = {"image": name, "height": height, "width": width, "megapixels": round(mpx, 4)}
@@ -207,37 +156,3 @@ def summary_table(folders: dict[str, str | os.PathLike], class_names: list[str])
     return pd.DataFrame(rows)
 
 
-def export_cells(outputs: dict, reader: ImageReader, cells: InstanceSet, class_names: list[str], overlay_size: int) -> pd.DataFrame:
-    """Write `outputs` {labels, geojson, csv, overlay: path} of one segmented image; returns
-    the cell table."""
-    write_labels(outputs["labels"], cells, len(class_names))
-    table = cell_table(cells, class_names, reader)
-    write_table(outputs["csv"], table)
-    write_geojson(outputs["geojson"], geojson_features(cells, table, class_names))
-    write_overlay(outputs["overlay"], reader, cells, class_names, overlay_size)
-    return table
-
-
-def segment_file(
-    image_path,
-    outputs: dict,
-    ensemble,
-    point: dict,
-    class_names: list[str],
-    overlay_size: int = 2000,
-    default_mpp: float | None = None,
-    **segment,
-) -> pd.DataFrame:
-    """Segment one image file (`segment_image(reader, ensemble, point, **segment)`) and write
-    its `outputs` (`export_cells`); returns the cell table. The image's pixel size is its
-    metadata's, else `default_mpp` (`segment.mpp`), else taken to be the training one."""
-    reader = open_image(image_path)
-    try:
-        mpp = reader.mpp or default_mpp
-        scale = network_scale(mpp, ensemble.mpp)
-        if scale != 1.0:
-            log.info("%s: %g µm/px, resampled by %.3g to the training %g µm/px", image_path, mpp, scale, ensemble.mpp)
-        cells = segment_image(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, **segment)
-        return export_cells(outputs, reader, cells, class_names, overlay_size)
-    finally:
-        reader.close()

@@ -1,0 +1,77 @@
+"""One image file segmented into the files other tools read: the image or slide opened at the
+training pixel size, its tissue found, its cells streamed block by block
+(`cellseg.inference.cell_stream`) into the writers (`cellseg.outputs.cell_writers`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cellseg.common.pixel_size import network_scale
+from cellseg.data.image_reader import ImageReader, open_image
+from cellseg.data.slide import is_slide, open_slide
+from cellseg.data.tissue import low_resolution, tissue_blocks, tissue_mask, write_tissue_picture
+from cellseg.inference.cell_stream import block_grid, stream_cells
+from cellseg.outputs.cell_writers import write_outputs
+
+log = logging.getLogger(__name__)
+
+
+def tissue_blocks_of(reader: ImageReader, block: int, tissue: bool, picture, image_path) -> list[tuple[int, int, int, int]] | None:
+    """With `tissue`, the blocks of `block` px that touch the image's tissue (`cellseg.data.tissue`);
+    else None (every block). The mask (all tissue without `tissue`) drawn into `picture` when
+    given."""
+    if not (tissue or picture):
+        return None
+    image, step = low_resolution(reader)
+    mask = tissue_mask(image, reader.mpp * step if reader.mpp else None) if tissue else np.ones(image.shape[:2], bool)
+    if picture:
+        write_tissue_picture(picture, image, mask)
+    if not tissue:
+        return None
+    blocks = block_grid(*reader.size, block)
+    kept = tissue_blocks(mask, step, blocks)
+    log.info("%s: tissue on %.1f%% of the image; %d of %d blocks predicted",
+             image_path, 100 * mask.mean(), len(kept), len(blocks))
+    return kept
+
+
+def segment_file(
+    image_path,
+    outputs: dict,
+    ensemble,
+    point: dict,
+    class_names: list[str],
+    overlay_size: int = 2000,
+    default_mpp: float | None = None,
+    tissue: bool = False,
+    **segment,
+) -> dict[str, int]:
+    """Segment one image file block by block (`cellseg.inference.cell_stream.stream_cells(reader,
+    ensemble, point, **segment)`) and write its `outputs` {labels, geojson, csv, overlay and
+    optionally tissue: path} as the cells are finalised (`cellseg.outputs.cell_writers`); returns the
+    cells per class name. The image's pixel size is its metadata's, else `default_mpp`
+    (`segment.mpp`), else taken to be the training one. A slide (`cellseg.data.slide`) is segmented
+    at its working level, its outputs in level-0 pixels. With `tissue`, only the blocks that
+    touch tissue are predicted (`cellseg.data.tissue`)."""
+
+    slide = is_slide(image_path)
+    reader = open_slide(image_path, ensemble.mpp, default_mpp) if slide else open_image(image_path)
+    try:
+        mpp = reader.mpp or default_mpp
+        scale = network_scale(mpp, ensemble.mpp)
+        if slide:
+            log.info("%s: level %d of %d, %d x %d px", image_path, reader.level, len(reader.level_mpps), *reader.size[::-1])
+        if scale != 1.0:
+            log.info("%s: %g µm/px, resampled by %.3g to the training %g µm/px", image_path, mpp, scale, ensemble.mpp)
+        blocks = tissue_blocks_of(reader, segment.get("block", 2048), tissue, outputs.get("tissue"), image_path)
+        image, step = low_resolution(reader, overlay_size)
+        downsample = reader.downsample if slide else (1.0, 1.0)
+        size0 = reader.level0_size if slide else reader.size
+        batches = stream_cells(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, blocks=blocks, **segment)
+        mpp0 = mpp / downsample[1] if mpp else None
+        return write_outputs(outputs, batches, class_names, (image, step * downsample[1]), (size0, downsample), mpp0)
+    finally:
+        reader.close()
