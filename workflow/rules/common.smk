@@ -345,8 +345,9 @@ def subset_source(wildcards):
 # What the one inference path (cellseg.inference.fold_ensemble) runs with: the predict_fold rule's keyword
 # arguments of predict_image and the ensemble_folds rule's of fuse_instance_sets, given to
 # segment_image as well, so that segment and the workflow cannot drift apart.
+# The backend is how the model is loaded (a param of its own), not how it predicts.
 PREDICT_SETTINGS = {
-    **config["predict"],
+    **{key: value for key, value in config["predict"].items() if key != "backend"},
     "amp": config["predict"]["amp"] or TRAIN_CFG["amp"],
 }
 # Calibration is a stage of its own (calibrate_folds), before the fusion.
