@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test test-fast check-demo report dag docs format lint clean
+.PHONY: setup demo test test-fast test-workflow test-slurm check-demo report dag docs format lint clean
 
 $(BIN)/snakemake: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,20 @@ demo: setup
 report: setup
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
+# The test tiers (README, Development): `test` runs all of them, as CI does. The unit tier
+# starts no Snakemake and trains a few steps at most; the workflow tier runs Snakemake on tiny
+# data, sharing one finished run; the SLURM tier needs the local cluster.
 test: setup
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not slurm"
+	$(BIN)/python -m pytest -q -m "not workflow and not slow and not slurm"
+
+test-workflow: setup
+	$(BIN)/python -m pytest -q -m "(workflow or slow) and not slurm"
+
+test-slurm: setup
+	$(BIN)/python -m pytest -q -m slurm
 
 # The full demo in a fresh workdir (or DEMO_WORKDIR=dir, kept), compared with the figures stored
 # in tests/expected/ (README, Development).

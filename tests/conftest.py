@@ -1,6 +1,9 @@
 """Shared fixtures: a small demo dataset and one finished tiny pipeline run, each made once per
-test session; one torch thread."""
+test session; one torch thread. The tiers: a test that starts Snakemake or a training process
+is marked `workflow` (or `slow`, `slurm`); the rest, the unit tier (`make test-fast`), may not
+start Snakemake, which a guard here enforces."""
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -47,13 +50,35 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "demo: runs the full demo (about 8 min on 2 cores); needs --run-demo")
 
 
+TIER_MARKS = ("workflow", "slow", "slurm", "demo")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "finished_run" in item.fixturenames:  # the session's whole pipeline run
+            item.add_marker(pytest.mark.workflow)
     if config.getoption("--run-demo"):
         return
     skip = pytest.mark.skip(reason="the full demo runs only with --run-demo (make check-demo)")
     for item in items:
         if item.get_closest_marker("demo"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_snakemake(request, monkeypatch):
+    """A unit-tier test that starts Snakemake fails at once, naming the mark it lacks."""
+    if any(request.node.get_closest_marker(mark) for mark in TIER_MARKS):
+        return
+    original = subprocess.Popen.__init__
+
+    def refuse_snakemake(self, args, *rest, **kwargs):
+        words = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+        if any(word == "snakemake" or word.endswith("/snakemake") for word in words):
+            raise RuntimeError(f"{request.node.nodeid} starts Snakemake: mark it @pytest.mark.workflow")
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse_snakemake)
 
 
 @pytest.fixture(scope="session")

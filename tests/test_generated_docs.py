@@ -101,6 +101,7 @@ def test_normalise_rulegraph_sorts_edges_and_strips_blanks():
     assert normalise_rulegraph(dot) == expected
 
 
+@pytest.mark.workflow
 def test_rulegraph_dot_is_current():
     committed = (DOCS / "rulegraph.dot").read_text()
     today = run_rulegraph(ROOT)

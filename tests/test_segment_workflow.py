@@ -20,6 +20,8 @@ from cellseg.data.split import read_split, validation_ids
 from cellseg.inference.operating_points import apply_point, read_point
 from cellseg.inference.segment import cell_labels
 
+pytestmark = pytest.mark.workflow
+
 OUTPUTS = ["labels.tif", "cells.geojson", "cells.csv", "overlay.png"]
 # The tiny run's few training steps leave low scores: a low score threshold for the cells point
 # gives every test cells to compare.

@@ -1,10 +1,10 @@
 """The demo pipeline through the SLURM profile: one GPU job per fold, folds in parallel, and
 the same results as a local run.
 
-Runs the tiny preset (tests/configs/tiny.yaml: 8 images, 2 folds, 1 epoch) twice, in two
-temporary working directories: once locally (`--cores 2`) and once with
+Runs the tiny preset (tests/configs/tiny.yaml: 8 images, 2 folds, 1 epoch) with
 `--profile profiles/slurm` on the single-node test cluster of scripts/slurm_cluster.sh (2 CPUs,
-2 placeholder GPUs, so training runs on the CPU inside GPU jobs). Checks:
+2 placeholder GPUs, so training runs on the CPU inside GPU jobs), and compares it with the
+session's local tiny run (`finished_run`, `--cores 2`). Checks:
 
 - every `train_fold` job is its own SLURM job asking for one GPU (`sbatch ... --gpus=1`);
 - the two fold jobs run at the same time (a `squeue` poller sees both RUNNING at once, and
@@ -130,11 +130,10 @@ def _snakemake(workdir: Path, *options: str) -> tuple[str, float]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> Run:
-    workdir = tmp_path_factory.mktemp("local")
-    log, wall_s = _snakemake(workdir, "--cores", "2")
-    print(f"\nlocal run (--cores 2): {wall_s:.0f} s")
-    return Run(workdir, log, wall_s)
+def local_run(finished_run) -> Path:
+    """The session's tiny run (`--cores 2`, the same config files): what SLURM must reproduce."""
+    print(f"\nlocal run (--cores 2): {finished_run.seconds:.0f} s")
+    return finished_run.workdir
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +147,7 @@ def slurm_run(tmp_path_factory, local_run) -> Run:
             workdir,
             "--profile", str(PROFILE),
             "--slurm-init-seconds-before-status-checks", "5",
+            "--seconds-between-status-checks", "2",  # a finished job is noticed within 2 s, not 10
             "--slurm-keep-successful-logs",  # the per-job logs are checked below
             "--verbose",  # makes the plugin log every "sbatch call: ..."
         )
@@ -268,7 +268,7 @@ def _relative_files(root: Path, pattern: str) -> list[str]:
 
 
 def test_split_and_tiles_are_identical(local_run, slurm_run):
-    a, b = local_run.workdir / "results", slurm_run.workdir / "results"
+    a, b = local_run / "results", slurm_run.workdir / "results"
     assert (a / "split/split.tsv").read_bytes() == (b / "split/split.tsv").read_bytes()
     tiles = _relative_files(a, "tiles/*")
     assert len(tiles) == 2 * N_SHARDS and tiles == _relative_files(b, "tiles/*")
@@ -281,7 +281,7 @@ def test_trained_weights_are_identical(local_run, slurm_run):
 
     for fold in FOLDS:
         path = f"results/train/fold{fold}/model_best.pt"
-        local = torch.load(local_run.workdir / path, map_location="cpu", weights_only=True)
+        local = torch.load(local_run / path, map_location="cpu", weights_only=True)
         slurm = torch.load(slurm_run.workdir / path, map_location="cpu", weights_only=True)
         assert local.keys() == slurm.keys(), path
         differ = [k for k in local if not torch.equal(local[k], slurm[k])]
@@ -289,7 +289,7 @@ def test_trained_weights_are_identical(local_run, slurm_run):
 
 
 def test_predictions_and_scores_are_equal(local_run, slurm_run):
-    a, b = local_run.workdir / "results", slurm_run.workdir / "results"
+    a, b = local_run / "results", slurm_run.workdir / "results"
     predictions = _relative_files(a, "predict/fold*/*/*.npz") + _relative_files(a, "ensemble/*/*.npz")
     assert predictions and predictions == (
         _relative_files(b, "predict/fold*/*/*.npz") + _relative_files(b, "ensemble/*/*.npz")
