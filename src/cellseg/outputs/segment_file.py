@@ -11,7 +11,7 @@ import numpy as np
 
 from cellseg.common.pixel_size import network_scale
 from cellseg.data.image_reader import ImageReader, open_image
-from cellseg.data.slide import is_slide, open_slide
+from cellseg.data.slide import SlideReader, is_slide, open_slide
 from cellseg.data.tissue import low_resolution, tissue_blocks, tissue_mask, write_tissue_picture
 from cellseg.inference.cell_stream import block_grid, stream_cells
 from cellseg.outputs.cell_writers import write_outputs
@@ -38,6 +38,33 @@ def tissue_blocks_of(reader: ImageReader, block: int, tissue: bool, picture, ima
     return kept
 
 
+def open_reader(image_path, model_mpp: float | None, default_mpp: float | None = None) -> ImageReader:
+    """The image, or a slide at its working level for a model trained at `model_mpp`
+    (`cellseg.data.slide`), its pixel size logged."""
+    slide = is_slide(image_path)
+    reader = open_slide(image_path, model_mpp, default_mpp) if slide else open_image(image_path)
+    mpp = reader.mpp or default_mpp
+    scale = network_scale(mpp, model_mpp)
+    if slide:
+        log.info("%s: level %d of %d, %d x %d px", image_path, reader.level, len(reader.level_mpps), *reader.size[::-1])
+    if scale != 1.0:
+        log.info("%s: %g µm/px, resampled by %.3g to the training %g µm/px", image_path, mpp, scale, model_mpp)
+    return reader
+
+
+def write_image_outputs(reader: ImageReader, outputs: dict, batches, class_names: list[str], overlay_size: int,
+                        default_mpp: float | None) -> dict[str, int]:
+    """`cellseg.outputs.cell_writers.write_outputs` of the finalised `batches`, in level-0
+    pixels of a slide, with the overlay's thumbnail read from `reader`."""
+    image, step = low_resolution(reader, overlay_size)
+    slide = isinstance(reader, SlideReader)
+    downsample = reader.downsample if slide else (1.0, 1.0)
+    size0 = reader.level0_size if slide else reader.size
+    mpp = reader.mpp or default_mpp
+    mpp0 = mpp / downsample[1] if mpp else None
+    return write_outputs(outputs, batches, class_names, (image, step * downsample[1]), (size0, downsample), mpp0)
+
+
 def segment_file(
     image_path,
     outputs: dict,
@@ -55,23 +82,13 @@ def segment_file(
     cells per class name. The image's pixel size is its metadata's, else `default_mpp`
     (`segment.mpp`), else taken to be the training one. A slide (`cellseg.data.slide`) is segmented
     at its working level, its outputs in level-0 pixels. With `tissue`, only the blocks that
-    touch tissue are predicted (`cellseg.data.tissue`)."""
-
-    slide = is_slide(image_path)
-    reader = open_slide(image_path, ensemble.mpp, default_mpp) if slide else open_image(image_path)
+    touch tissue are predicted (`cellseg.data.tissue`). The workflow runs the same in regions
+    (`cellseg.outputs.segment_regions`)."""
+    reader = open_reader(image_path, ensemble.mpp, default_mpp)
     try:
-        mpp = reader.mpp or default_mpp
-        scale = network_scale(mpp, ensemble.mpp)
-        if slide:
-            log.info("%s: level %d of %d, %d x %d px", image_path, reader.level, len(reader.level_mpps), *reader.size[::-1])
-        if scale != 1.0:
-            log.info("%s: %g µm/px, resampled by %.3g to the training %g µm/px", image_path, mpp, scale, ensemble.mpp)
         blocks = tissue_blocks_of(reader, segment.get("block", 2048), tissue, outputs.get("tissue"), image_path)
-        image, step = low_resolution(reader, overlay_size)
-        downsample = reader.downsample if slide else (1.0, 1.0)
-        size0 = reader.level0_size if slide else reader.size
+        mpp = reader.mpp or default_mpp
         batches = stream_cells(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, blocks=blocks, **segment)
-        mpp0 = mpp / downsample[1] if mpp else None
-        return write_outputs(outputs, batches, class_names, (image, step * downsample[1]), (size0, downsample), mpp0)
+        return write_image_outputs(reader, outputs, batches, class_names, overlay_size, default_mpp)
     finally:
         reader.close()
