@@ -1,9 +1,12 @@
 """cellseg.inference.region_file and cellseg.outputs.segment_regions: an image predicted as regions, each
 apart, and joined gives the outputs of one job, to the cell and its number."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 from test_segment import Oracle, blob_image, fold_ensemble
 from test_slide import CPU, FUSION, PREDICT, BrightBlobs, FoldEnsemble, discs, write_ome
 
@@ -55,3 +58,19 @@ def test_a_slide_in_regions_gives_the_cells_of_one_job(tmp_path):
     assert counts["nucleus"] >= 40 and sum(found) > counts["nucleus"]  # a seam's cells are found on both sides
     assert np.array_equal(tifffile.imread(single["labels"]), tifffile.imread(joined["labels"]))
     assert single["csv"].read_text() == joined["csv"].read_text()
+
+
+def test_the_gather_draws_the_density_and_measures_the_tissue(tmp_path):
+    """A level-0 µm/px of 0.25 and 4 x 4 level-0 px per copy px of the slide's tissue copy."""
+    path = tmp_path / "slide.ome.tif"
+    write_ome(path, discs()[1], 0.25)
+    ensemble = FoldEnsemble([BrightBlobs(min_area=5)], [None], CPU, PREDICT, FUSION, mpp=0.5)
+    outputs = {k: tmp_path / f for k, f in FILES.items()}
+    outputs |= {"density": tmp_path / "density.png", "tissue_json": tmp_path / "tissue.json"}
+    regions = [tmp_path / f"{r}.npz" for r in range(6)]
+    for r, file in enumerate(regions):
+        segment_region(path, file, r, ensemble, POINT, 2, block=32, margin=12)
+    gather_regions(path, regions, outputs, ["nucleus"], 0.5, 2, block=32, margin=12)
+    tissue = json.loads(outputs["tissue_json"].read_text())
+    assert tissue == {"tissue_fraction": 1.0, "tissue_mm2": pytest.approx(200 * 260 * 0.25**2 / 1e6, abs=1e-6), "mpp": 0.25}
+    assert Image.open(outputs["density"]).size[0] > 100

@@ -19,19 +19,21 @@ from cellseg.outputs.cell_writers import write_outputs
 log = logging.getLogger(__name__)
 
 
-def tissue_blocks_of(reader: ImageReader, block: int, tissue: bool, picture, image_path) -> list[tuple[int, int, int, int]] | None:
-    """With `tissue`, the blocks of `block` px that touch the image's tissue (`cellseg.data.tissue`);
-    else None (every block). The mask (all tissue without `tissue`) drawn into `picture` when
-    given."""
-    if not (tissue or picture):
-        return None
+def find_tissue(reader: ImageReader, tissue: bool) -> tuple[np.ndarray, float, np.ndarray]:
+    """The image's low-resolution copy (`cellseg.data.tissue.low_resolution`), its image px per
+    copy px, and the tissue mask on it: `tissue_mask` with `tissue`, else all tissue."""
     image, step = low_resolution(reader)
     mask = tissue_mask(image, reader.mpp * step if reader.mpp else None) if tissue else np.ones(image.shape[:2], bool)
-    if picture:
-        write_tissue_picture(picture, image, mask)
-    if not tissue:
-        return None
+    return image, step, mask
+
+
+def predicted_blocks(reader: ImageReader, block: int, found=None, image_path="") -> list[tuple[int, int, int, int]]:
+    """The blocks of `block` px to predict, raster order: with `found` (`find_tissue`), those
+    touching its tissue (`cellseg.data.tissue.tissue_blocks`); else every block."""
     blocks = block_grid(*reader.size, block)
+    if found is None:
+        return blocks
+    _, step, mask = found
     kept = tissue_blocks(mask, step, blocks)
     log.info("%s: tissue on %.1f%% of the image; %d of %d blocks predicted",
              image_path, 100 * mask.mean(), len(kept), len(blocks))
@@ -86,7 +88,10 @@ def segment_file(
     (`cellseg.outputs.segment_regions`)."""
     reader = open_reader(image_path, ensemble.mpp, default_mpp)
     try:
-        blocks = tissue_blocks_of(reader, segment.get("block", 2048), tissue, outputs.get("tissue"), image_path)
+        found = find_tissue(reader, tissue) if tissue or outputs.get("tissue") else None
+        if outputs.get("tissue"):
+            write_tissue_picture(outputs["tissue"], found[0], found[2])
+        blocks = predicted_blocks(reader, segment.get("block", 2048), found if tissue else None, image_path)
         mpp = reader.mpp or default_mpp
         batches = stream_cells(reader, ensemble, point, name=Path(image_path).name, mpp=mpp, blocks=blocks, **segment)
         return write_image_outputs(reader, outputs, batches, class_names, overlay_size, default_mpp)

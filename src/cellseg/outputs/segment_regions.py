@@ -8,17 +8,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cellseg.inference.cell_stream import block_grid, block_read, finalise_cells, predict_blocks
+from cellseg.data.slide import SlideReader
+from cellseg.data.tissue import write_tissue_picture
+from cellseg.inference.cell_stream import block_read, finalise_cells, predict_blocks
 from cellseg.inference.region_file import read_region_blocks, region_of, write_region
-from cellseg.outputs.segment_file import open_reader, tissue_blocks_of, write_image_outputs
+from cellseg.outputs.density_map import cell_counts, write_density_picture, write_tissue_json
+from cellseg.outputs.segment_file import find_tissue, open_reader, predicted_blocks, write_image_outputs
 
 log = logging.getLogger(__name__)
-
-
-def image_blocks(reader, image_path, block: int, tissue: bool, picture=None) -> list[tuple[int, int, int, int]]:
-    """The blocks to predict, raster order: those touching tissue with `tissue`, else all."""
-    kept = tissue_blocks_of(reader, block, tissue, picture, image_path)
-    return block_grid(*reader.size, block) if kept is None else kept
 
 
 def segment_region(
@@ -38,7 +35,7 @@ def segment_region(
     its number of cells."""
     reader = open_reader(image_path, ensemble.mpp, default_mpp)
     try:
-        blocks = image_blocks(reader, image_path, block, tissue)
+        blocks = predicted_blocks(reader, block, find_tissue(reader, True) if tissue else None, image_path)
         mine = [b for b in blocks if region_of(b, block, region_blocks, reader.size) == region]
         log.info("%s: region %d, %d of the image's %d blocks", image_path, region, len(mine), len(blocks))
         found = predict_blocks(reader, ensemble, point, mine, margin, len(blocks) == 1, Path(image_path).name,
@@ -62,14 +59,26 @@ def gather_regions(
     tissue: bool = False,
 ) -> dict[str, int]:
     """Join the region files `paths` (index = region) of one image into its `outputs` (as
-    `segment_file`'s): their blocks finalised in raster order, each block's pixels read again
-    for the cells' mean colours. Returns the cells per class name."""
+    `segment_file`'s, and `density` and `tissue_json` of `cellseg.outputs.density_map` when
+    given): their blocks finalised in raster order, each block's pixels read again for the
+    cells' mean colours. Returns the cells per class name."""
     reader = open_reader(image_path, model_mpp, default_mpp)
     try:
-        blocks = image_blocks(reader, image_path, block, tissue, outputs.get("tissue"))
+        found = find_tissue(reader, tissue)
+        image, step, mask = found
+        write_tissue_picture(outputs["tissue"], image, mask)
+        blocks = predicted_blocks(reader, block, found if tissue else None, image_path)
         cells = read_region_blocks(paths, blocks, block, region_blocks, reader.size)
-        found = ((c, reader.read(*block_read(b, margin, reader.size))) for c, b in zip(cells, blocks))
-        batches = finalise_cells(found, blocks, margin, reader.size, Path(image_path).name)
-        return write_image_outputs(reader, outputs, batches, class_names, overlay_size, default_mpp)
+        read = ((c, reader.read(*block_read(b, margin, reader.size))) for c, b in zip(cells, blocks))
+        batches = finalise_cells(read, blocks, margin, reader.size, Path(image_path).name)
+        counts = write_image_outputs(reader, outputs, batches, class_names, overlay_size, default_mpp)
+        mpp, down = reader.mpp or default_mpp, reader.downsample[1] if isinstance(reader, SlideReader) else 1.0
+        mpp0, step0 = (mpp / down if mpp else None), step * down  # level-0 µm/px, level-0 px per copy px
+        if "density" in outputs:
+            density = cell_counts(outputs["csv"], mask.shape, step0)
+            write_density_picture(outputs["density"], image, mask, density, step0, mpp0)
+        if "tissue_json" in outputs:
+            write_tissue_json(outputs["tissue_json"], mask, step0, mpp0)
+        return counts
     finally:
         reader.close()
