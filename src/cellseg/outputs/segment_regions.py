@@ -6,6 +6,7 @@ and its number."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from cellseg.data.slide import SlideReader
@@ -40,9 +41,19 @@ def segment_region(
         log.info("%s: region %d, %d of the image's %d blocks", image_path, region, len(mine), len(blocks))
         found = predict_blocks(reader, ensemble, point, mine, margin, len(blocks) == 1, Path(image_path).name,
                                normalise, reader.mpp or default_mpp)
-        return write_region(path, (cells for cells, _ in found))
+        return write_region(path, _progress(found, len(mine), f"{Path(image_path).name} region {region}"))
     finally:
         reader.close()
+
+
+def _progress(found, n: int, name: str):
+    """The block cells of `found`, one log line per block with an ETA."""
+    start = time.monotonic()
+    for k, (cells, _) in enumerate(found, 1):
+        elapsed = time.monotonic() - start
+        log.info("%s: block %d/%d, %d cells, %.0f s elapsed, ETA %.0f s", name, k, n, len(cells.windows),
+                 elapsed, elapsed / k * (n - k))
+        yield cells
 
 
 def gather_regions(
