@@ -38,7 +38,7 @@ def segment_region(
     try:
         blocks = predicted_blocks(reader, block, find_tissue(reader, True) if tissue else None, image_path)
         mine = [b for b in blocks if region_of(b, block, region_blocks, reader.size) == region]
-        log.info("%s: region %d, %d of the image's %d blocks", image_path, region, len(mine), len(blocks))
+        log.info("%s: region %d, %d of the %d blocks to predict", image_path, region, len(mine), len(blocks))
         found = predict_blocks(reader, ensemble, point, mine, margin, len(blocks) == 1, Path(image_path).name,
                                normalise, reader.mpp or default_mpp)
         return write_region(path, _progress(found, len(mine), f"{Path(image_path).name} region {region}"))
