@@ -98,8 +98,8 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):
 @pytest.mark.slow
 def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp_path):
     """256 x 256 px tiled from a test image in blocks of 64 px, 2 x 2 blocks a region: 4 region jobs
-    and their gather give the cells of one region; a lost region is the only one predicted
-    again."""
+    and their gather give the cells of one region; after a kill, only the unfinished region is
+    predicted again."""
     workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
     images = tmp_path / "images"
     images.mkdir()
@@ -117,7 +117,10 @@ def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp
     summary = pd.read_csv(results / "summary.csv")
     assert summary.loc[0, "jobs"] == n_regions + 1 and summary.loc[0, "job_s"] > 0
 
+    # what a run killed while predicting region 1 leaves: the other regions, no gather outputs
     regions[1].unlink()
+    for output in ["labels.tif", "cells.geojson", "cells.csv", "overlay.png", "tissue.png", "tissue.json", "density.png"]:
+        (results / "tiled" / output).unlink()
     stamps = {p.name: p.stat().st_mtime_ns for p in regions if p.exists()}
     jobs = scheduled_jobs(workdir, "segment", "--config", f"segment_images={images}", **run)
     assert rule_counts(jobs) == {"segment_region": 1, "gather_regions": 1, "summarise_segments": 1, "segment": 1}
