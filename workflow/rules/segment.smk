@@ -1,8 +1,9 @@
 # New images segmented by the trained fold ensemble at the `cells` operating point (one class
 # per cell, one cell per pixel): per image a label image, QuPath GeoJSON, a cell table and an
 # overlay; a summary over the images. An image is predicted in regions of whole blocks, one job
-# each (segment.region_blocks), which one job per image joins (cellseg.outputs.segment_regions). Every fold, the calibration, fusion and predict settings
-# are the workflow's own, through the one inference path (cellseg.inference.fold_ensemble).
+# each (segment.region_blocks), which one job per image joins (cellseg.outputs.segment_regions).
+# Every fold, the calibration, fusion and predict settings are the workflow's own, through the
+# one inference path (cellseg.inference.fold_ensemble).
 # `snakemake segment --config segment_images=DIR` (or `segment.images` in config.yaml).
 
 
@@ -67,7 +68,8 @@ rule gather_regions:
     conda:
         f"{ENVS}/torch.yaml"
     resources:
-        **job_resources("default"),
+        # the predict jobs' memory and time (a slide's cells are written here), no GPU, one CPU
+        **job_resources("predict") | {"gpu": 0, "cpus_per_task": 1},
     params:
         classes=CLASSES,
         block_size=config["segment"]["block_size"],
