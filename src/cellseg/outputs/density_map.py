@@ -56,12 +56,16 @@ def write_density_picture(path: str | os.PathLike, image: np.ndarray, mask: np.n
     cells per copy px `counts`, `step` image px per copy px, `mpp` µm per image px or None."""
     px_um = step * mpp if mpp else None
     sigma = SMOOTH_UM / px_um if px_um else SMOOTH_PX
-    smooth = ndimage.gaussian_filter(counts, sigma) / np.maximum(ndimage.gaussian_filter(mask.astype(float), sigma), 1e-6)
+    # per area of tissue: divided by the smoothed tissue fraction, floored so that the tissue's
+    # edge does not blow up
+    smooth = ndimage.gaussian_filter(counts, sigma) / np.maximum(ndimage.gaussian_filter(mask.astype(float), sigma), 0.25)
     density, unit = (smooth / (px_um / 1000) ** 2, "cells / mm² of tissue") if px_um else (smooth / step**2 * 1000, "cells / 1000 px²")
     height, width = mask.shape
     fig, ax = plt.subplots(figsize=(width / 100 + 1.6, height / 100 + 0.4), dpi=100)
     ax.imshow(image.mean(2), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    shown = ax.imshow(np.ma.masked_where(~mask, density), cmap="magma", alpha=0.7, interpolation="nearest")
+    top = float(np.percentile(density[mask], 99)) if mask.any() else 0.0
+    shown = ax.imshow(np.ma.masked_where(~mask, density), cmap="magma", alpha=0.7, interpolation="nearest",
+                      vmin=0, vmax=top or None)
     ax.contour(mask, levels=[0.5], colors="lime", linewidths=0.8)
     fig.colorbar(shown, ax=ax, fraction=0.04, label=unit)
     ax.set_axis_off()
