@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -72,10 +73,9 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):
         )
     summary = pd.read_csv(results / "summary.csv")
     assert sorted(summary["image"]) == names
-    assert {"n_class1", "per_mpx_class1"} <= set(summary.columns)
+    assert {"n_class1", "per_mpx_class1", "tissue_mm2", "per_mm2_class1", "jobs", "job_s", "peak_rss_mb"} <= set(summary.columns)
     log = (workdir / "logs" / "segment" / "large.log").read_text()
-    height, width = open_image(images / "large.tif").size
-    blocks = -(-height // 256) * -(-width // 256)
+    blocks = re.search(r"; (\d+) of \d+ blocks predicted", log).group(1)  # tissue.png shows which
     assert f"block {blocks}/{blocks}" in log and "ETA" in log
 
     # the config file's segment.images works as well; nothing to do
@@ -87,14 +87,55 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):
     # one more image: only it is segmented, and the summary redone
     shutil.copy2(images / "photo.png", images / "another.png")
     jobs = scheduled_jobs(workdir, "segment", repo=finished_run.repo, configs=[folder])
-    assert rule_counts(jobs) == {"segment_image": 1, "summarise_segments": 1, "segment": 1}
-    assert wildcard_values(jobs, "segment_image", "name") == {"another"}
+    assert rule_counts(jobs) == {"segment_region": 1, "gather_regions": 1, "summarise_segments": 1, "segment": 1}
+    assert wildcard_values(jobs, "gather_regions", "name") == {"another"}
 
     # a name clash stops the DAG with one line naming the file
     shutil.copy2(images / "photo.png", images / "large.png")
     proc = snakemake(workdir, "segment", "-n", check=False, repo=finished_run.repo, configs=[folder])
     assert proc.returncode != 0
     assert f"DataError: {images / 'large.tif'}: same name as large.png" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp_path):
+    """256 x 256 px tiled from a test image in blocks of 64 px, 2 x 2 blocks a region: 4 region jobs
+    and their gather give the cells of one region; after a kill, only the unfinished region is
+    predicted again."""
+    workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
+    images = tmp_path / "images"
+    images.mkdir()
+    test = read_image(sorted((workdir / "results" / "demo" / "test_release").glob("*.tif"))[0])
+    repeat = -(-256 // min(test.shape[:2]))
+    tifffile.imwrite(images / "tiled.tif", np.tile(test, (repeat, repeat, 1))[:256, :256], tile=(64, 64), photometric="rgb")
+    n_regions = 4
+    segment = {"block_size": 64, "margin": 24, "region_blocks": 2}
+    config = write_config(tmp_path / "regions.yaml", {"segment": segment, **LOW_CELLS})
+    run = dict(repo=finished_run.repo, configs=[config])
+    snakemake(workdir, "segment", "--config", f"segment_images={images}", **run)
+    results = workdir / "results" / "segment"
+    regions = sorted((results / "tiled" / "regions").glob("*.npz"))
+    assert len(regions) == n_regions
+    summary = pd.read_csv(results / "summary.csv")
+    assert summary.loc[0, "jobs"] == n_regions + 1 and summary.loc[0, "job_s"] > 0
+
+    # what a run killed while predicting region 1 leaves: the other regions, no gather outputs
+    regions[1].unlink()
+    for output in ["labels.tif", "cells.geojson", "cells.csv", "overlay.png", "tissue.png", "tissue.json", "density.png"]:
+        (results / "tiled" / output).unlink()
+    stamps = {p.name: p.stat().st_mtime_ns for p in regions if p.exists()}
+    jobs = scheduled_jobs(workdir, "segment", "--config", f"segment_images={images}", **run)
+    assert rule_counts(jobs) == {"segment_region": 1, "gather_regions": 1, "summarise_segments": 1, "segment": 1}
+    assert wildcard_values(jobs, "segment_region", "region") == {regions[1].stem}
+    snakemake(workdir, "segment", "--config", f"segment_images={images}", **run)
+    assert {p.name: p.stat().st_mtime_ns for p in regions if p.name in stamps} == stamps
+
+    labels, table = tifffile.imread(results / "tiled" / "labels.tif"), pd.read_csv(results / "tiled" / "cells.csv")
+    one = write_config(tmp_path / "one.yaml", {"segment": {**segment, "region_blocks": 64}, **LOW_CELLS})
+    snakemake(workdir, "segment", "--config", f"segment_images={images}", repo=finished_run.repo, configs=[one])
+    assert len(list((results / "tiled" / "regions").glob("*.npz"))) == n_regions  # region 0 redone, the rest stale
+    assert len(table) > 0 and np.array_equal(tifffile.imread(results / "tiled" / "labels.tif"), labels)
+    assert pd.read_csv(results / "tiled" / "cells.csv").equals(table)
 
 
 def painted(cells: InstanceSet, n_classes: int) -> np.ndarray:

@@ -31,6 +31,8 @@ from cellseg.model.init_source import InitSource, init_weights_file
 from cellseg.workflow.listing import write_listing
 from cellseg.common.pixel_size import mpp_warnings
 from cellseg.data.image_reader import check_image, image_mpp, list_images
+from cellseg.data.slide import working_size
+from cellseg.inference.region_file import region_count
 from cellseg.data.shards import shard_images
 from cellseg.data.split import image_groups, split_sizes
 
@@ -344,7 +346,7 @@ def subset_source(wildcards):
 
 # What the one inference path (cellseg.inference.fold_ensemble) runs with: the predict_fold rule's keyword
 # arguments of predict_image and the ensemble_folds rule's of fuse_instance_sets, given to
-# segment_image as well, so that segment and the workflow cannot drift apart.
+# segment_region as well, so that segment and the workflow cannot drift apart.
 # The backend is how the model is loaded (a param of its own), not how it predicts.
 PREDICT_SETTINGS = {
     **{key: value for key, value in config["predict"].items() if key != "backend"},
@@ -413,25 +415,32 @@ SEGMENT_FOLDER = config["segment_images"] or config["segment"]["images"]
 
 
 def _segment_images():
-    """{name: path} of the images to segment, every header checked while the DAG is built."""
+    """{name: path} of the images to segment, and {name: number of regions}
+    (`cellseg.inference.region_file`), every header read while the DAG is built."""
     if not SEGMENT_FOLDER:
-        return {}
+        return {}, {}
+    segment = config["segment"]
     try:
         images = list_images(SEGMENT_FOLDER)
-        for path in images.values():
-            check_image(path)
+        regions = {
+            name: region_count(
+                working_size(path, TRAIN_MPP, segment["mpp"]),
+                segment["block_size"],
+                segment["region_blocks"],
+            )
+            for name, path in images.items()
+        }
         mpps = {
-            str(path): image_mpp(path) or config["segment"]["mpp"]
-            for path in images.values()
+            str(path): image_mpp(path) or segment["mpp"] for path in images.values()
         }
     except DataError as error:
         raise _user_error(error)
     for line in mpp_warnings(TRAIN_MPP, mpps, "data.mpp"):
         logger.warning(f"Warning: {line}")
-    return {name: str(path) for name, path in images.items()}
+    return {name: str(path) for name, path in images.items()}, regions
 
 
-SEGMENT_IMAGES = _segment_images()
+SEGMENT_IMAGES, SEGMENT_REGIONS = _segment_images()
 
 
 def segment_image_file(wildcards):
@@ -442,6 +451,28 @@ def segment_image_file(wildcards):
     return SEGMENT_IMAGES[wildcards.name]
 
 
+def region_files(wildcards):
+    """The region files of image `wildcards.name`, region 0 first."""
+    segment_image_file(wildcards)
+    return expand(
+        "results/segment/{name}/regions/{region}.npz",
+        name=wildcards.name,
+        region=range(SEGMENT_REGIONS[wildcards.name]),
+    )
+
+
+def segment_benchmarks(wildcards=None):
+    """{name: the benchmark files of its region jobs and its gather job}, for the summary's
+    job costs."""
+    return {
+        name: [
+            *(f"results/benchmarks/segment/{name}/region{r}.tsv" for r in range(n)),
+            f"results/benchmarks/segment/{name}.tsv",
+        ]
+        for name, n in SEGMENT_REGIONS.items()
+    }
+
+
 def segment_outputs(wildcards=None):
     if not SEGMENT_IMAGES:
         raise WorkflowError(
@@ -450,5 +481,5 @@ def segment_outputs(wildcards=None):
     return expand(
         "results/segment/{name}/{file}",
         name=SEGMENT_IMAGES,
-        file=["labels.tif", "cells.csv"],
+        file=["labels.tif", "cells.csv", "tissue.json"],
     )

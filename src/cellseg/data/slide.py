@@ -28,7 +28,7 @@ from cellseg.common.errors import DataError
 from cellseg.common.images import _READ_ERRORS
 from cellseg.common.instances import InstanceSet, bounding_rect
 from cellseg.common.pixel_size import page_mpp
-from cellseg.data.image_reader import SLIDE_SUFFIXES, ImageReader
+from cellseg.data.image_reader import SLIDE_SUFFIXES, ImageReader, check_image
 
 LEVEL_TOLERANCE = 0.1  # a level this much coarser than the model's pixel size still counts as it
 
@@ -129,6 +129,16 @@ def open_slide(path: str | os.PathLike, model_mpp: float | None, default_mpp: fl
         )
     reader.use_level(choose_level(reader.level_mpps, model_mpp))
     return reader
+
+
+def working_size(path: str | os.PathLike, model_mpp: float | None, default_mpp: float | None = None) -> tuple[int, int]:
+    """(H, W) an image is segmented at: a slide's working level (`open_slide`), else the image's
+    own (`check_image`). The workflow splits the image into regions by it when the DAG is built."""
+    if not is_slide(path):
+        return check_image(path)
+    reader = open_slide(path, model_mpp, default_mpp)
+    reader.close()
+    return reader.size
 
 
 def cells_at_level0(cells: InstanceSet, downsample: tuple[float, float], level0_size: tuple[int, int]) -> InstanceSet:

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,6 +162,101 @@ def pending_area(rest: list[tuple[int, int, int, int]], margin: int, size: tuple
     return rect, (max(0, min(later) - margin) if later else None)
 
 
+@dataclass
+class BlockCells:
+    """The cells one block owns (box centre in it) as the network found them, in the image's
+    pixels: `windows` (N, 4) int32 x0, y0, x1, y1; `masks` N (h, w) bool in them; `scores` (N,),
+    `classes` (N,) int64, `class_scores` (N, C) or None, `boxes` (N, 4) float32."""
+
+    windows: np.ndarray
+    masks: list[np.ndarray]
+    scores: np.ndarray
+    classes: np.ndarray
+    class_scores: np.ndarray | None
+    boxes: np.ndarray
+
+
+def block_read(block: tuple[int, int, int, int], margin: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The rectangle y0, y1, x0, x1 a block is read with: the block and its margin, clipped."""
+    y0, y1, x0, x1 = block
+    return max(0, y0 - margin), min(size[0], y1 + margin), max(0, x0 - margin), min(size[1], x1 + margin)
+
+
+def predict_blocks(
+    reader: ImageReader,
+    ensemble: FoldEnsemble,
+    point: dict,
+    blocks: list[tuple[int, int, int, int]],
+    margin: int,
+    one_block: bool = False,
+    name: str = "",
+    normalise=None,
+    mpp: float | None = None,
+) -> Iterator[tuple[BlockCells, np.ndarray]]:
+    """Per block of `blocks`, the cells it owns and the pixels it was read with (file colours).
+    `one_block`: the image's prediction is this single block, which then keeps every cell it
+    finds (no centre rule). A block's cells do not depend on the other blocks, so any subset of the image's
+    blocks can be predicted apart (`cellseg.inference.region_file`)."""
+    tol = math.inf if one_block else CENTRE_TOLERANCE
+    for k, (y0, y1, x0, x1) in enumerate(blocks, 1):
+        ry0, ry1, rx0, rx1 = block_read((y0, y1, x0, x1), margin, reader.size)
+        raw = reader.read(ry0, ry1, rx0, rx1)
+        pixels = normalise(raw, f"{name} block {k}") if normalise is not None else raw
+        found = infer(ensemble, pixels, point, mpp)
+        cx = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 + rx0
+        cy = (found.boxes[:, 1] + found.boxes[:, 3]) / 2 + ry0
+        own = np.flatnonzero((cx >= x0 - tol) & (cx < x1 + tol) & (cy >= y0 - tol) & (cy < y1 + tol))
+        offset = np.array([rx0, ry0, rx0, ry0])
+        cells = BlockCells(
+            (found.windows[own] + offset).astype(np.int32).reshape(-1, 4),
+            [found.window_mask(i) for i in own.tolist()],
+            found.scores[own].astype(np.float32),
+            found.classes[own].astype(np.int64),
+            None if found.class_scores is None else found.class_scores[own].astype(np.float32),
+            (found.boxes[own] + offset.astype(np.float32)).reshape(-1, 4),
+        )
+        yield cells, raw
+
+
+def finalise_cells(
+    found: Iterable[tuple[BlockCells, np.ndarray]],
+    blocks: list[tuple[int, int, int, int]],
+    margin: int,
+    size: tuple[int, int],
+    name: str = "",
+) -> Iterator[tuple[InstanceSet, np.ndarray]]:
+    """Per block of `blocks` (raster order), given its cells and read pixels in that order
+    (`predict_blocks`, or region files), the cells that became final (module doc): binary,
+    disjoint instances of `size`, and (N, 4) their mean R, G, B and optical density. Logs one
+    progress line per block with an ETA."""
+    band = SeamBand()
+    seq = done = 0
+    start = time.monotonic()
+    for k, (block, (cells, raw)) in enumerate(zip(blocks, found, strict=True), 1):
+        ry0, _, rx0, _ = block_read(block, margin, size)
+        new = []
+        for i, (x0, y0, x1, y1) in enumerate(cells.windows.tolist()):
+            window, mask = (x0, y0, x1, y1), cells.masks[i]
+            if band.duplicate(window, mask):
+                continue
+            class_scores = None if cells.class_scores is None else cells.class_scores[i]
+            pixels = raw[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0].copy()
+            new.append(_Cell(seq, window, mask, mask.copy(), float(cells.scores[i]), int(cells.classes[i]),
+                             class_scores, cells.boxes[i], pixels))
+            seq += 1
+        for cell in new:
+            band.add(cell)
+        final = band.release(pending_area(blocks[k:], margin, size))
+        batch, means = _finished(final, size)
+        done += len(batch)
+        elapsed = time.monotonic() - start
+        log.info(
+            "%s: block %d/%d, %d cells final, %d held, %.0f s elapsed, ETA %.0f s",
+            name, k, len(blocks), done, len(band.cells), elapsed, elapsed / k * (len(blocks) - k),
+        )
+        yield batch, means
+
+
 def stream_cells(
     reader: ImageReader,
     ensemble: FoldEnsemble,
@@ -181,44 +276,10 @@ def stream_cells(
     exported colours stay the file's. `mpp`: the image's µm per pixel (None = the training pixel
     size); each block is resampled to the training pixel size for the network and its cells
     mapped back (`cellseg.common.pixel_size`). `blocks`: the blocks to predict (None = all;
-    `cellseg.data.tissue.tissue_blocks`). Logs one progress line per block with an ETA."""
-    height, width = reader.size
-    blocks = block_grid(height, width, block) if blocks is None else list(blocks)
-    band = SeamBand()
-    seq = done = 0
-    start = time.monotonic()
-    for k, (y0, y1, x0, x1) in enumerate(blocks, 1):
-        ry0, ry1, rx0, rx1 = max(0, y0 - margin), min(height, y1 + margin), max(0, x0 - margin), min(width, x1 + margin)
-        raw = reader.read(ry0, ry1, rx0, rx1)
-        pixels = normalise(raw, f"{name} block {k}") if normalise is not None else raw
-        found = infer(ensemble, pixels, point, mpp)
-        cx = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 + rx0
-        cy = (found.boxes[:, 1] + found.boxes[:, 3]) / 2 + ry0
-        tol = CENTRE_TOLERANCE if len(blocks) > 1 else math.inf
-        own = np.flatnonzero((cx >= x0 - tol) & (cx < x1 + tol) & (cy >= y0 - tol) & (cy < y1 + tol))
-        new = []
-        for i in own.tolist():
-            wx0, wy0, wx1, wy1 = found.windows[i].tolist()
-            window = (wx0 + rx0, wy0 + ry0, wx1 + rx0, wy1 + ry0)
-            mask = found.window_mask(i)
-            if band.duplicate(window, mask):
-                continue
-            class_scores = None if found.class_scores is None else found.class_scores[i]
-            box = found.boxes[i] + np.array([rx0, ry0, rx0, ry0], np.float32)
-            new.append(_Cell(seq, window, mask, mask.copy(), float(found.scores[i]), int(found.classes[i]),
-                             class_scores, box, raw[wy0:wy1, wx0:wx1].copy()))
-            seq += 1
-        for cell in new:
-            band.add(cell)
-        final = band.release(pending_area(blocks[k:], margin, (height, width)))
-        batch, means = _finished(final, (height, width))
-        done += len(batch)
-        elapsed = time.monotonic() - start
-        log.info(
-            "%s: block %d/%d, %d cells final, %d held, %.0f s elapsed, ETA %.0f s",
-            name, k, len(blocks), done, len(band.cells), elapsed, elapsed / k * (len(blocks) - k),
-        )
-        yield batch, means
+    `cellseg.data.tissue.tissue_blocks`)."""
+    blocks = block_grid(*reader.size, block) if blocks is None else list(blocks)
+    found = predict_blocks(reader, ensemble, point, blocks, margin, len(blocks) == 1, name, normalise, mpp)
+    return finalise_cells(found, blocks, margin, reader.size, name)
 
 
 def _finished(cells: list[_Cell], size: tuple[int, int]) -> tuple[InstanceSet, np.ndarray]:

@@ -145,7 +145,7 @@ def summary_table(folders: dict[str, str | os.PathLike], class_names: list[str])
     for name, folder in folders.items():
         with tifffile.TiffFile(Path(folder) / "labels.tif") as tif:
             height, width = tif.series[0].shape[-2:]  # OME drops the class axis of one class
-        table = pd.read_csv(Path(folder) / "cells.csv")
+        table = pd.read_csv(Path(folder) / "cells.csv", usecols=["class_id"])
         mpx = height * width / 1e6
         row = {"image": name, "height": height, "width": width, "megapixels": round(mpx, 4)}
         for k, class_name in enumerate(class_names, 1):

@@ -1,4 +1,4 @@
-"""Segment one new image with every fold, the ensemble and the `cells` operating point."""
+"""Predict one region of a new image with every fold, the ensemble and the `cells` operating point."""
 
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ from cellseg.common.device import pin_gpus, select_device
 from cellseg.data.stain import load_normaliser
 from cellseg.inference.fold_ensemble import load_fold_ensemble
 from cellseg.inference.operating_points import read_point
-from cellseg.outputs.segment_file import segment_file
+from cellseg.outputs.segment_regions import segment_region
 from cellseg.workflow.allocator import release_freed_memory
 from cellseg.workflow.joblog import job_logging
 
@@ -26,17 +26,17 @@ with job_logging(snakemake.log[0]) as log:
         mpp=p.mpp,
         backend=p.backend,
     )
-    counts = segment_file(
+    found = segment_region(
         snakemake.input.image,
-        dict(snakemake.output.items()),
+        snakemake.output[0],
+        int(snakemake.wildcards.region),
         ensemble,
         read_point(snakemake.input.thresholds),
-        p.classes,
-        p.overlay_size,
+        p.region_blocks,
         block=p.block_size,
         margin=p.margin,
         default_mpp=p.image_mpp,
         tissue=p.tissue,
         normalise=load_normaliser(snakemake.input.stain),
     )
-    log.info("%s: %d cells", snakemake.input.image, sum(counts.values()))
+    log.info("%s region %s: %d cells found", snakemake.input.image, snakemake.wildcards.region, found)
