@@ -350,7 +350,8 @@ def test_run_started_from_a_finished_run_resumes_to_identical_weights(data, firs
     run resumes to the weights of an uninterrupted one."""
     _, tiles, _ = data
     source = first_run[0] / "model_best.pt"
-    cfg = resolve_train_config({**SHORT, "init_from": str(first_run[0])})
+    wide = resolve_train_config(TINY)["fpn_channels"]  # the source's heads, not SHORT's narrow ones
+    cfg = resolve_train_config({**SHORT, "fpn_channels": wide, "init_from": str(first_run[0])})
 
     def run(out):
         return train_fold(tiles, [], cfg, CLASSES, TrainOutputs.in_folder(out), tile_size=64, init_weights=source)
