@@ -35,7 +35,8 @@ def test_each_region_is_its_own_slurm_job_with_one_gpu(finished_run, tmp_path):
     cluster = copy_workdir(finished_run.workdir, tmp_path / "slurm")
     snakemake(local, "segment", "--config", f"segment_images={images}", **run)
     proc = snakemake(cluster, "segment", "--config", f"segment_images={images}", "--profile", str(PROFILE),
-                     "--slurm-init-seconds-before-status-checks", "5", "--verbose", **run)
+                     "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "2", "--verbose",
+                     **run)
     calls = [line for line in proc.stdout.splitlines() if line.startswith("sbatch call:")]
     regions = [line for line in calls if "rule_segment_region" in line]
     assert len(regions) == n_regions and all("--gpus=1" in line for line in regions), "\n".join(calls)
