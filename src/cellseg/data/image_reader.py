@@ -24,7 +24,7 @@ from cellseg.common.images import _READ_ERRORS, check_pixel_dtype, read_tiff_hea
 from cellseg.common.pixel_size import page_mpp
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-SLIDE_SUFFIXES = (".svs", ".ndpi")  # scanners' TIFF variants; read as slides (`cellseg.slide`)
+SLIDE_SUFFIXES = (".svs", ".ndpi")  # scanners' TIFF variants; read as slides (`cellseg.data.slide`)
 SUFFIXES = (*TIFF_SUFFIXES, *SLIDE_SUFFIXES, ".png", ".jpg", ".jpeg")
 _PIL_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1, "I;16B": 1, "I;16L": 1, "I": 1}
 BAND_ROWS = 1024  # rows per band when a whole image is scanned (thumbnails, cell intensities)
