@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from cellseg.common.instances import InstanceSet
-from cellseg.common.iou import window_iou
+from cellseg.common.iou import mask_iou
 from cellseg.inference.ownership import WindowIndex, exclusive_pixels, greedy_owners, merged_class_scores
 
 
@@ -43,4 +43,7 @@ def test_window_index_and_iou():
     for i, window in enumerate(a.windows):
         index.add(i, window)
     assert index.candidates(b.windows[0]) == {0}
-    assert window_iou(a, 0, b, 0) == 50 / 150 and window_iou(a, 1, b, 0) == 0.0
+    def iou(x, i, y, j):
+        return mask_iou(x.windows[i], x.window_mask(i), y.windows[j], y.window_mask(j))
+
+    assert iou(a, 0, b, 0) == 50 / 150 and iou(a, 1, b, 0) == 0.0

@@ -32,16 +32,24 @@ def rects_meeting(rects: np.ndarray, rect) -> np.ndarray:
     return rects_meet(rects, np.asarray(rect)[None])[:, 0]
 
 
-def window_iou(a: InstanceSet, i: int, b: InstanceSet, j: int) -> float:
-    """IoU of mask `i` of `a` and mask `j` of `b` (non-zero probabilities), two sets of one image."""
-    (ax0, ay0, _, _), (bx0, by0, _, _) = a.windows[i].tolist(), b.windows[j].tolist()
-    common = rect_intersection(a.windows[i].tolist(), b.windows[j].tolist())
+def window_overlap(a, b) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """The (rows, columns) slices of windows `a` and `b` over their common pixels, or None."""
+    common = rect_intersection(a, b)
     if common is None:
-        return 0.0
+        return None
     x0, y0, x1, y1 = common
-    mask_a, mask_b = a.window_mask(i), b.window_mask(j)
-    inter = np.count_nonzero(mask_a[y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0] & mask_b[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0])
-    return inter / (np.count_nonzero(mask_a) + np.count_nonzero(mask_b) - inter)
+    return (
+        (slice(y0 - a[1], y1 - a[1]), slice(x0 - a[0], x1 - a[0])),
+        (slice(y0 - b[1], y1 - b[1]), slice(x0 - b[0], x1 - b[0])),
+    )
+
+
+def mask_iou(window_a, mask_a: np.ndarray, window_b, mask_b: np.ndarray, empty: float = 0.0) -> float:
+    """IoU of two binary masks, each in its window of one image; `empty` when both are empty."""
+    common = window_overlap(window_a, window_b)
+    inter = 0 if common is None else np.count_nonzero(mask_a[common[0]] & mask_b[common[1]])
+    union = np.count_nonzero(mask_a) + np.count_nonzero(mask_b) - inter
+    return inter / union if union else empty
 
 
 def instance_pixels(instances: InstanceSet, mask_threshold: float) -> sparse.csr_matrix:

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from cellseg.common.instances import InstanceSet, bounding_rect
+from cellseg.common.iou import mask_iou, window_overlap
 from cellseg.data.image_reader import ImageReader
 from cellseg.inference.fold_ensemble import FoldEnsemble, infer
+from cellseg.inference.ownership import grid_buckets
 
 CENTRE_TOLERANCE = 4.0  # px a cell's box centre may lie outside a block that keeps it
 DUPLICATE_IOU = 0.5
-GRID = 64  # px, buckets of the held cells' index
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class _Cell:
 
 
 class SeamBand:
-    """The held cells, bucketed on a `GRID` px grid of their windows."""
+    """The held cells, bucketed on the grid of `grid_buckets` by their windows."""
 
     def __init__(self):
         self.cells: dict[int, _Cell] = {}
@@ -73,24 +74,24 @@ class SeamBand:
 
     def add(self, cell: _Cell) -> None:
         self.cells[cell.seq] = cell
-        for key in _buckets(cell.window):
+        for key in grid_buckets(cell.window):
             self._grid[key].add(cell.seq)
 
     def remove(self, cell: _Cell) -> None:
         del self.cells[cell.seq]
-        for key in _buckets(cell.window):
+        for key in grid_buckets(cell.window):
             self._grid[key].discard(cell.seq)
             if not self._grid[key]:
                 del self._grid[key]
 
     def near(self, window) -> list[_Cell]:
         """Held cells whose windows share a grid bucket with `window`."""
-        seqs = {s for key in _buckets(window) for s in self._grid.get(key, ())}
+        seqs = {s for key in grid_buckets(window) for s in self._grid.get(key, ())}
         return [self.cells[s] for s in sorted(seqs)]
 
     def duplicate(self, window, mask: np.ndarray) -> bool:
         """Whether a cell of `mask` in `window` is one held already (mask IoU >= 0.5)."""
-        return any(_iou(window, mask, c.window, c.mask) >= DUPLICATE_IOU for c in self.near(window))
+        return any(mask_iou(window, mask, c.window, c.mask) >= DUPLICATE_IOU for c in self.near(window))
 
     def release(self, pending) -> list[_Cell]:
         """Remove and return, in arrival order, the cells whose windows miss `pending` (a
@@ -111,33 +112,9 @@ class SeamBand:
         return final
 
 
-def _buckets(window) -> list[tuple[int, int]]:
-    x0, y0, x1, y1 = window
-    return [(by, bx) for by in range(y0 // GRID, (y1 - 1) // GRID + 1) for bx in range(x0 // GRID, (x1 - 1) // GRID + 1)]
-
-
-def _overlap(a, b):
-    """The slices of windows `a` and `b` (x0, y0, x1, y1) over their common pixels, or None."""
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    if x0 >= x1 or y0 >= y1:
-        return None
-    return (
-        (slice(y0 - a[1], y1 - a[1]), slice(x0 - a[0], x1 - a[0])),
-        (slice(y0 - b[1], y1 - b[1]), slice(x0 - b[0], x1 - b[0])),
-    )
-
-
-def _iou(window_a, mask_a, window_b, mask_b) -> float:
-    common = _overlap(window_a, window_b)
-    if common is None:
-        return 0.0
-    inter = np.count_nonzero(mask_a[common[0]] & mask_b[common[1]])
-    return inter / (np.count_nonzero(mask_a) + np.count_nonzero(mask_b) - inter)
-
-
 def _resolve(final: _Cell, other: _Cell) -> None:
     """The pixels both cells claim go to the higher-ranked one."""
-    common = _overlap(final.window, other.window)
+    common = window_overlap(final.window, other.window)
     if common is None:
         return
     if other.outranks(final):

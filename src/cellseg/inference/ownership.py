@@ -2,9 +2,9 @@
 
 The one home of these decisions for final instances: mask NMS within a class or across
 classes (`greedy_owners`), pixels shared by several cells given to the highest score
-(`exclusive_pixels`), and a cell found twice across segment blocks (`WindowIndex`,
-`window_iou`). Masks are binary (`InstanceSet` probabilities 0 or 255) and live in their
-windows; nothing here allocates an array of the whole image, so it runs on a slide's cells.
+(`exclusive_pixels`), and the windows near a window (`WindowIndex`, `grid_buckets`). Masks are
+binary (`InstanceSet` probabilities 0 or 255) and live in their windows; nothing here allocates
+an array of the whole image, so it runs on a slide's cells.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ class WindowIndex:
         self._buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
 
     def add(self, i: int, window) -> None:
-        for key in _buckets(window):
+        for key in grid_buckets(window):
             self._buckets[key].append(i)
 
     def candidates(self, window) -> set[int]:
         """Instances added whose windows share a grid bucket with `window` (x0, y0, x1, y1)."""
-        return {j for key in _buckets(window) for j in self._buckets.get(key, ())}
+        return {j for key in grid_buckets(window) for j in self._buckets.get(key, ())}
 
 
-def _buckets(window) -> list[tuple[int, int]]:
+def grid_buckets(window) -> list[tuple[int, int]]:
+    """The `GRID` px cells that the window x0, y0, x1, y1 touches."""
     x0, y0, x1, y1 = (int(v) for v in window)
     return [(by, bx) for by in range(y0 // GRID, (y1 - 1) // GRID + 1) for bx in range(x0 // GRID, (x1 - 1) // GRID + 1)]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cellseg.common.instances import InstanceSet, quantised_threshold
+from cellseg.common.iou import mask_iou, rects_meet
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,8 @@ def agreement(a: InstanceSet, b: InstanceSet, iou: float = 0.95, mask_threshold:
     pairs = []
     for class_id in np.intersect1d(a.classes, b.classes).tolist():
         ia, ib = np.flatnonzero(a.classes == class_id), np.flatnonzero(b.classes == class_id)
-        wa, wb = a.windows[ia], b.windows[ib]
-        meet = (
-            (wa[:, None, 0] < wb[None, :, 2]) & (wa[:, None, 2] > wb[None, :, 0])
-            & (wa[:, None, 1] < wb[None, :, 3]) & (wa[:, None, 3] > wb[None, :, 1])
-        )  # fmt: skip
-        for i, j in zip(*np.nonzero(meet)):
-            value = _mask_iou(a, int(ia[i]), b, int(ib[j]), level)
+        for i, j in zip(*np.nonzero(rects_meet(a.windows[ia], b.windows[ib]))):
+            value = mask_iou(a.windows[ia[i]], a.probs[ia[i]] >= level, b.windows[ib[j]], b.probs[ib[j]] >= level, empty=1.0)
             if value >= iou:
                 pairs.append((value, int(ia[i]), int(ib[j])))
     used_a, used_b, diffs = set(), set(), []
@@ -50,17 +46,3 @@ def agreement(a: InstanceSet, b: InstanceSet, iou: float = 0.95, mask_threshold:
             used_b.add(j)
             diffs.append(abs(float(a.scores[i]) - float(b.scores[j])))
     return Agreement(len(diffs), len(a), len(b), max(diffs, default=0.0))
-
-
-def _mask_iou(a: InstanceSet, i: int, b: InstanceSet, j: int, level: int) -> float:
-    """IoU of mask i of `a` and mask j of `b` at the quantised `level`, over their windows' union."""
-    x0, y0 = np.minimum(a.windows[i, :2], b.windows[j, :2])
-    x1, y1 = np.maximum(a.windows[i, 2:], b.windows[j, 2:])
-    masks = []
-    for found, k in ((a, i), (b, j)):
-        canvas = np.zeros((y1 - y0, x1 - x0), bool)
-        wx0, wy0, wx1, wy1 = found.windows[k]
-        canvas[wy0 - y0 : wy1 - y0, wx0 - x0 : wx1 - x0] = found.probs[k] >= level
-        masks.append(canvas)
-    union = np.count_nonzero(masks[0] | masks[1])
-    return np.count_nonzero(masks[0] & masks[1]) / union if union else 1.0
