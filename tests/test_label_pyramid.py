@@ -9,6 +9,7 @@ import tifffile
 from test_segment import Oracle, blob_image, fold_ensemble, open_reader
 
 from cellseg.common.instances import InstanceSet
+from cellseg.common.label_pyramid import LabelSpool, level_tiles
 from cellseg.inference.segment import segment_image, write_labels
 
 
@@ -46,3 +47,22 @@ def test_only_the_seam_band_is_held(caplog):
     held = [int(n) for n in re.findall(r"(\d+) held", caplog.text)]
     assert len(cells) > 150 and len(held) == 5 * 7
     assert max(held) < len(cells) / 3 and held[-1] == 0  # about a block row and its margin
+
+
+def test_a_coarse_tile_reads_only_its_own_masks(tmp_path):
+    """At a coarse level one row of tiles spans most of a slide; masks are read per tile, so
+    the first tile is painted before the other tiles' masks are read."""
+    windows = [(x, y, x + 4, y + 4) for y in range(0, 240, 16) for x in range(0, 240, 16)]
+    spool = LabelSpool(tmp_path)
+    for label, window in enumerate(windows, 1):
+        spool.add(window, 1, label, np.ones((4, 4), bool))
+    reads = []
+    read = spool.mask
+    spool.mask = lambda i: reads.append(i) or read(i)
+    tiles = level_tiles(spool, 1, (256, 256), step=4, tile=32)  # 2 x 2 tiles of 128 level-0 px
+    first = next(tiles)
+    in_first = sum(x < 128 and y < 128 for x, y, _, _ in windows)
+    assert len(reads) == in_first < len(windows) / 3
+    assert np.count_nonzero(first) == in_first  # one sampled pixel per 4 x 4 cell
+    rest = list(tiles)
+    assert len(reads) == len(windows) and len(rest) == 3

@@ -3,9 +3,10 @@
 Cells arrive in the order they are finalised, not in the order of the label image's tiles, so
 each cell's mask goes to a spool file (bits packed) as it comes, with its window, class and
 label in compact arrays (about 30 bytes a cell). The label image is then painted tile by tile,
-one row of tiles at a time, from the cells that reach into that row: level 0, and levels
-subsampled by 2, 4, ... (nearest pixel: labels are ids) in SubIFDs until the image fits one
-tile, so QuPath, napari and Fiji open a slide's labels at any zoom.
+each tile from the masks of the cells that reach into it, read one at a time: a tile of a
+coarse level spans a large part of a slide, so holding more would follow the cells. Level 0,
+and levels subsampled by 2, 4, ... (nearest pixel: labels are ids), go in SubIFDs until the
+image fits one tile, so QuPath, napari and Fiji open a slide's labels at any zoom.
 """
 
 from __future__ import annotations
@@ -83,12 +84,11 @@ def level_tiles(spool: LabelSpool, n_classes: int, size: tuple[int, int], step: 
         for ty in range(-(-height // tile)):
             oy = ty * span
             rows = of_class[(windows[of_class, 1] < oy + span) & (windows[of_class, 3] > oy)]
-            masks = {int(i): spool.mask(int(i)) for i in rows}
             for tx in range(-(-width // tile)):
                 ox = tx * span
                 out = np.zeros((tile, tile), np.uint32)
                 for i in rows[(windows[rows, 0] < ox + span) & (windows[rows, 2] > ox)].tolist():
-                    _paint(out, masks[i], windows[i], labels[i], oy, ox, step)
+                    _paint(out, spool.mask(i), windows[i], labels[i], oy, ox, step)
                 yield out
 
 
