@@ -6,13 +6,23 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
-from workflow_helpers import copy_workdir, rule_counts, scheduled_jobs, snakemake, wildcard_values, write_config
+from workflow_helpers import (
+    copy_workdir,
+    rule_counts,
+    scheduled_jobs,
+    snakemake,
+    snakemake_command,
+    wildcard_values,
+    write_config,
+)
 
 from cellseg.common.images import read_image
 from cellseg.common.instances import InstanceSet
@@ -99,9 +109,9 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):
 
 @pytest.mark.slow
 def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp_path):
-    """256 x 256 px tiled from a test image in blocks of 64 px, 2 x 2 blocks a region: 4 region jobs
-    and their gather give the cells of one region; after a kill, only the unfinished region is
-    predicted again."""
+    """256 x 256 px tiled from a test image in blocks of 64 px, 2 x 2 blocks a region: 4 region
+    jobs and their gather. The run is interrupted (Ctrl-C) once two regions have finished; the
+    rerun predicts only the others, and the outputs equal one region's."""
     workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
     images = tmp_path / "images"
     images.mkdir()
@@ -112,30 +122,48 @@ def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp
     segment = {"block_size": 64, "margin": 24, "region_blocks": 2}
     config = write_config(tmp_path / "regions.yaml", {"segment": segment, **LOW_CELLS})
     run = dict(repo=finished_run.repo, configs=[config])
-    snakemake(workdir, "segment", "--config", f"segment_images={images}", **run)
+    target = ("segment", "--config", f"segment_images={images}")
+    finished = interrupted_after(snakemake_command(workdir, *target, cores=1, **run), "segment_region", 2)
     results = workdir / "results" / "segment"
-    regions = sorted((results / "tiled" / "regions").glob("*.npz"))
-    assert len(regions) == n_regions
+    regions = results / "tiled" / "regions"
+    assert len(finished) == 2 and not (results / "tiled" / "labels.tif").exists()
+    stamps = {r: (regions / f"{r}.npz").stat().st_mtime_ns for r in finished}
+
+    jobs = scheduled_jobs(workdir, *target, **run)
+    assert wildcard_values(jobs, "segment_region", "region") == {str(r) for r in range(n_regions)} - finished
+    assert rule_counts(jobs)["gather_regions"] == 1
+    snakemake(workdir, *target, **run)
+    assert {r: (regions / f"{r}.npz").stat().st_mtime_ns for r in finished} == stamps
+    assert len(list(regions.glob("*.npz"))) == n_regions
     summary = pd.read_csv(results / "summary.csv")
     assert summary.loc[0, "jobs"] == n_regions + 1 and summary.loc[0, "job_s"] > 0
 
-    # what a run killed while predicting region 1 leaves: the other regions, no gather outputs
-    regions[1].unlink()
-    for output in ["labels.tif", "cells.geojson", "cells.csv", "overlay.png", "tissue.png", "tissue.json", "density.png"]:
-        (results / "tiled" / output).unlink()
-    stamps = {p.name: p.stat().st_mtime_ns for p in regions if p.exists()}
-    jobs = scheduled_jobs(workdir, "segment", "--config", f"segment_images={images}", **run)
-    assert rule_counts(jobs) == {"segment_region": 1, "gather_regions": 1, "summarise_segments": 1, "segment": 1}
-    assert wildcard_values(jobs, "segment_region", "region") == {regions[1].stem}
-    snakemake(workdir, "segment", "--config", f"segment_images={images}", **run)
-    assert {p.name: p.stat().st_mtime_ns for p in regions if p.name in stamps} == stamps
-
     labels, table = tifffile.imread(results / "tiled" / "labels.tif"), pd.read_csv(results / "tiled" / "cells.csv")
     one = write_config(tmp_path / "one.yaml", {"segment": {**segment, "region_blocks": 64}, **LOW_CELLS})
-    snakemake(workdir, "segment", "--config", f"segment_images={images}", repo=finished_run.repo, configs=[one])
-    assert len(list((results / "tiled" / "regions").glob("*.npz"))) == n_regions  # region 0 redone, the rest stale
+    snakemake(workdir, *target, repo=finished_run.repo, configs=[one])
     assert len(table) > 0 and np.array_equal(tifffile.imread(results / "tiled" / "labels.tif"), labels)
     assert pd.read_csv(results / "tiled" / "cells.csv").equals(table)
+
+
+def interrupted_after(command: list[str], rule: str, n_jobs: int) -> set[str]:
+    """Run the Snakemake `command` and interrupt it as Ctrl-C does (SIGINT) once `n_jobs` jobs
+    of `rule` have finished; returns their `region` wildcards. Fails if the run ends first."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log, rules, finished = [], {}, set()
+    for line in proc.stdout:
+        log.append(line)
+        if match := re.match(r"\s*jobid: (\d+)", line):
+            job = match[1]
+        elif match := re.match(r"\s*wildcards: .*region=(\d+)", line):
+            rules[job] = match[1]
+        elif (match := re.search(r"Finished jobid: (\d+)", line)) and match[1] in rules:
+            finished.add(rules[match[1]])
+            if len(finished) == n_jobs:
+                proc.send_signal(signal.SIGINT)
+                break
+    rest, _ = proc.communicate(timeout=300)
+    assert len(finished) == n_jobs and proc.returncode != 0, "".join(log) + rest
+    return finished
 
 
 def painted(cells: InstanceSet, n_classes: int) -> np.ndarray:
