@@ -24,18 +24,24 @@ report: setup
 
 # The test tiers (README, Development): `test` runs all of them, as CI does. The unit tier
 # starts no Snakemake and trains a few steps at most; the workflow tier runs Snakemake on tiny
-# data, sharing one finished run; the SLURM tier needs the local cluster.
+# data, sharing one finished run per worker; the SLURM tier needs the local cluster. Tests run
+# in one pytest-xdist worker per core (TEST_WORKERS): most of a workflow test is one Snakemake
+# process building its DAG or one job at a time, so a second worker fills the idle core; the
+# SLURM tests stay in one worker, one at a time on the 2-CPU test cluster.
+TEST_WORKERS ?= $(CORES)
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not workflow and not slow and not slurm"
+	$(PYTEST) -m "not workflow and not slow and not slurm"
 
 test-workflow: setup
-	$(BIN)/python -m pytest -q -m "(workflow or slow) and not slurm"
+	$(PYTEST) -m "(workflow or slow) and not slurm"
 
 test-slurm: setup
-	$(BIN)/python -m pytest -q -m slurm
+	$(PYTEST) -m slurm
 
 # The full demo in a fresh workdir (or DEMO_WORKDIR=dir, kept), compared with the figures stored
 # in tests/expected/ (README, Development).

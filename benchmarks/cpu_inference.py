@@ -161,15 +161,18 @@ def measure(run: str, run_dir: Path, name: str, workdir: Path) -> dict:
 
 
 STAGES = {
-    # stage: the functions whose cumulative time it is (cProfile), as they nest in the path
-    "tile reads (TIFF decode)": ["segment_input.py:read"],
-    "network (ONNX Runtime / torch forward)": ["run", "model.py:detect"],
-    "mask paste into windows": ["onnx_backend.py:paste_windows"],
+    # stage: the functions whose cumulative time it is (cProfile, file:function), none inside another
+    "tile reads (TIFF decode)": ["image_reader.py:read"],
+    "network (ONNX Runtime / torch forward)": ["run", "mask_rcnn.py:detect"],
+    "mask paste into windows (ONNX Runtime)": ["onnx_backend.py:paste_windows"],
     "tile instances and seam merge": ["predict.py:_tile_instances", "predict.py:_merge_duplicates"],
     "TTA fusion (WBF)": ["ensemble.py:fuse_instance_sets"],
-    "cells point (thresholds, NMS, one cell per pixel)": ["postprocess.py:apply_point"],
-    "block merge and exclusive pixels": ["segment.py:_duplicate", "overlaps.py:exclusive_pixels"],
-    "writers (labels.tif, GeoJSON, CSV, overlay)": ["segment_export.py:export_cells"],
+    "cells point (thresholds, NMS, one cell per pixel)": ["operating_points.py:apply_point"],
+    "block seams (seam band, duplicates across blocks)": ["cell_stream.py:duplicate", "cell_stream.py:add", "cell_stream.py:release", "cell_stream.py:_finished"],
+    "writers (labels.tif, GeoJSON, CSV, overlay)": [
+        "cell_writers.py:numbered_table", "segment_export.py:geojson_features", "label_pyramid.py:spool_cells",
+        "segment_export.py:draw_outlines", "label_pyramid.py:write_label_pyramid", "segment_export.py:write_overlay",
+    ],
 }
 
 

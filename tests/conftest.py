@@ -1,8 +1,9 @@
 """Shared fixtures: a small demo dataset and one finished tiny pipeline run, each made once per
-test session; one torch thread. The tiers: a test that starts Snakemake or a training process
-is marked `workflow` (or `slow`, `slurm`); the rest, the unit tier (`make test-fast`), may not
-start Snakemake, which a guard here enforces."""
+test session (once per worker under pytest-xdist); one torch thread. The tiers: a test that
+starts Snakemake or a training process is marked `workflow` (or `slow`, `slurm`); the rest, the
+unit tier (`make test-fast`), may not start Snakemake, which a guard here enforces."""
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -48,6 +49,10 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "demo: runs the full demo (about 8 min on 2 cores); needs --run-demo")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs one worker per core: a second thread per worker would only contend.
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 TIER_MARKS = ("workflow", "slow", "slurm", "demo")
@@ -57,6 +62,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "finished_run" in item.fixturenames:  # the session's whole pipeline run
             item.add_marker(pytest.mark.workflow)
+        if item.get_closest_marker("slurm"):  # one test at a time on the 2-CPU cluster (xdist loadgroup)
+            item.add_marker(pytest.mark.xdist_group("slurm_cluster"))
     if config.getoption("--run-demo"):
         return
     skip = pytest.mark.skip(reason="the full demo runs only with --run-demo (make check-demo)")

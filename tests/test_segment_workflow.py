@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -148,7 +149,10 @@ def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp
 def interrupted_after(command: list[str], rule: str, n_jobs: int) -> set[str]:
     """Run the Snakemake `command` and interrupt it as Ctrl-C does (SIGINT) once `n_jobs` jobs
     of `rule` have finished; returns their `region` wildcards. Fails if the run ends first."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as it is logged, not at exit
+    # A test session started in the background ignores SIGINT, and children inherit that.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log, rules, finished = [], {}, set()
     for line in proc.stdout:
         log.append(line)
