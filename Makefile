@@ -26,10 +26,11 @@ report: setup
 # starts no Snakemake and trains a few steps at most; the workflow tier runs Snakemake on tiny
 # data, sharing one finished run per worker; the SLURM tier needs the local cluster. Tests run
 # in one pytest-xdist worker per core (TEST_WORKERS): most of a workflow test is one Snakemake
-# process building its DAG or one job at a time, so a second worker fills the idle core; the
-# SLURM tests stay in one worker, one at a time on the 2-CPU test cluster.
+# process building its DAG or running one job, so a second worker fills the idle core. Whole
+# files go to a worker, heaviest first (tests/conftest.py), so module fixtures are built once
+# and the SLURM tests, all in one file, run one at a time on the 2-CPU test cluster.
 TEST_WORKERS ?= $(CORES)
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: setup
 	$(PYTEST)

@@ -29,10 +29,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, configs: list[Path], *args: str) -> float:
+def snakemake(workdir: Path, configs: list[Path], cores: int, *args: str) -> float:
     """Run Snakemake on the checkout's Snakefile in `workdir`; its wall seconds."""
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(REPO / "config.yaml"), *map(str, configs), *args]  # fmt: skip
+               "--configfile", str(REPO / "config.yaml"), *map(str, configs), "--cores", str(cores), *args]  # fmt: skip
     start = time.monotonic()
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode:
@@ -74,14 +74,14 @@ def main() -> None:
         run = args.run
         if run is None:
             run = tmp / "run"
-            print(f"tiny pipeline run: {snakemake(run, args.configs, '--cores', str(max(args.cores))):.0f} s", flush=True)
+            print(f"tiny pipeline run: {snakemake(run, args.configs, max(args.cores)):.0f} s", flush=True)
         images = tmp / "images"
         images.mkdir()
         side = args.block * args.region_blocks
         write_image(images / "slide.tif", run, side, side * args.regions)
         settings = tmp / "regions.yaml"
         settings.write_text(yaml.safe_dump({
-            "segment": {"block_size": args.block, "region_blocks": args.region_blocks, "tissue": "off"},
+            "segment": {"block_size": args.block, "region_blocks": args.region_blocks, "tissue": False},
             "resources": {"predict": {"cpus_per_task": 1}},
         }))  # fmt: skip
         configs = [*args.configs, settings]
@@ -91,7 +91,7 @@ def main() -> None:
         print("| --- | --- | --- |")
         first, reference = None, None
         for cores in args.cores:
-            seconds = snakemake(run, configs, *target, "--cores", str(cores), "--forcerun", "segment_region")
+            seconds = snakemake(run, configs, cores, *target, "--forcerun", "segment_region")
             regions = sorted((outputs / "regions").glob("*.npz"))
             assert len(regions) == args.regions, regions
             first = first or seconds

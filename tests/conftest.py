@@ -5,6 +5,7 @@ unit tier (`make test-fast`), may not start Snakemake, which a guard here enforc
 
 import os
 import subprocess
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -62,14 +63,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "finished_run" in item.fixturenames:  # the session's whole pipeline run
             item.add_marker(pytest.mark.workflow)
-        if item.get_closest_marker("slurm"):  # one test at a time on the 2-CPU cluster (xdist loadgroup)
-            item.add_marker(pytest.mark.xdist_group("slurm_cluster"))
+    heaviest_files_first(items)
     if config.getoption("--run-demo"):
         return
     skip = pytest.mark.skip(reason="the full demo runs only with --run-demo (make check-demo)")
     for item in items:
         if item.get_closest_marker("demo"):
             item.add_marker(skip)
+
+
+def heaviest_files_first(items) -> None:
+    """Order the files SLURM, slow, workflow, unit tier, larger first, keeping each file's own
+    order. `make test` hands whole files to its pytest-xdist workers in this order
+    (`--dist loadfile --no-loadscope-reorder`), so the two longest start at once instead of last."""
+    file_of = {item: item.nodeid.split("::")[0] for item in items}
+    rank, size = {}, Counter(file_of.values())
+    for item, file in file_of.items():
+        tier = next((k for k, mark in enumerate(("slurm", "slow", "workflow")) if item.get_closest_marker(mark)), 3)
+        rank[file] = min(rank.get(file, 3), tier)
+    items.sort(key=lambda item: (rank[file_of[item]], -size[file_of[item]]))
 
 
 @pytest.fixture(autouse=True)

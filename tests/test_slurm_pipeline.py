@@ -1,5 +1,7 @@
 """The demo pipeline through the SLURM profile: one GPU job per fold, folds in parallel, and
-the same results as a local run.
+the same results as a local run; then `segment` of one image in regions, each region its own
+SLURM job with one GPU, joined into the cells of a local run. One file, so that its tests run
+one after another on the 2-CPU cluster, also under pytest-xdist (`--dist loadfile`).
 
 Runs the tiny preset (tests/configs/tiny.yaml: 8 images, 2 folds, 1 epoch) with
 `--profile profiles/slurm` on the single-node test cluster of scripts/slurm_cluster.sh (2 CPUs,
@@ -33,7 +35,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import tifffile
+from workflow_helpers import copy_workdir, snakemake, write_config
+
+from cellseg.common.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -301,3 +308,38 @@ def test_predictions_and_scores_are_equal(local_run, slurm_run):
                 np.testing.assert_array_equal(x[key], y[key], err_msg=f"{name}:{key}")
     for name in ("evaluate/scores.tsv", "tune/thresholds.json", "submission/test-results.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+# --- segment in regions ------------------------------------------------------------------------
+
+# The tiny run's few training steps leave low scores: a low score threshold for the cells point
+# gives the region jobs cells to compare.
+LOW_CELLS = {"tune": {"cells": {"score_thresholds": [0.05]}}}
+
+
+def test_each_region_is_its_own_slurm_job_with_one_gpu(finished_run, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    test = read_image(sorted((finished_run.workdir / "results" / "demo" / "test_release").glob("*.tif"))[0])
+    repeat = -(-256 // min(test.shape[:2]))
+    tifffile.imwrite(images / "tiled.tif", np.tile(test, (repeat, repeat, 1))[:256, :256], tile=(64, 64), photometric="rgb")
+    n_regions = 4
+    config = write_config(tmp_path / "regions.yaml",
+                          {"segment": {"block_size": 64, "margin": 24, "region_blocks": 2}, **LOW_CELLS})
+    run = dict(repo=finished_run.repo, configs=[config])
+    local = copy_workdir(finished_run.workdir, tmp_path / "local")
+    cluster = copy_workdir(finished_run.workdir, tmp_path / "slurm")
+    snakemake(local, "segment", "--config", f"segment_images={images}", **run)
+    proc = snakemake(cluster, "segment", "--config", f"segment_images={images}", "--profile", str(PROFILE),
+                     "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "2", "--verbose",
+                     **run)
+    calls = [line for line in proc.stdout.splitlines() if line.startswith("sbatch call:")]
+    regions = [line for line in calls if "rule_segment_region" in line]
+    assert len(regions) == n_regions and all("--gpus=1" in line for line in regions), "\n".join(calls)
+    assert sum("rule_gather_regions" in line for line in calls) == 1
+    for name in ("labels.tif", "cells.csv"):
+        ours, theirs = cluster / "results" / "segment" / "tiled" / name, local / "results" / "segment" / "tiled" / name
+        if name == "labels.tif":
+            assert np.array_equal(tifffile.imread(ours), tifffile.imread(theirs))
+        else:
+            assert pd.read_csv(ours).equals(pd.read_csv(theirs))
