@@ -5,8 +5,8 @@ unit tier (`make test-fast`), may not start Snakemake, which a guard here enforc
 
 import os
 import subprocess
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
