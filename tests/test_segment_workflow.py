@@ -16,6 +16,8 @@ import pytest
 import tifffile
 from PIL import Image
 from workflow_helpers import (
+    FOUR_REGIONS,
+    LOW_CELLS,
     copy_workdir,
     rule_counts,
     scheduled_jobs,
@@ -23,6 +25,7 @@ from workflow_helpers import (
     snakemake_command,
     wildcard_values,
     write_config,
+    write_region_image,
 )
 
 from cellseg.common.images import read_image
@@ -35,9 +38,6 @@ from cellseg.inference.segment import cell_labels
 pytestmark = pytest.mark.workflow
 
 OUTPUTS = ["labels.tif", "cells.geojson", "cells.csv", "overlay.png"]
-# The tiny run's few training steps leave low scores: a low score threshold for the cells point
-# gives every test cells to compare.
-LOW_CELLS = {"tune": {"cells": {"score_thresholds": [0.05]}}}
 
 
 def new_images(folder, demo):
@@ -114,13 +114,9 @@ def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp
     jobs and their gather. The run is interrupted (Ctrl-C) once two regions have finished; the
     rerun predicts only the others, and the outputs equal one region's."""
     workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
-    images = tmp_path / "images"
-    images.mkdir()
-    test = read_image(sorted((workdir / "results" / "demo" / "test_release").glob("*.tif"))[0])
-    repeat = -(-256 // min(test.shape[:2]))
-    tifffile.imwrite(images / "tiled.tif", np.tile(test, (repeat, repeat, 1))[:256, :256], tile=(64, 64), photometric="rgb")
+    images = write_region_image(tmp_path / "images", workdir).parent
     n_regions = 4
-    segment = {"block_size": 64, "margin": 24, "region_blocks": 2}
+    segment = FOUR_REGIONS
     config = write_config(tmp_path / "regions.yaml", {"segment": segment, **LOW_CELLS})
     run = dict(repo=finished_run.repo, configs=[config])
     target = ("segment", "--config", f"segment_images={images}")

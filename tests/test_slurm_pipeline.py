@@ -38,9 +38,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from workflow_helpers import copy_workdir, snakemake, write_config
-
-from cellseg.common.images import read_image
+from workflow_helpers import FOUR_REGIONS, LOW_CELLS, copy_workdir, snakemake, write_config, write_region_image
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -312,20 +310,11 @@ def test_predictions_and_scores_are_equal(local_run, slurm_run):
 
 # --- segment in regions ------------------------------------------------------------------------
 
-# The tiny run's few training steps leave low scores: a low score threshold for the cells point
-# gives the region jobs cells to compare.
-LOW_CELLS = {"tune": {"cells": {"score_thresholds": [0.05]}}}
-
 
 def test_each_region_is_its_own_slurm_job_with_one_gpu(finished_run, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    test = read_image(sorted((finished_run.workdir / "results" / "demo" / "test_release").glob("*.tif"))[0])
-    repeat = -(-256 // min(test.shape[:2]))
-    tifffile.imwrite(images / "tiled.tif", np.tile(test, (repeat, repeat, 1))[:256, :256], tile=(64, 64), photometric="rgb")
+    images = write_region_image(tmp_path / "images", finished_run.workdir).parent
     n_regions = 4
-    config = write_config(tmp_path / "regions.yaml",
-                          {"segment": {"block_size": 64, "margin": 24, "region_blocks": 2}, **LOW_CELLS})
+    config = write_config(tmp_path / "regions.yaml", {"segment": FOUR_REGIONS, **LOW_CELLS})
     run = dict(repo=finished_run.repo, configs=[config])
     local = copy_workdir(finished_run.workdir, tmp_path / "local")
     cluster = copy_workdir(finished_run.workdir, tmp_path / "slurm")

@@ -16,7 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import tifffile
 import yaml
+
+from cellseg.common.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = Path("tests") / "configs" / "tiny.yaml"
@@ -32,6 +36,12 @@ REPO_IGNORE = shutil.ignore_patterns(
     ".pytest_cache",
     "*.egg-info",
 )
+
+# The tiny run's few training steps leave low scores: a low score threshold for the cells point
+# gives the segment tests cells to compare.
+LOW_CELLS = {"tune": {"cells": {"score_thresholds": [0.05]}}}
+# `segment` settings that split `write_region_image`'s image into 4 regions of 2 x 2 blocks.
+FOUR_REGIONS = {"block_size": 64, "margin": 24, "region_blocks": 2}
 
 # One job in a dry run's listing: `rule NAME:` or `localrule NAME:`, then indented fields.
 _JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):\s*$")
@@ -240,3 +250,14 @@ class Run:
     @property
     def env(self) -> dict:
         return {"SNAKEMAKE_OUTPUT_CACHE": str(self.cache)}
+
+
+def write_region_image(folder: Path, workdir: Path) -> Path:
+    """tiled.tif in `folder`: 256 x 256 px (64 px TIFF tiles) of the first test image of the run
+    in `workdir`, repeated; `FOUR_REGIONS` splits it into 4 regions."""
+    folder.mkdir(exist_ok=True)
+    test = read_image(sorted((workdir / "results" / "demo" / "test_release").glob("*.tif"))[0])
+    repeat = -(-256 // min(test.shape[:2]))
+    path = folder / "tiled.tif"
+    tifffile.imwrite(path, np.tile(test, (repeat, repeat, 1))[:256, :256], tile=(64, 64), photometric="rgb")
+    return path
