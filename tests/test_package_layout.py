@@ -2,6 +2,9 @@
 shared foundations (docs/design.md, "Package layout"), never back up and never in a circle."""
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,14 @@ def test_the_walker_sees_a_circle_and_a_backward_import(tmp_path, monkeypatch):
         test_no_import_circle()
     with pytest.raises(AssertionError, match="data.c -> cellseg.model.d"):
         test_no_module_imports_a_later_stage()
+
+
+def test_building_the_dag_imports_no_torch():
+    """Snakefile and rules import only torch-free modules: Snakemake parses them at every start,
+    also inside each cluster job, and torch with torchvision takes seconds to import."""
+    workflow = [PACKAGE.parents[1] / "Snakefile", *sorted((PACKAGE.parents[1] / "workflow" / "rules").glob("*.smk"))]
+    modules = sorted({m for path in workflow for m in re.findall(r"^\s*from (cellseg[\w.]*) import", path.read_text(), re.M)})
+    assert "cellseg.workflow.configuration" in modules  # the pattern finds the rules' imports
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", f"importing {modules} imports {proc.stdout.strip()[:300]}"

@@ -10,7 +10,7 @@ from PIL import Image
 from test_segment import Oracle, blob_image, fold_ensemble
 from test_slide import CPU, FUSION, PREDICT, BrightBlobs, FoldEnsemble, discs, write_ome
 
-from cellseg.inference.region_file import region_count, region_of
+from cellseg.inference.region_grid import region_count, region_of
 from cellseg.outputs.segment_file import segment_file
 from cellseg.outputs.segment_regions import gather_regions, segment_region
 

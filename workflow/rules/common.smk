@@ -32,7 +32,7 @@ from cellseg.workflow.listing import write_listing
 from cellseg.common.pixel_size import mpp_warnings
 from cellseg.data.image_reader import check_image, image_mpp, list_images
 from cellseg.data.slide import working_size
-from cellseg.inference.region_file import region_count
+from cellseg.inference.region_grid import region_count
 from cellseg.data.shards import shard_images
 from cellseg.data.split import image_groups, split_sizes
 
@@ -416,7 +416,7 @@ SEGMENT_FOLDER = config["segment_images"] or config["segment"]["images"]
 
 def _segment_images():
     """{name: path} of the images to segment, and {name: number of regions}
-    (`cellseg.inference.region_file`), every header read while the DAG is built."""
+    (`cellseg.inference.region_grid`), every header read while the DAG is built."""
     if not SEGMENT_FOLDER:
         return {}, {}
     segment = config["segment"]

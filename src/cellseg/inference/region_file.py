@@ -1,9 +1,9 @@
 """A large image split into regions of whole blocks, each predicted by its own job.
 
-Region r covers `region_blocks` x `region_blocks` blocks of `cellseg.inference.cell_stream.block_grid`,
-regions numbered row by row. A region's job predicts its blocks (each read with its margin, so
-the cells near a region's edge are found as they would be in one job) and writes what each
-block owns (`BlockCells`) to one file; no cell is finalised there. The job that joins the
+Region r covers `region_blocks` x `region_blocks` blocks of `cellseg.inference.cell_stream.block_grid`
+(`cellseg.inference.region_grid`). A region's job predicts its blocks (each read with its
+margin, so the cells near a region's edge are found as they would be in one job) and writes what
+each block owns (`BlockCells`) to one file; no cell is finalised there. The job that joins the
 regions reads the blocks back in the image's raster order and finalises them as one job would
 (`cellseg.inference.cell_stream.finalise_cells`): the result is the single job's, to the cell.
 
@@ -15,7 +15,6 @@ number of blocks, last.
 
 from __future__ import annotations
 
-import math
 import os
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -24,21 +23,9 @@ import numpy as np
 
 from cellseg.common.files import atomic_path
 from cellseg.inference.cell_stream import BlockCells
+from cellseg.inference.region_grid import region_of
 
 FIELDS = ("windows", "scores", "classes", "boxes", "class_scores")
-
-
-def region_count(size: tuple[int, int], block: int, region_blocks: int) -> int:
-    """How many regions of `region_blocks` x `region_blocks` blocks of `block` px cover an image
-    of `size` (H, W)."""
-    side = block * region_blocks
-    return math.ceil(size[0] / side) * math.ceil(size[1] / side)
-
-
-def region_of(block_rect: tuple[int, int, int, int], block: int, region_blocks: int, size: tuple[int, int]) -> int:
-    """The region holding the block y0, y1, x0, x1 (module doc)."""
-    side = block * region_blocks
-    return block_rect[0] // side * math.ceil(size[1] / side) + block_rect[2] // side
 
 
 def write_region(path: str | os.PathLike, found: Iterable[BlockCells]) -> int:

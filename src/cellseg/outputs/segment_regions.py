@@ -12,7 +12,8 @@ from pathlib import Path
 from cellseg.data.slide import SlideReader
 from cellseg.data.tissue import write_tissue_picture
 from cellseg.inference.cell_stream import block_read, finalise_cells, predict_blocks
-from cellseg.inference.region_file import read_region_blocks, region_of, write_region
+from cellseg.inference.region_file import read_region_blocks, write_region
+from cellseg.inference.region_grid import region_of
 from cellseg.outputs.density_map import cell_counts, write_density_picture, write_tissue_json
 from cellseg.outputs.segment_file import find_tissue, open_reader, predicted_blocks, write_image_outputs
 
