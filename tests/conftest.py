@@ -1,9 +1,12 @@
 """Shared fixtures: a small demo dataset and one finished tiny pipeline run, each made once per
-test session (once per worker under pytest-xdist); one torch thread. The tiers: a test that
-starts Snakemake or a training process is marked `workflow` (or `slow`, `slurm`); the rest, the
-unit tier (`make test-fast`), may not start Snakemake, which a guard here enforces."""
+test session (the run shared by the workers under pytest-xdist); one torch thread. The tiers: a
+test that starts Snakemake or a training process is marked `workflow` (or `slow`, `slurm`); the
+rest, the unit tier (`make test-fast`), may not start Snakemake, which a guard here enforces."""
 
+import fcntl
+import json
 import os
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -103,14 +106,21 @@ def unit_tests_start_no_snakemake(request, monkeypatch):
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory) -> Run:
     """The whole tiny pipeline, run once per session and shared by every workflow test module
-    (about 2-3 minutes on 2 cores); tests copy its workdir before changing anything."""
-    base = tmp_path_factory.mktemp("tiny_run")
-    repo = copy_repo(base / "repo")
-    cache = base / "cache"
-    cache.mkdir()
-    workdir = base / "work"
-    start = time.monotonic()
-    snakemake(workdir, "--cache", repo=repo, env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)})
-    seconds = time.monotonic() - start
-    print(f"tiny pipeline run: {seconds:.0f} s")
-    return Run(repo, workdir, cache, seconds)
+    (about a minute on 2 cores); tests copy its workdir before changing anything. Under
+    pytest-xdist the first worker to need it builds it in the folder all workers share, while
+    the others wait for it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # holds every worker's own base folder
+    base, record = shared / "tiny_run", shared / "tiny_run.json"
+    with open(shared / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            shutil.rmtree(base, ignore_errors=True)  # what a failed build left
+            repo = copy_repo(base / "repo")
+            (base / "cache").mkdir()
+            start = time.monotonic()
+            snakemake(base / "work", "--cache", repo=repo, env={"SNAKEMAKE_OUTPUT_CACHE": str(base / "cache")})
+            record.write_text(json.dumps({"seconds": time.monotonic() - start}))
+            print(f"tiny pipeline run: {json.loads(record.read_text())['seconds']:.0f} s")
+    return Run(base / "repo", base / "work", base / "cache", json.loads(record.read_text())["seconds"])

@@ -70,8 +70,9 @@ def _copy_or_link(src: str, dst: str) -> str:
 def copy_workdir(src: Path, dest: Path) -> Path:
     """A copy of a finished workdir that Snakemake sees as up to date: outputs with their
     timestamps, `.snakemake/metadata` with the recorded params and code, symlinks (outputs
-    taken from the output cache) kept as links. For dry runs: `.pt` files are hard links."""
-    shutil.copytree(src, dest, symlinks=True, copy_function=_copy_or_link)
+    taken from the output cache) kept as links. For dry runs: `.pt` files are hard links. Not
+    `.snakemake/locks`: a dry run of another test may hold one in `src` at that moment."""
+    shutil.copytree(src, dest, symlinks=True, copy_function=_copy_or_link, ignore=shutil.ignore_patterns("locks"))
     return dest
 
 
