@@ -23,7 +23,7 @@ from cellseg.common.polygons import mask_polygons
 from cellseg.data.image_reader import check_image, list_images, open_image
 from cellseg.inference.fold_ensemble import FoldEnsemble, infer
 from cellseg.inference.segment import segment_image, write_labels
-from cellseg.outputs.segment_export import cell_table, geojson, summary_table
+from cellseg.outputs.segment_export import cell_table, class_colours, geojson, summary_table, write_overlay
 from cellseg.outputs.segment_file import segment_file
 
 CPU = torch.device("cpu")
@@ -307,6 +307,19 @@ def test_cell_table_and_geojson_of_a_drawn_image():
     assert kinds == {"Polygon", "MultiPolygon"}  # the two-piece cell
     assert set(table["class"]) == set(CLASSES)
     assert (table.groupby("class_id")["label"].apply(lambda s: sorted(s) == list(range(1, len(s) + 1)))).all()
+
+
+def test_the_overlay_is_the_thumbnail_pixel_for_pixel_beside_a_legend_in_class_colours(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    names = [f"class{k}" for k in range(1, 13)]
+    write_overlay(tmp_path / "overlay.png", image, list(range(12)), names)
+    overlay = np.asarray(Image.open(tmp_path / "overlay.png").convert("RGB"))
+    assert np.array_equal(overlay[:60, :80], image)
+    legend = overlay[:, 80:]
+    assert overlay.shape[0] > 12 * 14  # the legend of 12 classes is taller than the image
+    for colour in class_colours(12)[:10]:  # tab10: the 11th class takes the 1st colour again
+        assert (legend == colour).all(axis=-1).sum() >= 60, colour  # a line 3 px wide, 30 px long
+    assert (legend.max(axis=-1) < 100).sum() > 12 * 20  # the names and counts, in black
 
 
 def test_list_images_and_bad_input(tmp_path):

@@ -15,10 +15,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import tifffile
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from cellseg.common.files import atomic_path
@@ -26,14 +27,12 @@ from cellseg.common.instances import InstanceSet
 from cellseg.common.polygons import mask_geometry
 from cellseg.inference.segment import cell_labels
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
+LEGEND_FONT = 14  # px
 
 
 def class_colours(n_classes: int) -> list[tuple[int, int, int]]:
     """One (r, g, b) 0-255 colour per class, from matplotlib's tab10."""
-    return [tuple(int(round(255 * v)) for v in plt.get_cmap("tab10")(k % 10)[:3]) for k in range(n_classes)]
+    return [tuple(int(round(255 * v)) for v in colormaps["tab10"](k % 10)[:3]) for k in range(n_classes)]
 
 
 def cell_table(cells: InstanceSet, class_names: list[str]) -> pd.DataFrame:
@@ -106,22 +105,25 @@ def write_table(path: str | os.PathLike, table: pd.DataFrame) -> None:
 
 def write_overlay(path: str | os.PathLike, image: np.ndarray, counts, class_names: list[str]) -> None:
     """overlay.png: the thumbnail `image` (h, w, 3) uint8 with the cells' outlines drawn in
-    (`draw_outlines`), and a legend with the `counts` per class beside it."""
+    (`draw_outlines`), pixel for pixel, and a legend with the `counts` per class to its right.
+    Pillow rather than matplotlib, whose image resampling in floating point made the overlay a
+    slide's peak memory."""
     colours = class_colours(len(class_names))
+    font = ImageFont.load_default(size=LEGEND_FONT)
+    entries = [f"{name} ({counts[k]})" for k, name in enumerate(class_names)]
+    row = LEGEND_FONT + 8
     height, width = image.shape[:2]
-    fig_w = width / 100 + 2.2
-    fig, ax = plt.subplots(figsize=(fig_w, height / 100 + 0.4), dpi=100)
-    ax.imshow(image, interpolation="nearest")
-    for k, name in enumerate(class_names):
-        colour = np.array(colours[k]) / 255
-        ax.plot([], [], color=colour, lw=3, label=f"{name} ({counts[k]})")
-    ax.set_axis_off()
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
-    fig.subplots_adjust(left=0.01, right=(width / 100 + 0.1) / fig_w, top=0.99, bottom=0.01)
+    legend_width = 56 + int(max(font.getlength(entry) for entry in entries))
+    canvas = Image.new("RGB", (width + legend_width, max(height, row * (len(entries) + 1))), "white")
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, entry in enumerate(entries):
+        y = row // 2 + row * k
+        draw.line([(width + 10, y + row // 2), (width + 40, y + row // 2)], fill=colours[k], width=3)
+        draw.text((width + 48, y), entry, fill="black", font=font)
     with atomic_path(path) as tmp:
         # zlib level 1: the overlay is a preview, and level 6 took longer than the drawing
-        fig.savefig(tmp, format="png", pil_kwargs={"compress_level": 1})
-    plt.close(fig)
+        canvas.save(tmp, format="png", compress_level=1)
 
 
 def draw_outlines(image: np.ndarray, cells: InstanceSet, colours: list[tuple[int, int, int]], step: float) -> None:
