@@ -48,6 +48,10 @@ FOLDS = (0, 1)
 N_SHARDS = 4  # tiny.yaml: preprocess.shards (each of its 8 images falls in one of 4 shards)
 CLUSTER_CPUS = 2
 TIMEOUT_S = 1200
+# The plugin queries the jobs' states this many seconds after a job ends or is submitted, then
+# 10 s later each time no job has ended (its own back-off; --seconds-between-status-checks is not
+# used). The test's jobs take a few seconds each, so 1 s instead of the profile's 20 s.
+QUICK_STATUS = ("--slurm-init-seconds-before-status-checks", "1")
 
 
 def _cluster_up() -> bool:
@@ -151,8 +155,7 @@ def slurm_run(tmp_path_factory, local_run) -> Run:
         log, wall_s = _snakemake(
             workdir,
             "--profile", str(PROFILE),
-            "--slurm-init-seconds-before-status-checks", "5",
-            "--seconds-between-status-checks", "2",  # a finished job is noticed within 2 s, not 10
+            *QUICK_STATUS,
             "--slurm-keep-successful-logs",  # the per-job logs are checked below
             "--verbose",  # makes the plugin log every "sbatch call: ..."
         )
@@ -232,6 +235,13 @@ def test_jobs_ask_for_one_cpu_and_never_oversubscribe(slurm_run):
         job_block = text[text.rindex("rule train_fold:"):]
         job_block = job_block[: job_block.index("Shell command")]
         assert "cpus_per_task=1" in job_block and "threads:" not in job_block, job_block
+
+
+def test_the_thresholds_are_merged_where_snakemake_runs(slurm_run):
+    """collect_thresholds, a JSON merge, is a local rule: no queue wait between tuning and scoring."""
+    calls = _sbatch_calls(slurm_run.log)
+    assert "rule_tune_thresholds_wildcards_cells" in calls and not any("collect_thresholds" in c for c in calls)
+    assert (slurm_run.workdir / "results/tune/thresholds.json").is_file()
 
 
 # --- the two folds in parallel ------------------------------------------------------------------
@@ -320,7 +330,7 @@ def test_each_region_is_its_own_slurm_job_with_one_gpu(finished_run, tmp_path):
     cluster = copy_workdir(finished_run.workdir, tmp_path / "slurm")
     snakemake(local, "segment", "--config", f"segment_images={images}", **run)
     proc = snakemake(cluster, "segment", "--config", f"segment_images={images}", "--profile", str(PROFILE),
-                     "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "2", "--verbose",
+                     *QUICK_STATUS, "--verbose",
                      **run)
     calls = [line for line in proc.stdout.splitlines() if line.startswith("sbatch call:")]
     regions = [line for line in calls if "rule_segment_region" in line]

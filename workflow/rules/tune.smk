@@ -34,6 +34,7 @@ rule tune_thresholds:
         "../scripts/tune_thresholds.py"
 
 
+# A JSON merge: on a cluster it runs where Snakemake runs, not through the queue.
 rule collect_thresholds:
     input:
         leaderboard="results/tune/leaderboard.json",
@@ -44,6 +45,7 @@ rule collect_thresholds:
         "logs/tune/collect_thresholds.log",
     benchmark:
         "results/benchmarks/tune/collect_thresholds.tsv"
+    localrule: True
     conda:
         f"{ENVS}/eval.yaml"
     resources:
