@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -328,10 +329,11 @@ def test_each_region_is_its_own_slurm_job_with_one_gpu(finished_run, tmp_path):
     run = dict(repo=finished_run.repo, configs=[config])
     local = copy_workdir(finished_run.workdir, tmp_path / "local")
     cluster = copy_workdir(finished_run.workdir, tmp_path / "slurm")
-    snakemake(local, "segment", "--config", f"segment_images={images}", **run)
-    proc = snakemake(cluster, "segment", "--config", f"segment_images={images}", "--profile", str(PROFILE),
-                     *QUICK_STATUS, "--verbose",
-                     **run)
+    with ThreadPoolExecutor(1) as pool:  # the local run uses the cores while the cluster's jobs wait
+        local_done = pool.submit(snakemake, local, "segment", "--config", f"segment_images={images}", **run)
+        proc = snakemake(cluster, "segment", "--config", f"segment_images={images}", "--profile", str(PROFILE),
+                         *QUICK_STATUS, "--verbose", **run)
+        local_done.result()
     calls = [line for line in proc.stdout.splitlines() if line.startswith("sbatch call:")]
     regions = [line for line in calls if "rule_segment_region" in line]
     assert len(regions) == n_regions and all("--gpus=1" in line for line in regions), "\n".join(calls)
