@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -112,15 +113,21 @@ def test_segment_a_folder_then_only_an_added_image(finished_run, tmp_path):
 def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp_path):
     """256 x 256 px tiled from a test image in blocks of 64 px, 2 x 2 blocks a region: 4 region
     jobs and their gather. The run is interrupted (Ctrl-C) once two regions have finished; the
-    rerun predicts only the others, and the outputs equal one region's."""
+    rerun predicts only the others, and the outputs equal one region's (a run in a copy of the
+    workdir, on the core the interrupted run leaves free)."""
     workdir = copy_workdir(finished_run.workdir, tmp_path / "work")
+    whole = copy_workdir(finished_run.workdir, tmp_path / "whole")
     images = write_region_image(tmp_path / "images", workdir).parent
     n_regions = 4
     segment = FOUR_REGIONS
     config = write_config(tmp_path / "regions.yaml", {"segment": segment, **LOW_CELLS})
+    one = write_config(tmp_path / "one.yaml", {"segment": {**segment, "region_blocks": 64}, **LOW_CELLS})
     run = dict(repo=finished_run.repo, configs=[config])
     target = ("segment", "--config", f"segment_images={images}")
-    finished = interrupted_after(snakemake_command(workdir, *target, cores=1, **run), "segment_region", 2)
+    with ThreadPoolExecutor(1) as pool:
+        whole_done = pool.submit(snakemake, whole, *target, cores=1, repo=finished_run.repo, configs=[one])
+        finished = interrupted_after(snakemake_command(workdir, *target, cores=1, **run), "segment_region", 2)
+        whole_done.result()
     results = workdir / "results" / "segment"
     regions = results / "tiled" / "regions"
     assert len(finished) == 2 and not (results / "tiled" / "labels.tif").exists()
@@ -136,10 +143,10 @@ def test_an_image_in_regions_resumes_from_its_finished_regions(finished_run, tmp
     assert summary.loc[0, "jobs"] == n_regions + 1 and summary.loc[0, "job_s"] > 0
 
     labels, table = tifffile.imread(results / "tiled" / "labels.tif"), pd.read_csv(results / "tiled" / "cells.csv")
-    one = write_config(tmp_path / "one.yaml", {"segment": {**segment, "region_blocks": 64}, **LOW_CELLS})
-    snakemake(workdir, *target, repo=finished_run.repo, configs=[one])
-    assert len(table) > 0 and np.array_equal(tifffile.imread(results / "tiled" / "labels.tif"), labels)
-    assert pd.read_csv(results / "tiled" / "cells.csv").equals(table)
+    one_job = whole / "results" / "segment" / "tiled"
+    assert len(list((one_job / "regions").glob("*.npz"))) == 1
+    assert len(table) > 0 and np.array_equal(tifffile.imread(one_job / "labels.tif"), labels)
+    assert pd.read_csv(one_job / "cells.csv").equals(table)
 
 
 def interrupted_after(command: list[str], rule: str, n_jobs: int) -> set[str]:
