@@ -212,7 +212,7 @@ def run_slide(args) -> None:
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.enable()
-    table = segment_file(workdir / "slide.tif", outputs, ensemble, point, [f"class{k}" for k in range(1, 5)])
+    counts = segment_file(workdir / "slide.tif", outputs, ensemble, point, [f"class{k}" for k in range(1, 5)])
     profile.disable()
     seconds = time.perf_counter() - start
     stats = pstats.Stats(profile).stats
@@ -221,7 +221,7 @@ def run_slide(args) -> None:
         for stage, names in STAGES.items()
     }
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "cells": len(table), "stages": stages}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "cells": sum(counts.values()), "stages": stages}))
 
 
 def slide(args) -> None:
