@@ -25,9 +25,9 @@ report: setup
 # The test tiers (README, Development): `test` runs all of them, as CI does. The unit tier
 # starts no Snakemake and trains a few steps at most; the workflow tier runs Snakemake on tiny
 # data, sharing one finished run that the first worker to need it builds; the SLURM tier needs
-# the local cluster. Tests run
-# in one pytest-xdist worker per core (TEST_WORKERS): most of a workflow test is one Snakemake
-# process building its DAG or running one job, so a second worker fills the idle core. Whole
+# the local cluster. Tests run in one pytest-xdist worker per core (TEST_WORKERS): most of a
+# workflow test is one Snakemake process building its DAG or running one job, so a second worker
+# fills the idle core. Whole
 # files go to a worker, heaviest first (tests/conftest.py), so module fixtures are built once
 # and the SLURM tests, all in one file, run one at a time on the 2-CPU test cluster.
 TEST_WORKERS ?= $(CORES)

@@ -122,5 +122,6 @@ def finished_run(tmp_path_factory) -> Run:
             start = time.monotonic()
             snakemake(base / "work", "--cache", repo=repo, env={"SNAKEMAKE_OUTPUT_CACHE": str(base / "cache")})
             record.write_text(json.dumps({"seconds": time.monotonic() - start}))
-            print(f"tiny pipeline run: {json.loads(record.read_text())['seconds']:.0f} s")
-    return Run(base / "repo", base / "work", base / "cache", json.loads(record.read_text())["seconds"])
+        seconds = json.loads(record.read_text())["seconds"]
+    print(f"tiny pipeline run: {seconds:.0f} s")
+    return Run(base / "repo", base / "work", base / "cache", seconds)

@@ -103,9 +103,12 @@ def test_the_walker_sees_a_circle_and_a_backward_import(tmp_path, monkeypatch):
 def test_building_the_dag_imports_no_torch():
     """Snakefile and rules import only torch-free modules: Snakemake parses them at every start,
     also inside each cluster job, and torch with torchvision takes seconds to import."""
-    workflow = [PACKAGE.parents[1] / "Snakefile", *sorted((PACKAGE.parents[1] / "workflow" / "rules").glob("*.smk"))]
-    modules = sorted({m for path in workflow for m in re.findall(r"^\s*from (cellseg[\w.]*) import", path.read_text(), re.M)})
+    repo = PACKAGE.parents[1]
+    workflow = [repo / "Snakefile", *sorted((repo / "workflow" / "rules").glob("*.smk"))]
+    imported = r"^\s*from (cellseg[\w.]*) import"
+    modules = sorted({m for path in workflow for m in re.findall(imported, path.read_text(), re.M)})
     assert "cellseg.workflow.configuration" in modules  # the pattern finds the rules' imports
-    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))"
+    code = (f"import sys\nfor m in {modules!r}: __import__(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", f"importing {modules} imports {proc.stdout.strip()[:300]}"

@@ -338,9 +338,6 @@ def test_each_region_is_its_own_slurm_job_with_one_gpu(finished_run, tmp_path):
     regions = [line for line in calls if "rule_segment_region" in line]
     assert len(regions) == n_regions and all("--gpus=1" in line for line in regions), "\n".join(calls)
     assert sum("rule_gather_regions" in line for line in calls) == 1
-    for name in ("labels.tif", "cells.csv"):
-        ours, theirs = cluster / "results" / "segment" / "tiled" / name, local / "results" / "segment" / "tiled" / name
-        if name == "labels.tif":
-            assert np.array_equal(tifffile.imread(ours), tifffile.imread(theirs))
-        else:
-            assert pd.read_csv(ours).equals(pd.read_csv(theirs))
+    ours, theirs = (workdir / "results" / "segment" / "tiled" for workdir in (cluster, local))
+    assert np.array_equal(tifffile.imread(ours / "labels.tif"), tifffile.imread(theirs / "labels.tif"))
+    assert pd.read_csv(ours / "cells.csv").equals(pd.read_csv(theirs / "cells.csv"))
