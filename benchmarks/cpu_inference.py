@@ -8,14 +8,18 @@ settings of the model's run (the default TTA, hflip; tiles, overlap, batch of th
 process of its own (its threads and memory its own), once to warm up on a 256 px crop, then
 timed on the whole image. "2 processes" runs two such processes at once, one thread each,
 and counts both images. Every setting's instances are compared with the baseline's
-(`cellseg.scoring.agreement`: same class, mask IoU >= 0.95, scores). Run from the repository root:
+(`cellseg.scoring.agreement`: same class, mask IoU >= 0.95, and >= 0.5 for the INT8 models,
+which are not meant to be equal; scores). The onnxruntime-int8 rows read each run's quantised
+fold: `snakemake results/export/fold0.int8.onnx` in the run's folder first. Run from the
+repository root:
 
     PYTHONPATH=src python benchmarks/cpu_inference.py --demo-run /work/runs/demo \\
         --consep-run /work/runs/consep --consep-data ../shared/data/consep
 
-A 4000 x 4000 px slide (`--slide 4000`) is also segmented end to end (`cellseg.outputs.segment_export
-.segment_file`, one fold) at the baseline and at the chosen setting, with time and peak RSS,
-and profiled by stage at the chosen setting.
+A 4000 x 4000 px slide (`--slide 4000`) is segmented end to end instead
+(`cellseg.outputs.segment_file.segment_file`, one fold, the run's `cells` point) with each of
+`--slide-backends` (torch and onnxruntime-int8 by default), with time, peak RSS and the
+seconds of each stage of the path.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ SETTINGS = {
     "onnxruntime fp32, 2 processes x 1 thread": ("onnxruntime", 1, 2, ""),
     "onnxruntime dynamic INT8 heads (MatMul), 1 thread": ("onnxruntime", 1, 1, "int8-heads"),
     "onnxruntime dynamic INT8 heads + backbone (MatMul, Conv), 1 thread": ("onnxruntime", 1, 1, "int8-all"),
+    "onnxruntime-int8 (static INT8, the run's quantise_fold), 1 thread": ("onnxruntime-int8", 1, 1, ""),
+    "onnxruntime-int8 (static INT8, the run's quantise_fold), 2 processes x 1 thread": ("onnxruntime-int8", 1, 2, ""),
 }
 RUNS = {
     "demo": {"train": {"preset": "demo"}, "tile": 128, "predict_tile": 512, "overlap": 64},
@@ -75,7 +81,8 @@ def consep_image(data: Path) -> np.ndarray:
 
 
 def load_model(run: str, run_dir: Path, backend: str, variant: str, workdir: Path):
-    """Fold 0 of `run` for one setting."""
+    """Fold 0 of `run` for one setting; `onnxruntime-int8` reads the run's own quantised fold
+    (`snakemake results/export/fold0.int8.onnx` in the run's folder)."""
     import torch
 
     from cellseg.inference.onnx_backend import OnnxModel
@@ -83,6 +90,11 @@ def load_model(run: str, run_dir: Path, backend: str, variant: str, workdir: Pat
     from cellseg.model.onnx_export import onnx_bytes
     from cellseg.workflow.configuration import resolve_train_config
 
+    if backend == "onnxruntime-int8":
+        quantised = run_dir / "results/export/fold0.int8.onnx"
+        if not quantised.is_file():
+            raise FileNotFoundError(f"{quantised}: run `snakemake results/export/fold0.int8.onnx` in {run_dir} first")
+        return OnnxModel(quantised, threads=torch.get_num_threads())
     spec = RUNS[run]
     cfg = resolve_train_config(spec["train"], predict_tile_size=spec["predict_tile"])
     weights = run_dir / "results/train/fold0/model_best.pt"
@@ -225,14 +237,14 @@ def run_slide(args) -> None:
 
 
 def slide(args) -> None:
-    """`--slide N`: the end-to-end segment of an N px slide at the baseline and with onnxruntime."""
+    """`--slide N`: the end-to-end segment of an N px slide with each of `--slide-backends`."""
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         write_slide(workdir / "slide.tif", consep_image(args.consep_data), args.slide)
         print(f"| {args.slide} px slide, CoNSeP fold 0, 1 thread | seconds | Mpx/s | peak RSS MB | cells |")
         print("| --- | --- | --- | --- | --- |")
         results = {}
-        for backend in ("torch", "onnxruntime"):
+        for backend in args.slide_backends:
             command = [sys.executable, __file__, "--one-slide", "--run-dir", str(args.consep_run), "--backend", backend,
                        "--threads", "1", "--workdir", str(workdir)]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -253,7 +265,8 @@ def main() -> None:
     parser.add_argument("--consep-run", type=Path, default=Path("/work/runs/consep"))
     parser.add_argument("--consep-data", type=Path, default=Path("../shared/data/consep"))
     parser.add_argument("--settings", nargs="*", help="names of SETTINGS to run (default: all)")
-    parser.add_argument("--slide", type=int, help="also segment a slide of this side end to end (e.g. 4000)")
+    parser.add_argument("--slide", type=int, help="segment a slide of this side end to end (e.g. 4000)")
+    parser.add_argument("--slide-backends", nargs="+", default=["torch", "onnxruntime-int8"], help="the backends --slide runs, the baseline first")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one-slide", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--run", "--run-dir", "--backend", "--variant", "--workdir", "--save"):
@@ -277,7 +290,7 @@ def main() -> None:
         workdir = Path(tmp)
         np.save(workdir / "demo.npy", demo_image(workdir))
         np.save(workdir / "consep.npy", consep_image(args.consep_data))
-        print("| setting | demo Mpx/s/core | × | CoNSeP Mpx/s/core | × | instances matched (demo, CoNSeP) | max score diff |")
+        print("| setting | demo Mpx/s/core | × | CoNSeP Mpx/s/core | × | instances matched at IoU 0.95 (0.5), demo; CoNSeP | max score diff |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         baseline = {}
         for name in names:
@@ -292,11 +305,11 @@ def main() -> None:
                 if name == names[0]:
                     baseline[run] = (result["mpx_s_core"], found)
                 speed, reference = baseline[run]
-                check = agreement(reference, found)
+                check, loose = agreement(reference, found), agreement(reference, found, iou=0.5)
                 cells += [f"{result['mpx_s_core']:.4f}", f"{result['mpx_s_core'] / speed:.2f}"]
-                matched.append(f"{check.fraction:.4f} of {check.n_a}")
+                matched.append(f"{check.fraction:.4f} ({loose.fraction:.4f}) of {check.n_a}")
                 diffs.append(check.max_score_diff)
-            print(f"| {name} | {' | '.join(cells)} | {', '.join(matched)} | {max(diffs, default=0):.1e} |", flush=True)
+            print(f"| {name} | {' | '.join(cells)} | {'; '.join(matched)} | {max(diffs, default=0):.1e} |", flush=True)
 
 
 if __name__ == "__main__":

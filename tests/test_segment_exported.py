@@ -12,7 +12,8 @@ import pytest
 import tifffile
 from tiny_trained import TILE, drawn_cells, tiny_trained_model
 
-from cellseg.model.onnx_export import export_fold, model_card
+from cellseg.model.onnx_export import export_fold, model_card, onnx_bytes
+from cellseg.model.onnx_quantise import calibration_input, quantised_onnx
 from cellseg.segment_exported import _contains, outline, read_rgb8, tile_cores
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -36,13 +37,16 @@ def exported(tmp_path_factory):
     point = {"point": "cells", "score_thresholds": {"1": 0.05, "2": 0.05}, "mask_thresholds": {"1": 0.5, "2": 0.5},
              "nms_threshold": 0.3}  # fmt: skip
     export_fold(model, folder / "fold0.onnx", folder / "fold0.json", model_card(["small", "large"], TILE, 32, None, {"cells": point}, cfg))
-    return folder / "fold0.onnx"
+    calibration = [calibration_input(drawn_cells(seed)[0], TILE) for seed in (10, 11)]
+    (folder / "fold0.int8.onnx").write_bytes(quantised_onnx(onnx_bytes(model), calibration))
+    return folder
 
 
-def test_runs_without_torch_and_writes_labels_geojson_csv(exported, tmp_path):
+@pytest.mark.parametrize("model", ["fold0.onnx", "fold0.int8.onnx"])  # the INT8 fold reads fold0.json too
+def test_runs_without_torch_and_writes_labels_geojson_csv(exported, model, tmp_path):
     image = drawn_cells(5, size=200)[0]
     tifffile.imwrite(tmp_path / "slide.tif", image)
-    command = [sys.executable, "-c", WITHOUT_TORCH, "--model", str(exported), "--out", str(tmp_path / "out"),
+    command = [sys.executable, "-c", WITHOUT_TORCH, "--model", str(exported / model), "--out", str(tmp_path / "out"),
                "--threads", "1", str(tmp_path / "slide.tif")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={"PYTHONPATH": str(SRC)}, timeout=120)
     assert done.returncode == 0, done.stderr

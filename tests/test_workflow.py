@@ -334,6 +334,30 @@ def test_kaggle_csv_is_one_more_job_with_the_cells_points_masks(finished_run, ru
 
 
 @pytest.mark.slow
+def test_int8_backend_quantises_each_fold_on_its_training_images_and_predicts_with_it(
+    finished_run, run_copy, tmp_path
+):
+    """predict.backend: onnxruntime-int8 adds one quantise_fold job per fold and re-runs the
+    prediction onward, not training; each fold is calibrated on images it trained on."""
+    extra = write_config(tmp_path / "override.yaml", {"predict": {"backend": "onnxruntime-int8"}})
+    jobs = scheduled_jobs(run_copy, repo=finished_run.repo, configs=[extra])
+    counts = rule_counts(jobs)
+    assert counts.pop("quantise_fold") == len(FOLDS) and "train_fold" not in counts
+    assert counts == {key: value for key, value in FROM_TRAIN.items() if key != "train_fold"}
+    snakemake(run_copy, "results/predict/fold0/test", repo=finished_run.repo, configs=[extra])
+    results = run_copy / "results"
+    assert (results / "export" / "fold0.int8.onnx").stat().st_size > 0
+    split = pd.read_csv(results / "split" / "split.tsv", sep="\t")
+    fold0_trained_on = set(split.loc[(split["subset"] == "train") & (split["fold"] != 0), "image_id"])
+    logged = re.search(r"calibrating on \d+ training images: (.*)", (run_copy / "logs/export/fold0_int8.log").read_text())
+    assert logged and set(logged.group(1).split(", ")) == fold0_trained_on
+    torch_run = finished_run.workdir / "results" / "predict" / "fold0" / "test"
+    for name in ("demo_test_000", "demo_test_001"):
+        with np.load(torch_run / f"{name}.npz") as before, np.load(results / "predict/fold0/test" / f"{name}.npz") as after:
+            assert not np.array_equal(before["scores"], after["scores"])  # another network ran
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changed, expected",
     [

@@ -281,12 +281,13 @@ def segment(model: OnnxModel, card: dict, image: np.ndarray) -> list:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cellseg.segment_exported", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="+", help="TIFF images")
-    parser.add_argument("--model", required=True, help="an exported fold, results/export/fold<k>.onnx")
-    parser.add_argument("--card", help="its JSON (default: beside the model, .json)")
+    parser.add_argument("--model", required=True, help="an exported fold, results/export/fold<k>.onnx or fold<k>.int8.onnx")
+    parser.add_argument("--card", help="its JSON (default: the fold's, beside the model: fold<k>.json)")
     parser.add_argument("--out", default="segmented", help="output folder, one subfolder per image")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     args = parser.parse_args(argv)
-    card = json.loads(Path(args.card or Path(args.model).with_suffix(".json")).read_text())
+    model_path = Path(args.model)
+    card = json.loads(Path(args.card or model_path.with_name(model_path.name.split(".")[0] + ".json")).read_text())
     if card.get("stain", "none") != "none":
         sys.exit(f"{args.model}: trained on stain-normalised images ({card['stain']}), which this runner does not do")
     model = OnnxModel(args.model, threads=args.threads)

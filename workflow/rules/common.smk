@@ -358,6 +358,15 @@ FUSION_SETTINGS = {
 }
 
 
+def fold_model(wildcards=None, fold=None):
+    """What a fold's network is loaded from for predict.backend: its weights, or with
+    onnxruntime-int8 its quantised model (quantise_fold)."""
+    fold = wildcards.fold if fold is None else fold
+    if config["predict"]["backend"] == "onnxruntime-int8":
+        return f"results/export/fold{fold}.int8.onnx"
+    return f"results/train/fold{fold}/model_best.pt"
+
+
 def calibration_file(wildcards=None):
     """The folds' fitted score maps (`calibrate_folds`); none with ensemble.calibrate: none."""
     return (

@@ -31,6 +31,39 @@ rule export_fold:
         "../scripts/export_fold.py"
 
 
+# The same fold with INT8 convolutions and matrix products (predict.backend: onnxruntime-int8),
+# calibrated on its own training images: about twice as fast on a CPU (docs/benchmarks.md).
+rule quantise_fold:
+    input:
+        weights="results/train/fold{fold}/model_best.pt",
+        split="results/split/split.tsv",
+        samples=all_sample_files,
+        stain=stain_reference,
+    output:
+        "results/export/fold{fold}.int8.onnx",
+    log:
+        "logs/export/fold{fold}_int8.log",
+    benchmark:
+        "results/benchmarks/export/fold{fold}_int8.tsv"
+    conda:
+        f"{ENVS}/torch.yaml"
+    resources:
+        **job_resources("default"),
+    params:
+        train=TRAIN_CFG,
+        source=SOURCE,
+        classes=CLASSES,
+        train_tile_size=config["tiles"]["size"],
+        tile_size=config["predict"]["tile_size"],
+        code=script_digest("quantise_fold.py"),
+    script:
+        "../scripts/quantise_fold.py"
+
+
 rule export:
     input:
-        expand("results/export/fold{fold}.{ext}", fold=FOLDS, ext=["onnx", "json"]),
+        expand(
+            "results/export/fold{fold}.{ext}",
+            fold=FOLDS,
+            ext=["onnx", "json", "int8.onnx"],
+        ),

@@ -3,7 +3,7 @@
 
 rule predict_fold:
     input:
-        weights="results/train/fold{fold}/model_best.pt",
+        weights=fold_model,
         split="results/split/split.tsv",
         images=subset_files,
         stain=stain_reference,

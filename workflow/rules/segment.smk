@@ -10,7 +10,7 @@
 rule segment_region:
     input:
         image=segment_image_file,
-        weights=expand("results/train/fold{fold}/model_best.pt", fold=FOLDS),
+        weights=[fold_model(fold=fold) for fold in FOLDS],
         thresholds="results/tune/cells.json",
         calibration=calibration_file,
         stain=stain_reference,

@@ -54,9 +54,15 @@ def load_model_for_inference(
     """The model `build_model(cfg, num_classes)` with the state dict at `weights_path`, on
     `device`, in eval mode. `tile_size`: the training tiles' side, so that images are seen at
     the training magnification (see `build_model`); no pretrained weights are fetched.
-    `backend` (`predict.backend`): `torch`, or `onnxruntime`: the model exported
+    `backend` (`predict.backend`): `torch`; `onnxruntime`: the model exported
     (`cellseg.model.onnx_export`) and run by ONNX Runtime on the CPU with torch's thread count, with the
-    same `detect`. Raises `DataError` naming the file when the weights do not fit."""
+    same `detect`; `onnxruntime-int8`: `weights_path` is then the fold's quantised ONNX file
+    (`cellseg.model.onnx_quantise`), run the same way. Raises `DataError` naming the file when the
+    weights do not fit."""
+    if backend == "onnxruntime-int8":
+        from cellseg.inference.onnx_backend import OnnxModel
+
+        return OnnxModel(weights_path, threads=torch.get_num_threads())
     model = build_model(cfg, num_classes, tile_size=tile_size, pretrained=False)
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     try:
