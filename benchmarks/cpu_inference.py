@@ -91,10 +91,10 @@ def load_model(run: str, run_dir: Path, backend: str, variant: str, workdir: Pat
     from cellseg.workflow.configuration import resolve_train_config
 
     if backend == "onnxruntime-int8":
-        quantised = run_dir / "results/export/fold0.int8.onnx"
-        if not quantised.is_file():
-            raise FileNotFoundError(f"{quantised}: run `snakemake results/export/fold0.int8.onnx` in {run_dir} first")
-        return OnnxModel(quantised, threads=torch.get_num_threads())
+        int8 = run_dir / "results/export/fold0.int8.onnx"
+        if not int8.is_file():
+            raise FileNotFoundError(f"{int8}: run `snakemake results/export/fold0.int8.onnx` in {run_dir} first")
+        return OnnxModel(int8, threads=torch.get_num_threads())
     spec = RUNS[run]
     cfg = resolve_train_config(spec["train"], predict_tile_size=spec["predict_tile"])
     weights = run_dir / "results/train/fold0/model_best.pt"
@@ -259,6 +259,37 @@ def slide(args) -> None:
                 print(f"| {stage} | {seconds:.1f} | {seconds / result['seconds']:.0%} |")
 
 
+def roofline(args) -> None:
+    """`--roofline`: this core's fp32 matrix-product rate against the rate the eager fp32
+    network reaches on 4 prediction tiles of each run's image (FLOPs counted by torch), 1 thread."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(1)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, b)
+    peak = 5 * 2 * 2048**3 / (time.perf_counter() - start) / 1e9
+    print(f"fp32 matrix product (2048 x 2048, 1 thread): {peak:.1f} GFLOP/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        for run, run_dir in (("demo", args.demo_run), ("consep", args.consep_run)):
+            image = demo_image(Path(tmp)) if run == "demo" else consep_image(args.consep_data)
+            model = load_model(run, run_dir, "torch", "", Path(tmp))
+            size = RUNS[run]["predict_tile"]
+            tiles = [torch.from_numpy(np.ascontiguousarray(image[y : y + size, x : x + size])).permute(2, 0, 1) / 255.0
+                     for y in (0, 1000 - size) for x in (0, 1000 - size)]  # fmt: skip
+            model.detect(tiles[:1])
+            with FlopCounterMode(display=False) as counter:
+                model.detect(tiles)
+            start = time.perf_counter()
+            model.detect(tiles)
+            seconds = time.perf_counter() - start
+            flops = counter.get_total_flops()
+            print(f"{run}: 4 tiles of {size} px, {flops / 1e9:.1f} GFLOP in {seconds:.2f} s = {flops / seconds / 1e9:.1f} GFLOP/s, {flops / seconds / 1e9 / peak:.0%} of the matrix product's rate")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-run", type=Path, default=Path("/work/runs/demo"))
@@ -267,6 +298,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="*", help="names of SETTINGS to run (default: all)")
     parser.add_argument("--slide", type=int, help="segment a slide of this side end to end (e.g. 4000)")
     parser.add_argument("--slide-backends", nargs="+", default=["torch", "onnxruntime-int8"], help="the backends --slide runs, the baseline first")
+    parser.add_argument("--roofline", action="store_true", help="only the eager network's FLOP rate against the core's")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one-slide", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--run", "--run-dir", "--backend", "--variant", "--workdir", "--save"):
@@ -281,6 +313,9 @@ def main() -> None:
         return
     if args.slide:
         slide(args)
+        return
+    if args.roofline:
+        roofline(args)
         return
     from cellseg.common.instances import InstanceSet
     from cellseg.scoring.agreement import agreement

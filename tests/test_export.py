@@ -12,7 +12,7 @@ from cellseg.common.errors import ConfigError
 from cellseg.inference.onnx_backend import OnnxModel, paste_windows
 from cellseg.inference.predict import load_model_for_inference, predict_image
 from cellseg.model.mask_rcnn import paste_windows as torch_paste_windows
-from cellseg.model.onnx_export import export_fold, model_card, onnx_bytes
+from cellseg.model.onnx_export import _mask_predictor_by_conv, _merge_levels, export_fold, model_card, onnx_bytes
 from cellseg.scoring.agreement import agreement
 from cellseg.workflow.configuration import resolve_config
 
@@ -85,3 +85,21 @@ def test_backend_from_config(trained, tmp_path):
     assert isinstance(loaded, OnnxModel)
     with pytest.raises(ConfigError, match="predict.backend"):  # the schema's, before any job runs
         resolve_config({"predict": {"backend": "tvm"}})
+
+
+def test_the_exported_mask_predictor_computes_the_same_logits_and_the_model_is_given_back(trained):
+    model, _ = trained
+    predictor = model.roi_heads.mask_predictor
+    features = torch.randn(6, predictor.conv5_mask.in_channels, 14, 14, generator=torch.Generator().manual_seed(0))
+    expected = predictor(features)
+    with _mask_predictor_by_conv(model):
+        assert model.roi_heads.mask_predictor is not predictor
+        assert torch.allclose(model.roi_heads.mask_predictor(features), expected, atol=1e-5)
+    assert model.roi_heads.mask_predictor is predictor
+
+
+def test_pooled_levels_are_put_back_in_roi_order():
+    levels = torch.tensor([2, 0, 1, 0, 2, 2])
+    per_level = [torch.where(levels == level)[0].float().view(-1, 1, 1, 1).expand(-1, 3, 2, 2) for level in range(4)]
+    merged = _merge_levels(levels, per_level)  # level 3 pools no RoI
+    assert merged.shape == (6, 3, 2, 2) and merged[:, 0, 0, 0].tolist() == list(range(6))

@@ -2,8 +2,9 @@
 
     python -m cellseg.segment_exported --model results/export/fold0.onnx IMAGE.tif [...] --out DIR
 
-For a machine without torch (or the pipeline): the model file of `export_fold` and its JSON
-card beside it (`cellseg.model.onnx_export.model_card`) hold everything needed. Per image, in
+For a machine without torch (or the pipeline): the model file of `export_fold` (or its INT8
+version of `quantise_fold`, `fold<k>.int8.onnx`) and the fold's JSON card beside it
+(`cellseg.model.onnx_export.model_card`) hold everything needed. Per image, in
 `DIR/<image name>/`: `labels.tif` ((C, H, W) uint32, plane c = class c + 1, instances 1..n, as
 `segment` writes it), `cells.geojson` (QuPath detections, pixel-edge outlines: pixel (r, c)
 covers [c, c + 1) x [r, r + 1)) and `cells.csv` (one row per cell).
