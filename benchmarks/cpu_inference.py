@@ -19,7 +19,9 @@ repository root:
 A 4000 x 4000 px slide (`--slide 4000`) is segmented end to end instead
 (`cellseg.outputs.segment_file.segment_file`, one fold, the run's `cells` point) with each of
 `--slide-backends` (torch and onnxruntime-int8 by default), with time, peak RSS and the
-seconds of each stage of the path.
+seconds of each stage of the path. `--roofline` compares the eager network's FLOP rate with
+this core's fp32 matrix product; `--ort-profile` prints ONNX Runtime's operator profile of
+the CoNSeP INT8 fold.
 """
 
 from __future__ import annotations
@@ -290,6 +292,39 @@ def roofline(args) -> None:
             print(f"{run}: 4 tiles of {size} px, {flops / 1e9:.1f} GFLOP in {seconds:.2f} s = {flops / seconds / 1e9:.1f} GFLOP/s, {flops / seconds / 1e9 / peak:.0%} of the matrix product's rate")
 
 
+def ort_profile(args) -> None:
+    """`--ort-profile`: ONNX Runtime's own profile of the CoNSeP run's INT8 fold on its 1000 px
+    image (`predict_image` as above, 1 thread): each operator type's share of the kernel time."""
+    import collections
+
+    import onnxruntime as ort
+    import torch
+
+    from cellseg.inference.onnx_backend import OnnxModel
+    from cellseg.inference.predict import predict_image
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.consep_run / "results/export/fold0.int8.onnx"
+        model = OnnxModel(path, threads=1)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
+        model.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        image = consep_image(args.consep_data)
+        predict_image(model, image, device=torch.device("cpu"), **predict_settings("consep"))
+        events = json.loads(Path(model.session.end_profiling()).read_text())
+    seconds = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            seconds[event["args"]["op_name"]] += event["dur"] / 1e6
+    total = sum(seconds.values())
+    print("| operator | seconds | share |\n| --- | --- | --- |")
+    for name, value in seconds.most_common(8):
+        print(f"| {name} | {value:.2f} | {value / total:.0%} |")
+    print(f"| all kernels | {total:.2f} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-run", type=Path, default=Path("/work/runs/demo"))
@@ -299,6 +334,7 @@ def main() -> None:
     parser.add_argument("--slide", type=int, help="segment a slide of this side end to end (e.g. 4000)")
     parser.add_argument("--slide-backends", nargs="+", default=["torch", "onnxruntime-int8"], help="the backends --slide runs, the baseline first")
     parser.add_argument("--roofline", action="store_true", help="only the eager network's FLOP rate against the core's")
+    parser.add_argument("--ort-profile", action="store_true", help="only ONNX Runtime's operator profile of the CoNSeP INT8 fold")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one-slide", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--run", "--run-dir", "--backend", "--variant", "--workdir", "--save"):
@@ -316,6 +352,9 @@ def main() -> None:
         return
     if args.roofline:
         roofline(args)
+        return
+    if args.ort_profile:
+        ort_profile(args)
         return
     from cellseg.common.instances import InstanceSet
     from cellseg.scoring.agreement import agreement
