@@ -60,8 +60,8 @@ def _merge_levels(levels: torch.Tensor, per_level: list[torch.Tensor]) -> torch.
     """The RoIs pooled level by level (`per_level`, in level order) back in RoI order.
 
     torchvision's traced version scatters every level into a zero tensor of all RoIs, element by
-    element (ONNX ScatterElements over N × C × 14 × 14 values, once per level), which took an
-    eighth of ONNX Runtime's time; one gather by the inverse permutation gives the same tensor."""
+    element (ONNX ScatterElements over N × C × 14 × 14 values, once per level), which ONNX
+    Runtime runs slowly; one gather by the inverse permutation gives the same tensor."""
     order = torch.cat([torch.where(levels == level)[0] for level in range(len(per_level))])
     return torch.cat(per_level)[torch.argsort(order)]
 
