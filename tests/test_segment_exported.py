@@ -14,7 +14,7 @@ from tiny_trained import TILE, drawn_cells, tiny_trained_model
 
 from cellseg.model.onnx_export import export_fold, model_card, onnx_bytes
 from cellseg.model.onnx_quantise import calibration_input, quantised_onnx
-from cellseg.segment_exported import _contains, outline, read_rgb8, tile_cores
+from cellseg.segment_exported import _contains, card_path, outline, read_rgb8, tile_cores
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 BLOCKED = ("torch", "torchvision", "scipy", "pandas", "PIL", "shapely", "contourpy", "matplotlib", "imagecodecs", "skimage", "cv2")
@@ -86,6 +86,11 @@ def test_outlines_hold_exactly_the_mask_pixel_centres():
             centre = np.array([c + 3.5, r + 2.5])
             inside = sum(_contains(np.array(ring), centre) for polygon in polygons for ring in polygon) % 2
             assert inside == mask[r, c]
+
+
+def test_the_card_is_the_folds_for_both_model_files():
+    assert card_path("out/fold0.onnx") == card_path("out/fold0.int8.onnx") == Path("out/fold0.json")
+    assert card_path("a.b/my.model.onnx") == Path("a.b/my.model.json")
 
 
 def test_tile_cores_cover_each_pixel_once():

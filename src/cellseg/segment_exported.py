@@ -279,6 +279,14 @@ def segment(model: OnnxModel, card: dict, image: np.ndarray) -> list:
     return cells_point(detect_tiled(model, image, card["tile_size"], card["overlap"]), card["points"]["cells"])
 
 
+def card_path(model: str | Path) -> Path:
+    """The JSON card beside an exported fold: `fold<k>.json` for `fold<k>.onnx` and for its INT8
+    version `fold<k>.int8.onnx`."""
+    model = Path(model)
+    name = model.name.removesuffix(".onnx").removesuffix(".int8")
+    return model.with_name(name + ".json")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cellseg.segment_exported", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="+", help="TIFF images")
@@ -287,8 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="segmented", help="output folder, one subfolder per image")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     args = parser.parse_args(argv)
-    model_path = Path(args.model)
-    card = json.loads(Path(args.card or model_path.with_name(model_path.name.split(".")[0] + ".json")).read_text())
+    card = json.loads(Path(args.card or card_path(args.model)).read_text())
     if card.get("stain", "none") != "none":
         sys.exit(f"{args.model}: trained on stain-normalised images ({card['stain']}), which this runner does not do")
     model = OnnxModel(args.model, threads=args.threads)

@@ -32,7 +32,7 @@ rule export_fold:
 
 
 # The same fold with INT8 convolutions and matrix products (predict.backend: onnxruntime-int8),
-# calibrated on its own training images: about twice as fast on a CPU (docs/benchmarks.md).
+# calibrated on its own training images: the fastest on a CPU (docs/benchmarks.md).
 rule quantise_fold:
     input:
         weights="results/train/fold{fold}/model_best.pt",
@@ -54,7 +54,7 @@ rule quantise_fold:
         source=SOURCE,
         classes=CLASSES,
         train_tile_size=config["tiles"]["size"],
-        tile_size=config["predict"]["tile_size"],
+        tile_size=PREDICT_SETTINGS["tile_size"],
         code=script_digest("quantise_fold.py"),
     script:
         "../scripts/quantise_fold.py"
